@@ -1,0 +1,112 @@
+"""The backward pass: an iterative walk of the graph in reverse topological order."""
+
+from distdl.backend import xp_of
+
+
+def _toposort(root):
+    """Nodes reachable from ``root``, each before the nodes that produced its inputs.
+
+    Iterative depth-first search, so a chain of any length works (no recursion limit).
+    """
+    order, seen = [], {root}
+    stack = [(root, iter(root.inputs))]
+    while stack:
+        node, pending = stack[-1]
+        for tensor in pending:
+            parent = tensor._ctx
+            if parent is not None and parent not in seen:
+                if parent.inputs is None:
+                    raise RuntimeError(
+                        "backward through a graph whose buffers were already freed: "
+                        "pass retain_graph=True to the first backward() to run it twice"
+                    )
+                seen.add(parent)
+                stack.append((parent, iter(parent.inputs)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    order.reverse()
+    return order
+
+
+def _count_leaf_uses(order):
+    """How many gradient contributions each leaf will receive in this pass."""
+    uses = {}
+    for node in order:
+        for tensor, needed in zip(node.inputs, node.needs_input_grad):
+            if needed and tensor._ctx is None:
+                key = id(tensor)
+                entry = uses.get(key)
+                if entry is None:
+                    uses[key] = [tensor, 1, None]
+                else:
+                    entry[1] += 1
+    return uses
+
+
+def _accumulate_leaf(tensor, grad):
+    """Add ``grad`` into ``tensor.grad`` in place (it may be a view into a bucket), then fire hooks."""
+    if grad.dtype != tensor.data.dtype:
+        grad = grad.astype(tensor.data.dtype)
+    if tensor.grad is None:
+        tensor.grad = xp_of(grad).array(grad, copy=True)  # the incoming array may be shared
+    else:
+        tensor.grad += grad
+    if tensor._hooks:
+        for hook in list(tensor._hooks.values()):
+            hook(tensor)
+
+
+def _check_shape(node, tensor, grad):
+    if grad.shape != tensor.data.shape:
+        raise RuntimeError(
+            f"{type(node).__name__}.backward returned a gradient of shape {grad.shape} "
+            f"for an input of shape {tensor.data.shape}"
+        )
+
+
+def backward(root, grad, retain_graph=False):
+    """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it."""
+    node = root._ctx
+    if node is None:
+        _accumulate_leaf(root, grad)
+        return
+    if node.inputs is None:
+        raise RuntimeError(
+            "backward through a graph whose buffers were already freed: "
+            "pass retain_graph=True to the first backward() to run it twice"
+        )
+    order = _toposort(node)
+    leaves = _count_leaf_uses(order)
+    grads = {node: {root._idx: grad}}
+    for node in order:
+        received = grads.pop(node)
+        if len(getattr(node, "output_meta", ())) > 1:
+            outputs = []
+            for i, (shape, dtype) in enumerate(node.output_meta):
+                g = received.get(i)
+                outputs.append(g if g is not None else xp_of(grad).zeros(shape, dtype))
+        else:
+            outputs = [received[0]]
+        input_grads = node.backward(*outputs)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        for tensor, g, needed in zip(node.inputs, input_grads, node.needs_input_grad):
+            if not needed:
+                continue
+            _check_shape(node, tensor, g)
+            parent = tensor._ctx
+            if parent is not None:
+                slot = grads.setdefault(parent, {})
+                previous = slot.get(tensor._idx)
+                slot[tensor._idx] = g if previous is None else previous + g
+                continue
+            entry = leaves[id(tensor)]
+            entry[2] = g if entry[2] is None else entry[2] + g
+            entry[1] -= 1
+            if entry[1] == 0:  # the leaf's gradient for this pass is final
+                _accumulate_leaf(tensor, entry[2])
+                del leaves[id(tensor)]
+        if not retain_graph:
+            node.release()

@@ -1,0 +1,47 @@
+"""The differentiable primitive: forward and backward on raw arrays, plus the graph node."""
+
+from distdl.autograd.grad_mode import is_grad_enabled
+from distdl.autograd.tensor import Tensor
+
+
+class Function:
+    """One op of the graph.
+
+    Subclasses implement ``forward(*arrays, **options)`` returning an array (or a
+    tuple of arrays) and ``backward(*grad_outputs)`` returning one gradient per
+    positional input (``None`` where ``needs_input_grad`` is False). They keep
+    only what backward needs, as attributes or through ``save_for_backward``.
+    ``backward`` must never modify the gradients it is given: they may be shared.
+    """
+
+    inputs = ()
+    needs_input_grad = ()
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    @classmethod
+    def apply(cls, *inputs, **options):
+        """Run forward on the inputs' arrays; record the node when a gradient is needed."""
+        ctx = cls()
+        output = ctx.forward(*[t.data for t in inputs], **options)
+        record = is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if record:
+            ctx.inputs = inputs
+            ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        if isinstance(output, tuple):
+            outs = tuple(Tensor._from_op(o, ctx if record else None, i) for i, o in enumerate(output))
+            ctx.output_meta = [(o.shape, o.dtype) for o in output]
+            return outs
+        return Tensor._from_op(output, ctx if record else None, 0)
+
+    def release(self):
+        """Drop what backward kept, once the graph is no longer needed."""
+        self.__dict__.clear()
+        self.inputs = None
+
+    def forward(self, *arrays, **options):
+        raise NotImplementedError
+
+    def backward(self, *grad_outputs):
+        raise NotImplementedError

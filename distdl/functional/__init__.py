@@ -1,0 +1,32 @@
+"""Differentiable operations on Tensors, named and shaped as torch.nn.functional.
+
+Each op is a ``Function`` with a hand-written backward, or a short composition
+of such ops. Axes are NumPy's ``axis`` with ``keepdims``.
+"""
+
+from distdl.functional.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from distdl.functional.conv import conv2d
+from distdl.functional.dropout import dropout
+from distdl.functional.elementwise import (
+    abs, add, astype, clip, div, exp, log, mul, neg, pow, sqrt, sub, to_device, where,
+)
+from distdl.functional.embedding import embedding
+from distdl.functional.linalg import linear, matmul
+from distdl.functional.loss import (
+    binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss, nll_loss,
+)
+from distdl.functional.norm import batch_norm
+from distdl.functional.pool import avg_pool2d, max_pool2d
+from distdl.functional.reduce import max, mean, min, sum, var
+from distdl.functional.shape import (
+    concatenate, flatten, getitem, reshape, squeeze, stack, transpose, unsqueeze,
+)
+
+__all__ = [
+    "abs", "add", "astype", "avg_pool2d", "batch_norm", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "clip", "concatenate", "conv2d", "cross_entropy", "div", "dropout",
+    "embedding", "exp", "flatten", "gelu", "getitem", "l1_loss", "leaky_relu", "linear", "log", "log_softmax",
+    "matmul", "max", "max_pool2d", "mean", "min", "mse_loss", "mul", "neg", "nll_loss", "pow", "relu", "reshape",
+    "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sub", "sum", "tanh", "to_device", "transpose",
+    "unsqueeze", "var", "where",
+]

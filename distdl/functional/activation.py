@@ -1,0 +1,141 @@
+"""Activations and softmax, each fused with a hand-written backward."""
+
+import math
+
+from distdl.autograd.function import Function
+from distdl.backend import xp_of
+from distdl.functional._special import erf
+
+
+class ReLU(Function):
+    def forward(self, x):
+        out = xp_of(x).maximum(x, 0)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        return g * (self.saved[0] > 0)
+
+
+class LeakyReLU(Function):
+    def forward(self, x, slope):
+        self.positive = x > 0
+        self.slope = x.dtype.type(slope)
+        return xp_of(x).where(self.positive, x, x * self.slope)
+
+    def backward(self, g):
+        return xp_of(g).where(self.positive, g, g * self.slope)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        xp = xp_of(x)
+        e = xp.exp(-xp.abs(x))  # never overflows
+        out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        out = self.saved[0]
+        return g * out * (1 - out)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        out = xp_of(x).tanh(x)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        out = self.saved[0]
+        return g * (1 - out * out)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+class GELU(Function):
+    """x * Phi(x), exactly (erf) or with the tanh approximation, as torch.nn.functional.gelu."""
+
+    def forward(self, x, approximate):
+        xp = xp_of(x)
+        self.approximate = approximate
+        self.save_for_backward(x)
+        if approximate == "tanh":
+            self.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+            return 0.5 * x * (1 + self.t)
+        self.cdf = 0.5 * (1 + erf(x * x.dtype.type(1 / math.sqrt(2))))
+        return x * self.cdf
+
+    def backward(self, g):
+        (x,) = self.saved
+        xp = xp_of(x)
+        if self.approximate == "tanh":
+            t = self.t
+            dinner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
+        pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+        return g * (self.cdf + x * pdf)
+
+
+class Softmax(Function):
+    def forward(self, x, axis):
+        xp = xp_of(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        out = e / e.sum(axis=axis, keepdims=True)
+        self.axis = axis
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        out = self.saved[0]
+        return out * (g - (g * out).sum(axis=self.axis, keepdims=True))
+
+
+def _log_softmax(x, axis):
+    xp = xp_of(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis):
+        out = _log_softmax(x, axis)
+        self.axis = axis
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        out = self.saved[0]
+        return g - xp_of(g).exp(out) * g.sum(axis=self.axis, keepdims=True)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLU.apply(x, slope=negative_slope)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def gelu(x, approximate="none"):
+    """Gaussian error linear unit; ``approximate`` is 'none' (exact, erf) or 'tanh'."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELU.apply(x, approximate=approximate)
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(x, axis=axis)

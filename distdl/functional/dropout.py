@@ -1,0 +1,27 @@
+"""Inverted dropout: zero a fraction ``p`` of values in training, scale the rest by 1/(1-p)."""
+
+from distdl import backend
+from distdl.autograd.function import Function
+from distdl.backend import xp_of
+
+
+class Dropout(Function):
+    def forward(self, x, p):
+        xp = xp_of(x)
+        keep = backend.random(x.shape, x.dtype, xp) >= p
+        self.mask = keep * x.dtype.type(1 / (1 - p))
+        return x * self.mask
+
+    def backward(self, g):
+        return g * self.mask
+
+
+def dropout(input, p=0.5, training=True):
+    """The mask is drawn from the generator that ``dl.seed`` seeds."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: probability p must be in [0, 1], got {p}")
+    if not training or p == 0:
+        return input
+    if p == 1:
+        return input * 0.0
+    return Dropout.apply(input, p=p)

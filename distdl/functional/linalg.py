@@ -1,0 +1,73 @@
+"""Matrix products: matmul with NumPy semantics, and the fused linear layer."""
+
+from distdl.autograd.function import Function
+from distdl.functional._util import binary_operands, unbroadcast
+from distdl.functional.shape import reshape
+
+
+class MatMul(Function):
+    """Batched matmul of operands with at least two dimensions (1-d ones are reshaped by ``matmul``)."""
+
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved
+        ga = unbroadcast(g @ b.swapaxes(-1, -2), a.shape) if self.needs_input_grad[0] else None
+        gb = unbroadcast(a.swapaxes(-1, -2) @ g, b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+def matmul(a, b):
+    """``a @ b`` as NumPy defines it (1-d operands are vectors; leading axes broadcast)."""
+    a, b = binary_operands(a, b, "matmul")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands must have at least one dimension, got shapes {a.shape} and {b.shape}")
+    inner_a = a.shape[-1]
+    inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if inner_a != inner_b:
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not align: the last axis of the first ({inner_a}) "
+            f"must equal the {'second-to-last' if b.ndim > 1 else 'only'} axis of the second ({inner_b})"
+        )
+    if a.ndim == 1 and b.ndim == 1:
+        return reshape(MatMul.apply(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+    if a.ndim == 1:
+        out = MatMul.apply(reshape(a, (1, -1)), b)
+        return reshape(out, out.shape[:-2] + out.shape[-1:])
+    if b.ndim == 1:
+        return reshape(MatMul.apply(a, reshape(b, (-1, 1))), a.shape[:-1])
+    return MatMul.apply(a, b)
+
+
+class Linear(Function):
+    def forward(self, x, weight, bias=None):
+        x2 = x.reshape(-1, x.shape[-1])
+        self.save_for_backward(x2, weight)
+        self.shape = x.shape
+        out = x2 @ weight.T
+        if bias is not None:
+            out += bias
+        return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+    def backward(self, g):
+        x2, weight = self.saved
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g2 @ weight).reshape(self.shape) if self.needs_input_grad[0] else None
+        gw = g2.T @ x2 if self.needs_input_grad[1] else None
+        if len(self.needs_input_grad) == 3:
+            return gx, gw, g2.sum(axis=0) if self.needs_input_grad[2] else None
+        return gx, gw
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` with ``weight`` of shape (out_features, in_features), as torch."""
+    if input.ndim < 1 or weight.ndim != 2 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {input.shape} does not fit weight of shape {weight.shape}: "
+            f"the input's last axis must equal in_features = weight.shape[1]"
+        )
+    if bias is None:
+        return Linear.apply(input, weight)
+    return Linear.apply(input, weight, bias)

@@ -1,0 +1,248 @@
+"""Losses as fused, numerically stable ops, with torch.nn.functional's names and ``reduction``."""
+
+from distdl.autograd.function import Function
+from distdl.autograd.tensor import Tensor
+from distdl.backend import xp_of
+from distdl.functional.activation import _log_softmax
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction, name):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _constant(target, like, name):
+    """The target's array; targets of these losses are constants, not differentiated."""
+    if isinstance(target, Tensor):
+        if target.requires_grad:
+            raise ValueError(f"{name}: the target is treated as a constant; pass target.detach()")
+        return target.data
+    return xp_of(like.data).asarray(target)
+
+
+def _rows(x):
+    """(N, C, d1, ...) -> (N*d1*..., C): one row of class scores per prediction."""
+    if x.ndim == 2:
+        return x
+    return xp_of(x).moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def _unrows(rows, shape):
+    if len(shape) == 2:
+        return rows
+    return xp_of(rows).moveaxis(rows.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1)
+
+
+def _class_targets(input, target, name, ignore_index):
+    """Validate integer class targets: shape (N, d1, ...) and values in [0, C) or ``ignore_index``."""
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(
+            f"{name}: input of shape {input.shape} needs class-index targets of shape {expected}, "
+            f"got {target.shape}"
+        )
+    classes = input.shape[1]
+    valid = target != ignore_index
+    if valid.any():
+        picked = target[valid]
+        low, high = int(picked.min()), int(picked.max())
+        if low < 0 or high >= classes:
+            raise IndexError(f"{name}: target class indices must lie in [0, {classes}), got values from {low} to {high}")
+    return target.reshape(-1), valid.reshape(-1)
+
+
+def _reduce_rows(loss_rows, reduction, count, out_shape):
+    """Reduce per-prediction losses; returns the value and the factor that scales each row's gradient."""
+    if reduction == "none":
+        return loss_rows.reshape(out_shape), None
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total, 1
+    scale = 1 / count if count else float("nan")  # every row ignored: the mean is undefined, as in PyTorch
+    return total * scale, scale
+
+
+class CrossEntropy(Function):
+    """Softmax cross-entropy from logits; gradient softmax(x) - q, where q is the (smoothed) target distribution."""
+
+    def forward(self, logits, *, target, valid, smoothing, reduction):
+        xp = xp_of(logits)
+        rows = _rows(logits)
+        m, classes = rows.shape
+        logp = _log_softmax(rows, axis=1)
+        if valid is not None:  # class indices
+            safe = xp.where(valid, target, 0)
+            q = xp.zeros_like(logp)
+            q[xp.arange(m), safe] = 1 - smoothing
+            q += smoothing / classes
+            q *= valid[:, None]
+            count = int(valid.sum())
+        else:  # probabilities over the class axis
+            q = _rows(target).astype(logp.dtype, copy=False)
+            if smoothing:
+                q = q * (1 - smoothing) + smoothing / classes
+            count = m
+        loss = -(q * logp).sum(axis=1)
+        out, self.scale = _reduce_rows(loss, reduction, count, logits.shape[:1] + logits.shape[2:])
+        self.save_for_backward(logp, q)
+        self.shape = logits.shape
+        return xp.asarray(out, dtype=logits.dtype)
+
+    def backward(self, g):
+        logp, q = self.saved
+        xp = xp_of(g)
+        grad = xp.exp(logp)
+        grad *= q.sum(axis=1, keepdims=True)  # ignored rows (q = 0) get no gradient
+        grad -= q
+        grad *= g.reshape(-1, 1) if self.scale is None else g * self.scale
+        return _unrows(grad, self.shape)
+
+
+class NLLLoss(Function):
+    def forward(self, logp, *, target, valid, reduction):
+        xp = xp_of(logp)
+        rows = _rows(logp)
+        m = rows.shape[0]
+        safe = xp.where(valid, target, 0)
+        loss = -rows[xp.arange(m), safe] * valid
+        out, self.scale = _reduce_rows(loss, reduction, int(valid.sum()), logp.shape[:1] + logp.shape[2:])
+        self.safe, self.valid, self.shape, self.rows_shape = safe, valid, logp.shape, rows.shape
+        return xp.asarray(out, dtype=logp.dtype)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        grad = xp.zeros(self.rows_shape, g.dtype)
+        weight = -(g.reshape(-1) if self.scale is None else g * self.scale) * self.valid
+        grad[xp.arange(self.rows_shape[0]), self.safe] = weight
+        return _unrows(grad, self.shape)
+
+
+def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross-entropy from logits (N, C) or (N, C, d1, ...), as torch.nn.functional.cross_entropy.
+
+    ``target`` holds class indices (N, d1, ...) or class probabilities shaped like
+    ``input``. With 'mean', index targets average over the rows not equal to ``ignore_index``.
+    """
+    _check_reduction(reduction, "cross_entropy")
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.ndim < 2:
+        raise ValueError(f"cross_entropy: expects logits of shape (N, C, ...), got {input.shape}")
+    target = _constant(target, input, "cross_entropy")
+    if target.dtype.kind in "iu":
+        flat, valid = _class_targets(input, target, "cross_entropy", ignore_index)
+    elif target.shape == input.shape:
+        flat, valid = target, None
+    else:
+        raise ValueError(
+            f"cross_entropy: target must hold class indices (integer dtype, shape {input.shape[:1] + input.shape[2:]}) "
+            f"or class probabilities (shape {input.shape}), got dtype {target.dtype} shape {target.shape}"
+        )
+    return CrossEntropy.apply(input, target=flat, valid=valid, smoothing=label_smoothing, reduction=reduction)
+
+
+def nll_loss(input, target, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of log-probabilities (N, C, ...) at integer class targets."""
+    _check_reduction(reduction, "nll_loss")
+    target = _constant(target, input, "nll_loss")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"nll_loss: target must hold integer class indices, got dtype {target.dtype}")
+    flat, valid = _class_targets(input, target, "nll_loss", ignore_index)
+    return NLLLoss.apply(input, target=flat, valid=valid, reduction=reduction)
+
+
+class PointwiseLoss(Function):
+    """A loss summed over matching elements: subclasses give the per-element value and derivatives."""
+
+    def forward(self, input, target, *, reduction):
+        loss, self.d_input, self.d_target = self.pointwise(input, target)
+        self.shape = input.shape
+        if reduction == "none":
+            self.scale = None
+            return loss
+        self.scale = 1 if reduction == "sum" else 1 / max(loss.size, 1)
+        return xp_of(loss).asarray(loss.sum() * self.scale, dtype=loss.dtype)
+
+    def backward(self, g):
+        factor = g if self.scale is None else g * self.scale
+        gi = self.d_input * factor if self.needs_input_grad[0] else None
+        gt = self.d_target * factor if len(self.needs_input_grad) > 1 and self.needs_input_grad[1] else None
+        return gi, gt
+
+
+class MSE(PointwiseLoss):
+    def pointwise(self, x, t):
+        diff = x - t
+        return diff * diff, 2 * diff, -2 * diff
+
+
+class L1(PointwiseLoss):
+    def pointwise(self, x, t):
+        diff = x - t
+        sign = xp_of(diff).sign(diff)
+        return xp_of(diff).abs(diff), sign, -sign
+
+
+class BCE(PointwiseLoss):
+    """As PyTorch: each log clamped at -100, the gradient's denominator at 1e-12."""
+
+    def pointwise(self, p, t):
+        xp = xp_of(p)
+        with xp.errstate(divide="ignore"):
+            log_p = xp.maximum(xp.log(p), -100)
+            log_1mp = xp.maximum(xp.log1p(-p), -100)
+        loss = -(t * log_p + (1 - t) * log_1mp)
+        return loss, (p - t) / xp.maximum(p * (1 - p), 1e-12), None
+
+
+class BCEWithLogits(PointwiseLoss):
+    """max(x, 0) - x t + log(1 + exp(-|x|)): finite for any logit."""
+
+    def pointwise(self, x, t):
+        xp = xp_of(x)
+        loss = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
+        e = xp.exp(-xp.abs(x))
+        sigmoid = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        return loss, sigmoid - t, None
+
+
+def _pointwise(cls, name, input, target, reduction, differentiable_target):
+    _check_reduction(reduction, name)
+    if not isinstance(target, Tensor):
+        target = Tensor._from_op(xp_of(input.data).asarray(target, dtype=input.dtype), None, 0)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{name}: input shape {input.shape} and target shape {target.shape} differ; reshape the target "
+            f"(broadcasting here is almost always a bug)"
+        )
+    if target.dtype.kind != "f":
+        raise TypeError(f"{name}: target must be floating point, got {target.dtype}; cast it with astype(np.float32)")
+    if target.requires_grad and not differentiable_target:
+        raise ValueError(f"{name}: the target is treated as a constant; pass target.detach()")
+    return cls.apply(input, target, reduction=reduction)
+
+
+def mse_loss(input, target, reduction="mean"):
+    return _pointwise(MSE, "mse_loss", input, target, reduction, differentiable_target=True)
+
+
+def l1_loss(input, target, reduction="mean"):
+    return _pointwise(L1, "l1_loss", input, target, reduction, differentiable_target=True)
+
+
+def binary_cross_entropy(input, target, reduction="mean"):
+    """BCE of probabilities in [0, 1]; for logits use ``binary_cross_entropy_with_logits``."""
+    lo, hi = (float(input.data.min()), float(input.data.max())) if input.size else (0.0, 1.0)
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {lo} to {hi}; "
+            "for raw scores use binary_cross_entropy_with_logits"
+        )
+    return _pointwise(BCE, "binary_cross_entropy", input, target, reduction, differentiable_target=False)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction="mean"):
+    return _pointwise(BCEWithLogits, "binary_cross_entropy_with_logits", input, target, reduction,
+                      differentiable_target=False)
