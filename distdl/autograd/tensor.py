@@ -176,11 +176,12 @@ class Tensor:
 
     def to(self, target):
         """A copy on another device ("cpu", "cuda:N") or of another dtype."""
-        try:
-            backend.parse_device(target)
-        except (ValueError, TypeError):
-            return F.astype(self, target)
-        return F.to_device(self, target)
+        if isinstance(target, (str, int)) and not isinstance(target, bool):
+            try:
+                return F.astype(self, np.dtype(target)) if isinstance(target, str) else F.to_device(self, target)
+            except TypeError:
+                return F.to_device(self, target)  # a device name: parse_device says if it is unknown
+        return F.astype(self, target)
 
     def cpu(self):
         return self.to("cpu")

@@ -1,34 +1,53 @@
-"""The error function, vectorised, to float64 precision (NumPy has none; SciPy is not a dependency)."""
+"""erf and erfc, vectorised, to float64 precision (NumPy has none; SciPy is not a dependency)."""
 
 import math
 
 from distdl.backend import xp_of
 
-_SERIES_LIMIT = 2.5  # below: Taylor series (40 terms); above: continued fraction for erfc
+_SERIES_LIMIT = 2.0  # below: Taylor series of erf; above: continued fraction of erfc
 _SERIES_TERMS = 40
 _FRACTION_DEPTH = 60
 
 
-def erf(x):
+def _erf_series(s):
+    x2 = s * s
+    term, total = s.copy(), s.copy()
+    for n in range(1, _SERIES_TERMS):
+        term *= -x2 / n
+        total += term / (2 * n + 1)
+    return total * (2 / math.sqrt(math.pi))
+
+
+def _erfc_fraction(z):
+    """erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...)))), for z >= 2 (depth 60: float64 precision)."""
+    frac = z.copy()
+    for k in range(_FRACTION_DEPTH, 0, -1):
+        frac = z + (k / 2) / frac
+    return xp_of(z).exp(-z * z) / (math.sqrt(math.pi) * frac)
+
+
+def _split(x):
+    """float64 work copy, |x|, and the mask of elements small enough for the series."""
     xp = xp_of(x)
     work = x.astype(xp.float64)
     a = xp.abs(work)
+    return xp, work, a, a < _SERIES_LIMIT
+
+
+def erf(x):
+    xp, work, a, small = _split(x)
     out = xp.empty_like(work)
-    small = a < _SERIES_LIMIT
-    s = a[small]
-    if s.size:
-        x2 = s * s
-        term, total = s.copy(), s.copy()
-        for n in range(1, _SERIES_TERMS):
-            term *= -x2 / n
-            total += term / (2 * n + 1)
-        out[small] = total * (2 / math.sqrt(math.pi))
-    large = ~small
-    z = a[large]
-    if z.size:
-        # erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...)))), from the tail
-        frac = z.copy()
-        for k in range(_FRACTION_DEPTH, 0, -1):
-            frac = z + (k / 2) / frac
-        out[large] = 1 - xp.exp(-z * z) / (math.sqrt(math.pi) * frac)
+    out[small] = _erf_series(a[small])
+    out[~small] = 1 - _erfc_fraction(a[~small])
     return (xp.sign(work) * out).astype(x.dtype, copy=False)
+
+
+def erfc(x):
+    """1 - erf(x), without the cancellation of computing it that way for large x."""
+    xp, work, a, small = _split(x)
+    out = xp.empty_like(work)
+    out[small] = 1 - xp.sign(work[small]) * _erf_series(a[small])
+    large = ~small
+    tail = _erfc_fraction(a[large])
+    out[large] = xp.where(work[large] > 0, tail, 2 - tail)
+    return out.astype(x.dtype, copy=False)

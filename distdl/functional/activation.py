@@ -4,7 +4,7 @@ import math
 
 from distdl.autograd.function import Function
 from distdl.backend import xp_of
-from distdl.functional._special import erf
+from distdl.functional._special import erfc
 
 
 class ReLU(Function):
@@ -64,7 +64,7 @@ class GELU(Function):
         if approximate == "tanh":
             self.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
             return 0.5 * x * (1 + self.t)
-        self.cdf = 0.5 * (1 + erf(x * x.dtype.type(1 / math.sqrt(2))))
+        self.cdf = 0.5 * erfc(x * x.dtype.type(-1 / math.sqrt(2)))
         return x * self.cdf
 
     def backward(self, g):
