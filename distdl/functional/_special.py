@@ -4,9 +4,9 @@ import math
 
 from distdl.backend import xp_of
 
-_SERIES_LIMIT = 2.0  # below: Taylor series of erf; above: continued fraction of erfc
+_SERIES_LIMIT = 1.5  # below: Taylor series of erf; above: continued fraction of erfc
 _SERIES_TERMS = 40
-_FRACTION_DEPTH = 60
+_FRACTION_DEPTH = 100
 
 
 def _erf_series(s):
@@ -19,7 +19,7 @@ def _erf_series(s):
 
 
 def _erfc_fraction(z):
-    """erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...)))), for z >= 2 (depth 60: float64 precision)."""
+    """erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...)))), for z >= 1.5 (depth 100: float64 precision)."""
     frac = z.copy()
     for k in range(_FRACTION_DEPTH, 0, -1):
         frac = z + (k / 2) / frac
