@@ -3,7 +3,7 @@
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
-from distdl.functional.activation import _log_softmax
+from distdl.functional.activation import _log_softmax, stable_sigmoid
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -203,9 +203,7 @@ class BCEWithLogits(PointwiseLoss):
     def pointwise(self, x, t):
         xp = xp_of(x)
         loss = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
-        e = xp.exp(-xp.abs(x))
-        sigmoid = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        return loss, sigmoid - t, None
+        return loss, stable_sigmoid(x) - t, None
 
 
 def _pointwise(cls, name, input, target, reduction, differentiable_target):

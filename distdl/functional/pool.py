@@ -1,8 +1,8 @@
-"""Max and average pooling over strided windows, with one vectorised add per kernel position in backward."""
+"""Max and average pooling over strided window views, with one vectorised step per kernel position in backward."""
 
 from distdl.autograd.function import Function
 from distdl.backend import xp_of
-from distdl.functional.conv import output_size, pad2d, pair, scatter_windows, unpad2d, windows
+from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
 
 
 def _geometry(x_shape, kernel_size, stride, padding, dilation, name):
@@ -22,21 +22,36 @@ def _geometry(x_shape, kernel_size, stride, padding, dilation, name):
 
 
 class MaxPool2d(Function):
+    """Each window's gradient goes to its first maximum (in row-major order), as in PyTorch."""
+
     def forward(self, x, kernel, stride, padding, dilation, out_hw):
         xp = xp_of(x)
         fill = -xp.inf if x.dtype.kind == "f" else xp.iinfo(x.dtype).min
         padded = pad2d(x, padding, value=fill)
-        n, c = x.shape[:2]
-        win = windows(padded, kernel, stride, dilation, out_hw, order="nchw").reshape(n, c, *out_hw, -1)
-        self.argmax = win.argmax(axis=-1)
+        view = window_view(padded, kernel, stride, dilation, out_hw)
+        out = view[:, :, 0, 0].copy()
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                xp.maximum(out, view[:, :, i, j], out=out)
+        self.view, self.out = view, out
         self.geometry = padded.shape, kernel, stride, dilation, padding
-        return xp.take_along_axis(win, self.argmax[..., None], axis=-1)[..., 0]
+        return out
 
     def backward(self, g):
         padded_shape, kernel, stride, dilation, padding = self.geometry
-        xp, zero, kw = xp_of(g), g.dtype.type(0), kernel[1]
-        grad = scatter_windows(lambda i, j: xp.where(self.argmax == i * kw + j, g, zero),
-                               g, padded_shape, kernel, stride, dilation)
+        xp, last = xp_of(g), (kernel[0] - 1, kernel[1] - 1)
+        unclaimed = xp.ones(self.out.shape, dtype=bool)  # windows whose maximum is not found yet
+
+        def grad_at(i, j):  # called in row-major order, so the first maximum claims the gradient
+            if (i, j) == last:
+                first = unclaimed
+            else:
+                first = self.view[:, :, i, j] == self.out
+                first &= unclaimed
+                xp.logical_xor(unclaimed, first, out=unclaimed)
+            return g * first.astype(g.dtype)  # a float mask: a boolean one is slow to multiply or select by
+
+        grad = scatter_windows(grad_at, g, padded_shape, kernel, stride, dilation)
         return unpad2d(grad, padding)
 
 
@@ -44,13 +59,13 @@ class AvgPool2d(Function):
     def forward(self, x, kernel, stride, padding, out_hw, count_include_pad):
         padded = pad2d(x, padding)
         ones = (1, 1)
-        total = windows(padded, kernel, stride, ones, out_hw, order="nchw").sum(axis=(-2, -1))
+        total = window_view(padded, kernel, stride, ones, out_hw).sum(axis=(2, 3))
         if count_include_pad or padding == ((0, 0), (0, 0)):
             divisor = x.dtype.type(kernel[0] * kernel[1])
         else:  # count only the real pixels in each window
             xp = xp_of(x)
             mask = pad2d(xp.ones((1, 1) + x.shape[2:], x.dtype), padding)
-            divisor = windows(mask, kernel, stride, ones, out_hw, order="nchw").sum(axis=(-2, -1))
+            divisor = window_view(mask, kernel, stride, ones, out_hw).sum(axis=(2, 3))
         self.divisor = divisor
         self.geometry = padded.shape, kernel, stride, padding
         return total / divisor
@@ -58,8 +73,7 @@ class AvgPool2d(Function):
     def backward(self, g):
         padded_shape, kernel, stride, padding = self.geometry
         share = g / self.divisor
-        grad = scatter_windows(lambda i, j: share, g, padded_shape, kernel, stride, (1, 1))
-        return unpad2d(grad, padding)
+        return unpad2d(scatter_windows(lambda i, j: share, g, padded_shape, kernel, stride, (1, 1)), padding)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1):
