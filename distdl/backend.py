@@ -9,6 +9,10 @@ import numbers
 
 import numpy as np
 
+from distdl._allocator import tune_allocator
+
+tune_allocator()  # before the first large array: see _allocator for why and how to opt out
+
 _cupy = None  # the cupy module, once a GPU has been asked for
 _default_dtype = np.dtype(np.float32)
 _numpy_rng = np.random.default_rng()

@@ -4,7 +4,7 @@ Models: (a) MLP 784-128-64-10 ReLU, batch 128; (b) CNN Conv(3->32,3x3)-ReLU-MaxP
 MaxPool2-Flatten-Linear(->128)-ReLU-Linear(128->10) on 3x32x32, batch 128. Both frameworks get the same
 weights, data and thread count. PyTorch is an optional peer: without it only distdl's times are printed.
 
-    python scripts/bench_engine.py [--threads 1] [--repeats 15]
+    python scripts/bench_engine.py [--threads 1] [--seconds 1] [--rounds 3]
 """
 
 import argparse
@@ -16,7 +16,9 @@ import time
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads for both frameworks")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per model (the median is shown)")
+    parser.add_argument("--repeats", type=int, default=15, help="least timed steps per model and round")
+    parser.add_argument("--seconds", type=float, default=1.0, help="least time per model, framework and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating distdl/torch rounds (drift hits both)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--models", default="mlp,cnn")
     return parser.parse_args()
@@ -103,31 +105,37 @@ def torch_step(forward, params, x, y):
     return loss
 
 
-def median_ms(step, repeats, warmup):
-    for _ in range(warmup):
-        step()
+def timed_steps(step, repeats, seconds):
+    """Wall times of at least ``repeats`` steps and at least ``seconds`` in all."""
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < seconds:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return times
 
 
 def bench(name, shapes, input_shape, dl_forward, torch_forward):
+    """Median step time of each framework in ms, measured in alternating rounds."""
     rng = np.random.default_rng(0)
     arrays = init_params(shapes, rng)
     x = rng.standard_normal(input_shape).astype(np.float32)
     y = rng.integers(0, 10, input_shape[0])
     params = [dl.tensor(a.copy(), requires_grad=True) for a in arrays]
     xt = dl.tensor(x)
-    ours = median_ms(lambda: distdl_step(dl_forward, params, xt, y), ARGS.repeats, ARGS.warmup)
-    theirs = None
+    steps = {"distdl": lambda: distdl_step(dl_forward, params, xt, y)}
     if torch is not None:
         tparams = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        theirs = median_ms(lambda: torch_step(torch_forward, tparams, tx, ty), ARGS.repeats, ARGS.warmup)
-    return name, ours, theirs
+        steps["torch"] = lambda: torch_step(torch_forward, tparams, tx, ty)
+    times = {key: [] for key in steps}
+    for key, step in steps.items():
+        timed_steps(step, ARGS.warmup, 0)
+    for _ in range(ARGS.rounds):
+        for key, step in steps.items():
+            times[key] += timed_steps(step, ARGS.repeats, ARGS.seconds)
+    medians = {key: 1e3 * float(np.median(t)) for key, t in times.items()}
+    return name, medians["distdl"], medians.get("torch"), len(times["distdl"])
 
 
 def main():
@@ -138,14 +146,15 @@ def main():
         "cnn": ("CNN 2xconv 3x32x32 b128", CNN_SHAPES, (128, 3, 32, 32), distdl_cnn, torch_cnn),
     }
     peer = f"torch {torch.__version__}" if torch is not None else "torch not installed"
-    print(f"forward+backward+SGD step, median of {ARGS.repeats}, {ARGS.threads} thread(s); numpy {np.__version__}, {peer}")
-    print(f"| {'model':<26} | {'distdl ms':>9} | {'torch ms':>9} | {'ratio':>6} | {'target':>7} |")
-    print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 9}|")
+    print(f"forward+backward+SGD step, median over {ARGS.rounds} alternating rounds, {ARGS.threads} thread(s); "
+          f"numpy {np.__version__}, {peer}")
+    print(f"| {'model':<26} | {'steps':>5} | {'distdl ms':>9} | {'torch ms':>9} | {'ratio':>6} | {'target':>7} |")
+    print(f"|{'-' * 28}|{'-' * 7}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 9}|")
     for key in ARGS.models.split(","):
-        name, ours, theirs = bench(*models[key])
+        name, ours, theirs, count = bench(*models[key])
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         torch_ms = f"{theirs:9.2f}" if theirs else f"{'-':>9}"
-        print(f"| {name:<26} | {ours:9.2f} | {torch_ms} | {ratio:>6} | {'<=' + str(TARGETS[key]) + 'x':>7} |")
+        print(f"| {name:<26} | {count:5d} | {ours:9.2f} | {torch_ms} | {ratio:>6} | {'<=' + str(TARGETS[key]) + 'x':>7} |")
 
 
 if __name__ == "__main__":

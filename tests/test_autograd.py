@@ -181,3 +181,28 @@ def test_dropout_gradient_is_its_mask_and_identity_in_eval():
     y.sum().backward()
     np.testing.assert_array_equal(x.grad, y.numpy())
     assert F.dropout(x, 0.25, training=False) is x
+
+
+def test_leaf_gradients_are_private_writable_arrays():
+    """A leaf adopts a fresh gradient without a copy, but never a shared array or a read-only view."""
+
+    class SameArrayTwice(dl.Function):
+        def forward(self, a, b):
+            return a + b
+
+        def backward(self, g):
+            shared = g * 1.0
+            return shared, shared
+
+    a, b = dl.tensor(np.ones(3), requires_grad=True), dl.tensor(np.ones(3), requires_grad=True)
+    SameArrayTwice.apply(a, b).sum().backward()
+    assert not np.shares_memory(a.grad, b.grad)
+    x = dl.tensor(np.ones((2, 3)), requires_grad=True)
+    x.reshape(6).sum().backward()  # the gradient arrives as a reshaped broadcast view
+    x.grad += 1
+    np.testing.assert_array_equal(x.grad, np.full((2, 3), 2.0))
+    root = dl.tensor(np.ones(2), requires_grad=True)
+    upstream = np.array([1.0, 2.0])
+    root.backward(upstream)
+    root.grad += 1
+    np.testing.assert_array_equal(upstream, [1.0, 2.0])

@@ -39,18 +39,29 @@ def _count_leaf_uses(order):
                 key = id(tensor)
                 entry = uses.get(key)
                 if entry is None:
-                    uses[key] = [tensor, 1, None]
+                    uses[key] = [tensor, 1, None, False]  # tensor, contributions due, their sum, sum owned
                 else:
                     entry[1] += 1
     return uses
 
 
-def _accumulate_leaf(tensor, grad):
+def _owned(grad, node_outputs, node_grads):
+    """Whether ``grad`` is a fresh array nobody else holds, so a leaf may keep it without a copy.
+
+    Views, pass-through of a gradient the node received, and one array returned for two
+    inputs are shared; Function.backward promises to return arrays it does not keep.
+    """
+    if grad.base is not None or any(grad is o for o in node_outputs):
+        return False
+    return sum(1 for other in node_grads if other is grad) == 1
+
+
+def _accumulate_leaf(tensor, grad, owned):
     """Add ``grad`` into ``tensor.grad`` in place (it may be a view into a bucket), then fire hooks."""
     if grad.dtype != tensor.data.dtype:
-        grad = grad.astype(tensor.data.dtype)
+        grad, owned = grad.astype(tensor.data.dtype), True
     if tensor.grad is None:
-        tensor.grad = xp_of(grad).array(grad, copy=True)  # the incoming array may be shared
+        tensor.grad = grad if owned else xp_of(grad).array(grad, copy=True)
     else:
         tensor.grad += grad
     if tensor._hooks:
@@ -70,7 +81,7 @@ def backward(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it."""
     node = root._ctx
     if node is None:
-        _accumulate_leaf(root, grad)
+        _accumulate_leaf(root, grad, owned=False)
         return
     if node.inputs is None:
         raise RuntimeError(
@@ -103,10 +114,13 @@ def backward(root, grad, retain_graph=False):
                 slot[tensor._idx] = g if previous is None else previous + g
                 continue
             entry = leaves[id(tensor)]
-            entry[2] = g if entry[2] is None else entry[2] + g
+            if entry[2] is None:
+                entry[2], entry[3] = g, _owned(g, outputs, input_grads)
+            else:
+                entry[2], entry[3] = entry[2] + g, True
             entry[1] -= 1
             if entry[1] == 0:  # the leaf's gradient for this pass is final
-                _accumulate_leaf(tensor, entry[2])
+                _accumulate_leaf(tensor, entry[2], entry[3])
                 del leaves[id(tensor)]
         if not retain_graph:
             node.release()

@@ -11,7 +11,8 @@ class Function:
     tuple of arrays) and ``backward(*grad_outputs)`` returning one gradient per
     positional input (``None`` where ``needs_input_grad`` is False). They keep
     only what backward needs, as attributes or through ``save_for_backward``.
-    ``backward`` must never modify the gradients it is given: they may be shared.
+    ``backward`` must never modify the gradients it is given (they may be shared), and
+    must return new arrays or views, never an array it keeps (a leaf may adopt it).
     """
 
     inputs = ()

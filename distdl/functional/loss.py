@@ -36,7 +36,10 @@ def _unrows(rows, shape):
 
 
 def _class_targets(input, target, name, ignore_index):
-    """Validate integer class targets: shape (N, d1, ...) and values in [0, C) or ``ignore_index``."""
+    """Validate integer class targets: shape (N, d1, ...), values in [0, C) or ``ignore_index``.
+
+    Returns the flat targets and the mask of rows to count, or None when every row counts.
+    """
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
         raise ValueError(
@@ -44,13 +47,24 @@ def _class_targets(input, target, name, ignore_index):
             f"got {target.shape}"
         )
     classes = input.shape[1]
-    valid = target != ignore_index
-    if valid.any():
-        picked = target[valid]
-        low, high = int(picked.min()), int(picked.max())
+    flat = target.reshape(-1)
+    valid = None
+    if flat.size:
+        low, high = int(flat.min()), int(flat.max())
+        if low <= ignore_index <= high:
+            valid = flat != ignore_index
+            picked = flat[valid]
+            low, high = (int(picked.min()), int(picked.max())) if picked.size else (0, 0)
         if low < 0 or high >= classes:
             raise IndexError(f"{name}: target class indices must lie in [0, {classes}), got values from {low} to {high}")
-    return target.reshape(-1), valid.reshape(-1)
+    return flat, valid
+
+
+def _safe_targets(target, valid):
+    """Targets with ignored rows pointed at class 0 (their loss is masked out), and the row count."""
+    if valid is None:
+        return target, target.size
+    return xp_of(target).where(valid, target, 0), int(valid.sum())
 
 
 def _reduce_rows(loss_rows, reduction, count, out_shape):
@@ -65,37 +79,45 @@ def _reduce_rows(loss_rows, reduction, count, out_shape):
 
 
 class CrossEntropy(Function):
-    """Softmax cross-entropy from logits; gradient softmax(x) - q, where q is the (smoothed) target distribution."""
+    """Softmax cross-entropy from logits; the gradient is softmax(x) - q, q the (smoothed) target distribution."""
 
-    def forward(self, logits, *, target, valid, smoothing, reduction):
+    def forward(self, logits, *, target, valid, probabilities, smoothing, reduction):
         xp = xp_of(logits)
         rows = _rows(logits)
         m, classes = rows.shape
         logp = _log_softmax(rows, axis=1)
-        if valid is not None:  # class indices
-            safe = xp.where(valid, target, 0)
-            q = xp.zeros_like(logp)
-            q[xp.arange(m), safe] = 1 - smoothing
-            q += smoothing / classes
-            q *= valid[:, None]
-            count = int(valid.sum())
-        else:  # probabilities over the class axis
+        if probabilities:
             q = _rows(target).astype(logp.dtype, copy=False)
             if smoothing:
                 q = q * (1 - smoothing) + smoothing / classes
-            count = m
-        loss = -(q * logp).sum(axis=1)
+            loss, count = -(q * logp).sum(axis=1), m
+            self.q = q
+        else:
+            safe, count = _safe_targets(target, valid)
+            loss = logp[xp.arange(m), safe] * -(1 - smoothing)
+            if smoothing:
+                loss -= (smoothing / classes) * logp.sum(axis=1)
+            if valid is not None:
+                loss *= valid
+            self.safe, self.valid = safe, valid
         out, self.scale = _reduce_rows(loss, reduction, count, logits.shape[:1] + logits.shape[2:])
-        self.save_for_backward(logp, q)
-        self.shape = logits.shape
+        self.save_for_backward(logp)
+        self.shape, self.probabilities, self.smoothing = logits.shape, probabilities, smoothing
         return xp.asarray(out, dtype=logits.dtype)
 
     def backward(self, g):
-        logp, q = self.saved
+        (logp,) = self.saved
         xp = xp_of(g)
         grad = xp.exp(logp)
-        grad *= q.sum(axis=1, keepdims=True)  # ignored rows (q = 0) get no gradient
-        grad -= q
+        if self.probabilities:
+            grad *= self.q.sum(axis=1, keepdims=True)
+            grad -= self.q
+        else:
+            if self.smoothing:
+                grad -= self.smoothing / logp.shape[1]
+            grad[xp.arange(logp.shape[0]), self.safe] -= 1 - self.smoothing
+            if self.valid is not None:  # ignored rows get no gradient
+                grad *= self.valid[:, None]
         grad *= g.reshape(-1, 1) if self.scale is None else g * self.scale
         return _unrows(grad, self.shape)
 
@@ -104,17 +126,20 @@ class NLLLoss(Function):
     def forward(self, logp, *, target, valid, reduction):
         xp = xp_of(logp)
         rows = _rows(logp)
-        m = rows.shape[0]
-        safe = xp.where(valid, target, 0)
-        loss = -rows[xp.arange(m), safe] * valid
-        out, self.scale = _reduce_rows(loss, reduction, int(valid.sum()), logp.shape[:1] + logp.shape[2:])
+        safe, count = _safe_targets(target, valid)
+        loss = -rows[xp.arange(rows.shape[0]), safe]
+        if valid is not None:
+            loss *= valid
+        out, self.scale = _reduce_rows(loss, reduction, count, logp.shape[:1] + logp.shape[2:])
         self.safe, self.valid, self.shape, self.rows_shape = safe, valid, logp.shape, rows.shape
         return xp.asarray(out, dtype=logp.dtype)
 
     def backward(self, g):
         xp = xp_of(g)
         grad = xp.zeros(self.rows_shape, g.dtype)
-        weight = -(g.reshape(-1) if self.scale is None else g * self.scale) * self.valid
+        weight = -(g.reshape(-1) if self.scale is None else g * self.scale)
+        if self.valid is not None:
+            weight = weight * self.valid
         grad[xp.arange(self.rows_shape[0]), self.safe] = weight
         return _unrows(grad, self.shape)
 
@@ -131,16 +156,18 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     if input.ndim < 2:
         raise ValueError(f"cross_entropy: expects logits of shape (N, C, ...), got {input.shape}")
     target = _constant(target, input, "cross_entropy")
-    if target.dtype.kind in "iu":
-        flat, valid = _class_targets(input, target, "cross_entropy", ignore_index)
+    probabilities = target.dtype.kind not in "iu"
+    if not probabilities:
+        target, valid = _class_targets(input, target, "cross_entropy", ignore_index)
     elif target.shape == input.shape:
-        flat, valid = target, None
+        valid = None
     else:
         raise ValueError(
             f"cross_entropy: target must hold class indices (integer dtype, shape {input.shape[:1] + input.shape[2:]}) "
             f"or class probabilities (shape {input.shape}), got dtype {target.dtype} shape {target.shape}"
         )
-    return CrossEntropy.apply(input, target=flat, valid=valid, smoothing=label_smoothing, reduction=reduction)
+    return CrossEntropy.apply(input, target=target, valid=valid, probabilities=probabilities,
+                              smoothing=label_smoothing, reduction=reduction)
 
 
 def nll_loss(input, target, ignore_index=-100, reduction="mean"):

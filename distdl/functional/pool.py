@@ -42,16 +42,25 @@ class MaxPool2d(Function):
         xp, last = xp_of(g), (kernel[0] - 1, kernel[1] - 1)
         unclaimed = xp.ones(self.out.shape, dtype=bool)  # windows whose maximum is not found yet
 
-        def grad_at(i, j):  # called in row-major order, so the first maximum claims the gradient
+        def first_max(i, j):  # asked in row-major order, so the first maximum claims the gradient
             if (i, j) == last:
-                first = unclaimed
-            else:
-                first = self.view[:, :, i, j] == self.out
-                first &= unclaimed
-                xp.logical_xor(unclaimed, first, out=unclaimed)
-            return g * first.astype(g.dtype)  # a float mask: a boolean one is slow to multiply or select by
+                return unclaimed
+            first = self.view[:, :, i, j] == self.out
+            first &= unclaimed
+            xp.logical_xor(unclaimed, first, out=unclaimed)
+            return first
 
-        grad = scatter_windows(grad_at, g, padded_shape, kernel, stride, dilation)
+        if all(s >= d * (k - 1) + 1 for s, k, d in zip(stride, kernel, dilation)):
+            # Windows do not overlap (the usual stride == kernel): write each position's
+            # gradient straight into its place, with no temporary and no read-modify-write.
+            grad = xp.zeros(padded_shape, g.dtype)
+            grad_windows = window_view(grad, kernel, stride, dilation, g.shape[2:])
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    xp.multiply(g, first_max(i, j), out=grad_windows[:, :, i, j])
+        else:
+            grad = scatter_windows(lambda i, j: g * first_max(i, j).astype(g.dtype),  # a float mask multiplies faster
+                                   g, padded_shape, kernel, stride, dilation)
         return unpad2d(grad, padding)
 
 
