@@ -165,6 +165,16 @@ def uniform(shape, low, high, dtype, xp=np):
     return xp.random.uniform(low, high, shape).astype(dtype)
 
 
+def scatter_add(target, indices, values):
+    """``target[indices] += values`` where an index may repeat (np.add.at; cupyx.scatter_add on a GPU)."""
+    if is_gpu_array(target):
+        import cupyx
+
+        cupyx.scatter_add(target, indices, values)
+    else:
+        np.add.at(target, indices, values)
+
+
 def integers(low, high, shape):
     """Seeded integer samples on the CPU (shuffles, index draws)."""
     return _numpy_rng.integers(low, high, shape)

@@ -2,7 +2,7 @@
 
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
-from distdl.backend import xp_of
+from distdl.backend import scatter_add, xp_of
 
 
 class Embedding(Function):
@@ -11,9 +11,8 @@ class Embedding(Function):
         return weight[indices]
 
     def backward(self, g):
-        xp = xp_of(g)
-        grad = xp.zeros(self.shape, g.dtype)
-        xp.add.at(grad, self.indices.ravel(), g.reshape(-1, self.shape[1]))  # an index may repeat
+        grad = xp_of(g).zeros(self.shape, g.dtype)
+        scatter_add(grad, self.indices.ravel(), g.reshape(-1, self.shape[1]))  # an index may repeat
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         return grad

@@ -1,5 +1,7 @@
 """Losses as fused, numerically stable ops, with torch.nn.functional's names and ``reduction``."""
 
+import numpy as np
+
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
@@ -217,7 +219,7 @@ class BCE(PointwiseLoss):
 
     def pointwise(self, p, t):
         xp = xp_of(p)
-        with xp.errstate(divide="ignore"):
+        with np.errstate(divide="ignore"):  # log(0) is clamped below; CuPy does not warn
             log_p = xp.maximum(xp.log(p), -100)
             log_1mp = xp.maximum(xp.log1p(-p), -100)
         loss = -(t * log_p + (1 - t) * log_1mp)

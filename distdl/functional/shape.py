@@ -1,10 +1,11 @@
 """Shape and indexing ops: reshape, transpose, indexing, concatenate, stack."""
 
+import itertools
 import numbers
 
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
-from distdl.backend import xp_of
+from distdl.backend import scatter_add, xp_of
 from distdl.functional._util import normalize_axis
 
 
@@ -23,8 +24,12 @@ class Transpose(Function):
         return x.transpose(axes)
 
     def backward(self, g):
-        xp = xp_of(g)
-        return g.transpose(xp.argsort(xp.asarray(self.axes)).tolist() if self.axes is not None else None)
+        if self.axes is None:
+            return g.transpose()
+        inverse = [0] * len(self.axes)
+        for position, axis in enumerate(self.axes):
+            inverse[axis] = position
+        return g.transpose(inverse)
 
 
 def _is_basic(index):
@@ -44,7 +49,7 @@ class GetItem(Function):
         if _is_basic(self.index):
             grad[self.index] = g
         else:  # integer or boolean arrays may pick an element several times
-            xp.add.at(grad, self.index, g)
+            scatter_add(grad, self.index, g)
         return grad
 
 
@@ -52,7 +57,7 @@ class Concatenate(Function):
     def forward(self, *arrays, axis):
         xp = xp_of(arrays[0])
         self.axis = axis
-        self.splits = xp.cumsum([a.shape[axis] for a in arrays[:-1]]).tolist()
+        self.splits = list(itertools.accumulate(a.shape[axis] for a in arrays[:-1]))
         return xp.concatenate(arrays, axis=axis)
 
     def backward(self, g):
