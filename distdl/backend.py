@@ -159,12 +159,6 @@ def normal(shape, dtype, xp=np, scale=1.0):
     return (xp.random.standard_normal(shape) * scale).astype(dtype)
 
 
-def uniform(shape, low, high, dtype, xp=np):
-    if xp is np:
-        return _numpy_rng.uniform(low, high, shape).astype(dtype)
-    return xp.random.uniform(low, high, shape).astype(dtype)
-
-
 def scatter_add(target, indices, values):
     """``target[indices] += values`` where an index may repeat (np.add.at; cupyx.scatter_add on a GPU)."""
     if is_gpu_array(target):
@@ -173,8 +167,3 @@ def scatter_add(target, indices, values):
         cupyx.scatter_add(target, indices, values)
     else:
         np.add.at(target, indices, values)
-
-
-def integers(low, high, shape):
-    """Seeded integer samples on the CPU (shuffles, index draws)."""
-    return _numpy_rng.integers(low, high, shape)

@@ -58,13 +58,3 @@ def normalize_axis(axis, ndim):
         out.append(a % ndim)
     return tuple(sorted(out))
 
-
-def reduction(loss, how, name):
-    """Apply a loss ``reduction`` ('mean' | 'sum' | 'none') to per-element losses."""
-    if how == "mean":
-        return loss.mean()
-    if how == "sum":
-        return loss.sum()
-    if how == "none":
-        return loss
-    raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {how!r}")
