@@ -176,11 +176,13 @@ class Tensor:
 
     def to(self, target):
         """A copy on another device ("cpu", "cuda:N") or of another dtype."""
-        if isinstance(target, (str, int)) and not isinstance(target, bool):
+        if isinstance(target, str):
             try:
-                return F.astype(self, np.dtype(target)) if isinstance(target, str) else F.to_device(self, target)
-            except TypeError:
-                return F.to_device(self, target)  # a device name: parse_device says if it is unknown
+                target = np.dtype(target)
+            except TypeError:  # not a dtype name, so a device name (an unknown one is reported there)
+                return F.to_device(self, target)
+        elif isinstance(target, int) and not isinstance(target, bool):
+            return F.to_device(self, target)
         return F.astype(self, target)
 
     def cpu(self):

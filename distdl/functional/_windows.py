@@ -47,7 +47,8 @@ def scatter_windows(grad_at, like, padded_shape, kernel, stride, dilation):
     """The adjoint of ``window_view``: add each kernel position's (N, C, OH, OW) gradient back into the input.
 
     ``grad_at(i, j)`` gives that gradient, asked for in row-major order of (i, j); one
-    vectorised add per kernel position (9 for a 3x3 kernel), none per pixel. ``like`` gives the array module and dtype.
+    vectorised add per kernel position (9 for a 3x3 kernel), none per pixel.
+    ``like`` gives the array module and dtype.
     """
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     grad = xp_of(like).zeros(padded_shape, like.dtype)
