@@ -15,18 +15,19 @@ from distdl.functional.linalg import linear, matmul
 from distdl.functional.loss import (
     binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss, nll_loss,
 )
-from distdl.functional.norm import batch_norm
-from distdl.functional.pool import avg_pool2d, max_pool2d
+from distdl.functional.norm import batch_norm, layer_norm
+from distdl.functional.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from distdl.functional.rnn import gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from distdl.functional.reduce import max, mean, min, sum, var
 from distdl.functional.shape import (
     concatenate, flatten, getitem, reshape, squeeze, stack, transpose, unsqueeze,
 )
 
 __all__ = [
-    "abs", "add", "astype", "avg_pool2d", "batch_norm", "binary_cross_entropy",
+    "abs", "adaptive_avg_pool2d", "add", "astype", "avg_pool2d", "batch_norm", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "clip", "concatenate", "conv2d", "cross_entropy", "div", "dropout",
-    "embedding", "exp", "flatten", "gelu", "getitem", "l1_loss", "leaky_relu", "linear", "log", "log_softmax",
-    "matmul", "max", "max_pool2d", "mean", "min", "mse_loss", "mul", "neg", "nll_loss", "pow", "relu", "reshape",
+    "embedding", "exp", "flatten", "gelu", "getitem", "gru", "gru_cell", "l1_loss", "layer_norm", "leaky_relu", "linear", "log", "log_softmax",
+    "lstm", "lstm_cell", "matmul", "max", "max_pool2d", "mean", "min", "mse_loss", "mul", "neg", "nll_loss", "pow", "relu", "reshape", "rnn", "rnn_cell",
     "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sub", "sum", "tanh", "to_device", "transpose",
     "unsqueeze", "var", "where",
 ]

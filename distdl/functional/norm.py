@@ -69,3 +69,46 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if bias is None:
         bias = Tensor._from_op(xp.zeros(channels, x.dtype), None, 0)
     return BatchNorm.apply(input, weight, bias, mean=mean, var=var, eps=eps, training=training)
+
+
+class LayerNorm(Function):
+    """Normalise over the trailing ``ndim`` axes of each sample; weight and bias are optional inputs."""
+
+    def forward(self, x, *affine, ndim, eps):
+        axes = tuple(range(x.ndim - ndim, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        centred = x - mean
+        inv_std = 1 / xp_of(x).sqrt((centred * centred).mean(axis=axes, keepdims=True) + eps)
+        xhat = centred * inv_std
+        self.save_for_backward(xhat, inv_std, *affine[:1])
+        self.axes = axes
+        if not affine:
+            return xhat
+        out = xhat * affine[0]
+        if len(affine) == 2:
+            out += affine[1]
+        return out
+
+    def backward(self, g):
+        xhat, inv_std, *weight = self.saved
+        leading = tuple(range(g.ndim - len(self.axes)))
+        gxhat = g * weight[0] if weight else g
+        gx = inv_std * (gxhat - gxhat.mean(axis=self.axes, keepdims=True)
+                        - xhat * (gxhat * xhat).mean(axis=self.axes, keepdims=True))
+        grads = (gx,)
+        if weight:
+            grads += ((g * xhat).sum(axis=leading),)
+        if len(self.needs_input_grad) == 3:
+            grads += (g.sum(axis=leading),)
+        return grads
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing ``normalized_shape`` axes, as torch.nn.functional.layer_norm."""
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(input.shape[input.ndim - len(normalized_shape):]) != normalized_shape:
+        raise ValueError(f"layer_norm: input of shape {input.shape} does not end in normalized_shape {normalized_shape}")
+    if bias is not None and weight is None:
+        raise ValueError("layer_norm: a bias needs a weight (pass weight=ones)")
+    affine = tuple(t for t in (weight, bias) if t is not None)
+    return LayerNorm.apply(input, *affine, ndim=len(normalized_shape), eps=eps)

@@ -1,7 +1,9 @@
 """Max and average pooling over strided window views, with one vectorised step per kernel position in backward."""
 
 from distdl.autograd.function import Function
+from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
+from distdl.functional.linalg import matmul
 from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
 
 
@@ -97,3 +99,25 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad=Tru
     kernel, stride, padding, _, out = _geometry(input.shape, kernel_size, stride, padding, 1, "avg_pool2d")
     return AvgPool2d.apply(input, kernel=kernel, stride=stride, padding=padding, out_hw=out,
                            count_include_pad=count_include_pad)
+
+
+def _averaging_matrix(size, out_size, dtype, xp):
+    """(out_size, size) rows averaging the bins torch's adaptive pooling uses: [floor(i*s/o), ceil((i+1)*s/o))."""
+    matrix = xp.zeros((out_size, size), dtype)
+    for i in range(out_size):
+        start, stop = (i * size) // out_size, -((-(i + 1) * size) // out_size)
+        matrix[i, start:stop] = 1 / (stop - start)
+    return matrix
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average into an ``output_size`` grid whatever the input size: two small matmuls, A_h @ x @ A_w.T."""
+    if input.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d: expects NCHW input, got shape {input.shape}")
+    h, w = input.shape[2:]
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    out_h, out_w = h if out_h is None else out_h, w if out_w is None else out_w  # None keeps that axis, as torch
+    xp = xp_of(input.data)
+    rows = Tensor._from_op(_averaging_matrix(h, out_h, input.dtype, xp), None, 0)
+    cols = Tensor._from_op(_averaging_matrix(w, out_w, input.dtype, xp).T, None, 0)
+    return matmul(matmul(rows, input), cols)

@@ -1,0 +1,19 @@
+"""Layers, models and losses: Module with its Parameters and buffers, named and initialised as torch.nn."""
+
+from distdl.nn import init, utils
+from distdl.nn.activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from distdl.nn.container import ModuleList, Sequential
+from distdl.nn.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from distdl.nn.dropout import Dropout, Embedding
+from distdl.nn.linear import Flatten, Identity, Linear
+from distdl.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
+from distdl.nn.module import Module, Parameter
+from distdl.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from distdl.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = [
+    "AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d",
+    "CrossEntropyLoss", "Dropout", "Embedding", "Flatten", "GELU", "GRU", "GRUCell", "Identity", "L1Loss", "LSTM",
+    "LSTMCell", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleList",
+    "NLLLoss", "Parameter", "RNN", "RNNCell", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "init", "utils",
+]

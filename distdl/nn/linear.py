@@ -1,0 +1,60 @@
+"""Fully connected layers and shape adapters."""
+
+import math
+
+import numpy as np
+
+from distdl import functional as F
+from distdl.backend import get_default_dtype
+from distdl.nn import init
+from distdl.nn.module import Module, Parameter
+
+
+def empty_parameter(*shape):
+    """A Parameter of the default dtype, to be filled by an initialiser."""
+    return Parameter(np.empty(shape, get_default_dtype()))
+
+
+def init_fan_in_uniform(weight, bias):
+    """torch's default for Linear and Conv: kaiming_uniform(a=sqrt(5)) weights, i.e. U(+-1/sqrt(fan_in)), and such biases."""
+    init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(init.fan_in_and_fan_out(weight)[0])
+        init.uniform_(bias, -bound, bound)
+
+
+class Identity(Module):
+    def forward(self, input):
+        return input
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` over the last axis; weight is (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = empty_parameter(out_features, in_features)
+        self.register_parameter("bias", empty_parameter(out_features) if bias else None)
+        init_fan_in_uniform(self.weight, self.bias)
+
+    def forward(self, input):
+        self.check_input(input, self.in_features, "features", axis=-1)
+        return F.linear(input, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Flatten(Module):
+    """Merge axes ``start_dim`` to ``end_dim`` (by default all but the batch axis)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, input):
+        return F.flatten(input, self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
