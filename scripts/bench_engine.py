@@ -1,10 +1,15 @@
-"""Step time of forward + backward + SGD on the engine, against PyTorch CPU in the same run.
+"""Step time of zero_grad + forward + backward + optimizer step, distdl against PyTorch CPU in the same run.
 
-Models: (a) MLP 784-128-64-10 ReLU, batch 128; (b) CNN Conv(3->32,3x3)-ReLU-MaxPool2-Conv(32->64,3x3)-ReLU-
-MaxPool2-Flatten-Linear(->128)-ReLU-Linear(128->10) on 3x32x32, batch 128. Both frameworks get the same
-weights, data and thread count. PyTorch is an optional peer: without it only distdl's times are printed.
+Models, built by the same code from ``distdl.nn`` and ``torch.nn`` and started from the same weights:
+(a) MLP 784-128-64-10 ReLU, cross-entropy, SGD, batch 128;
+(b) CNN Conv(3->32,3x3)-ReLU-MaxPool2-Conv(32->64,3x3)-ReLU-MaxPool2-Flatten-Linear(->128)-ReLU-Linear(->10)
+    on 3x32x32, cross-entropy, SGD, batch 128;
+(c) LSTM 3 layers of 50 units over 50 steps of 8 inputs, Linear(50->1) on the last step, BCE with logits,
+    Adam, batch 32;
+(d) autoencoder 784-256-256-256-784, ReLU, sigmoid output, BCE, Adam, batch 256.
+Both get the same data and thread count. PyTorch is an optional peer: without it only distdl's times are printed.
 
-    python scripts/bench_engine.py [--threads 1] [--seconds 1] [--rounds 3]
+    python scripts/bench_engine.py [--threads 1] [--seconds 1] [--rounds 3] [--models mlp,cnn,lstm,ae]
 """
 
 import argparse
@@ -20,7 +25,7 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=1.0, help="least time per model, framework and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating distdl/torch rounds (drift hits both)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--models", default="mlp,cnn,lstm,ae")
     return parser.parse_args()
 
 
@@ -32,77 +37,70 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import distdl as dl  # noqa: E402
-from distdl import functional as F  # noqa: E402
 
 try:
     import torch
 except ImportError:
     torch = None
 
-LR = 0.01
-TARGETS = {"mlp": 1.0, "cnn": 1.5}
+TARGETS = {"mlp": 1.0, "cnn": 1.2, "lstm": 2.0, "ae": 1.0}
 
 
-def init_params(shapes, rng):
-    """PyTorch-style uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights as float32 arrays."""
-    params = []
-    for shape in shapes:
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
-        bound = 1 / np.sqrt(fan_in)
-        params.append(rng.uniform(-bound, bound, shape).astype(np.float32))
-    return params
+# Each builder takes the framework's ``nn`` (distdl.nn or torch.nn): the same code builds both models.
+def mlp(nn):
+    return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-MLP_SHAPES = [(128, 784), (128,), (64, 128), (64,), (10, 64), (10,)]
-CNN_SHAPES = [(32, 3, 3, 3), (32,), (64, 32, 3, 3), (64,), (128, 64 * 6 * 6), (128,), (10, 128), (10,)]
+def cnn(nn):
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
 
 
-def distdl_mlp(p, x):
-    h = F.relu(F.linear(x, p[0], p[1]))
-    h = F.relu(F.linear(h, p[2], p[3]))
-    return F.linear(h, p[4], p[5])
+def lstm(nn):
+    class LastStep(nn.Module):
+        """3-layer LSTM, then a linear read-out of the last time step."""
+
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 50, num_layers=3, batch_first=True)
+            self.head = nn.Linear(50, 1)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    return LastStep()
 
 
-def distdl_cnn(p, x):
-    h = F.max_pool2d(F.relu(F.conv2d(x, p[0], p[1])), 2)
-    h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2)
-    h = F.relu(F.linear(h.flatten(1), p[4], p[5]))
-    return F.linear(h, p[6], p[7])
+def autoencoder(nn):
+    return nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 784), nn.Sigmoid(),
+    )
 
 
-def torch_mlp(p, x):
-    tf = torch.nn.functional
-    h = tf.relu(tf.linear(x, p[0], p[1]))
-    h = tf.relu(tf.linear(h, p[2], p[3]))
-    return tf.linear(h, p[4], p[5])
+def workload(key, rng):
+    """(title, builder, input, target, loss name, optimizer name and lr) of each benchmark model."""
+    if key == "mlp":
+        return "MLP 784-128-64-10 b128", mlp, rng.standard_normal((128, 784)), rng.integers(0, 10, 128), "CrossEntropyLoss", ("SGD", 0.01)
+    if key == "cnn":
+        return ("CNN 2xconv 3x32x32 b128", cnn, rng.standard_normal((128, 3, 32, 32)), rng.integers(0, 10, 128),
+                "CrossEntropyLoss", ("SGD", 0.01))
+    if key == "lstm":
+        return ("LSTM 3x50 seq50 b32", lstm, rng.standard_normal((32, 50, 8)), rng.integers(0, 2, (32, 1)).astype(np.float32),
+                "BCEWithLogitsLoss", ("Adam", 1e-3))
+    images = rng.uniform(0, 1, (256, 784))
+    return "AE 784-256x3-784 b256", autoencoder, images, images.astype(np.float32), "BCELoss", ("Adam", 1e-3)
 
 
-def torch_cnn(p, x):
-    tf = torch.nn.functional
-    h = tf.max_pool2d(tf.relu(tf.conv2d(x, p[0], p[1])), 2)
-    h = tf.max_pool2d(tf.relu(tf.conv2d(h, p[2], p[3])), 2)
-    h = tf.relu(tf.linear(h.flatten(1), p[4], p[5]))
-    return tf.linear(h, p[6], p[7])
-
-
-def distdl_step(forward, params, x, y):
-    loss = F.cross_entropy(forward(params, x), y)
-    loss.backward()
-    with dl.no_grad():
-        for p in params:
-            p.data -= LR * p.grad
-            p.grad = None
-    return loss
-
-
-def torch_step(forward, params, x, y):
-    loss = torch.nn.functional.cross_entropy(forward(params, x), y)
-    loss.backward()
-    with torch.no_grad():
-        for p in params:
-            p -= LR * p.grad
-            p.grad = None
-    return loss
+def make_step(model, optimizer, loss_fn, x, y):
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
 def timed_steps(step, repeats, seconds):
@@ -115,43 +113,40 @@ def timed_steps(step, repeats, seconds):
     return times
 
 
-def bench(name, shapes, input_shape, dl_forward, torch_forward):
-    """Median step time of each framework in ms, measured in alternating rounds."""
+def bench(key):
+    """Median step time of each framework in ms, measured in alternating rounds, from the same weights."""
     rng = np.random.default_rng(0)
-    arrays = init_params(shapes, rng)
-    x = rng.standard_normal(input_shape).astype(np.float32)
-    y = rng.integers(0, 10, input_shape[0])
-    params = [dl.tensor(a.copy(), requires_grad=True) for a in arrays]
-    xt = dl.tensor(x)
-    steps = {"distdl": lambda: distdl_step(dl_forward, params, xt, y)}
+    title, build, x, y, loss_name, (opt_name, lr) = workload(key, rng)
+    x = x.astype(np.float32)
+    dl.seed(0)
+    model = build(dl.nn)
+    steps = {"distdl": make_step(model, getattr(dl.optim, opt_name)(model.parameters(), lr=lr),
+                                 getattr(dl.nn, loss_name)(), dl.tensor(x), y if y.dtype.kind == "i" else dl.tensor(y))}
     if torch is not None:
-        tparams = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        steps["torch"] = lambda: torch_step(torch_forward, tparams, tx, ty)
-    times = {key: [] for key in steps}
-    for key, step in steps.items():
+        peer = build(torch.nn)
+        peer.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+        steps["torch"] = make_step(peer, getattr(torch.optim, opt_name)(peer.parameters(), lr=lr),
+                                   getattr(torch.nn, loss_name)(), torch.from_numpy(x), torch.from_numpy(y))
+    times = {name: [] for name in steps}
+    for step in steps.values():
         timed_steps(step, ARGS.warmup, 0)
     for _ in range(ARGS.rounds):
-        for key, step in steps.items():
-            times[key] += timed_steps(step, ARGS.repeats, ARGS.seconds)
-    medians = {key: 1e3 * float(np.median(t)) for key, t in times.items()}
-    return name, medians["distdl"], medians.get("torch"), len(times["distdl"])
+        for name, step in steps.items():
+            times[name] += timed_steps(step, ARGS.repeats, ARGS.seconds)
+    medians = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    return title, medians["distdl"], medians.get("torch"), len(times["distdl"])
 
 
 def main():
     if torch is not None:
         torch.set_num_threads(ARGS.threads)
-    models = {
-        "mlp": ("MLP 784-128-64-10 b128", MLP_SHAPES, (128, 784), distdl_mlp, torch_mlp),
-        "cnn": ("CNN 2xconv 3x32x32 b128", CNN_SHAPES, (128, 3, 32, 32), distdl_cnn, torch_cnn),
-    }
     peer = f"torch {torch.__version__}" if torch is not None else "torch not installed"
-    print(f"forward+backward+SGD step, median over {ARGS.rounds} alternating rounds, {ARGS.threads} thread(s); "
+    print(f"zero_grad+forward+backward+optimizer step, median over {ARGS.rounds} alternating rounds, {ARGS.threads} thread(s); "
           f"numpy {np.__version__}, {peer}")
     print(f"| {'model':<26} | {'steps':>5} | {'distdl ms':>9} | {'torch ms':>9} | {'ratio':>6} | {'target':>7} |")
     print(f"|{'-' * 28}|{'-' * 7}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 9}|")
     for key in ARGS.models.split(","):
-        name, ours, theirs, count = bench(*models[key])
+        name, ours, theirs, count = bench(key)
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         torch_ms = f"{theirs:9.2f}" if theirs else f"{'-':>9}"
         print(f"| {name:<26} | {count:5d} | {ours:9.2f} | {torch_ms} | {ratio:>6} | {'<=' + str(TARGETS[key]) + 'x':>7} |")
