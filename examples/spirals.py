@@ -1,4 +1,4 @@
-"""Train a small MLP on two interleaved spirals, with the functional API and plain SGD.
+"""Train a small MLP on two interleaved spirals with distdl.nn, SGD with momentum and a cosine schedule.
 
 Runs in one process on a generated, seeded dataset, so it works offline:
 
@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import distdl as dl
-from distdl import functional as F
+from distdl import nn, optim
 
 
 def make_spirals(n_per_class, noise, rng):
@@ -25,24 +25,12 @@ def make_spirals(n_per_class, noise, rng):
     return x.astype(np.float32), y
 
 
-def init_layer(fan_in, fan_out, rng):
-    """PyTorch's default Linear initialisation: uniform in +-1/sqrt(fan_in)."""
-    bound = 1 / np.sqrt(fan_in)
-    weight = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
-    bias = rng.uniform(-bound, bound, fan_out).astype(np.float32)
-    return dl.tensor(weight, requires_grad=True), dl.tensor(bias, requires_grad=True)
-
-
-def forward(params, x):
-    h = x
-    for weight, bias in params[:-1]:
-        h = F.relu(F.linear(h, weight, bias))
-    return F.linear(h, *params[-1])
-
-
-def accuracy(params, x, y):
+def accuracy(model, x, y):
+    model.eval()
     with dl.no_grad():
-        return float((forward(params, dl.tensor(x)).numpy().argmax(axis=1) == y).mean())
+        correct = (model(dl.tensor(x)).numpy().argmax(axis=1) == y).mean()
+    model.train()
+    return float(correct)
 
 
 def main():
@@ -60,27 +48,27 @@ def main():
     x, y = make_spirals(500, 0.02, rng)
     order = rng.permutation(len(x))
     train, test = order[:800], order[800:]
-    params = [init_layer(2, args.hidden, rng), init_layer(args.hidden, args.hidden, rng), init_layer(args.hidden, 2, rng)]
-    flat = [p for layer in params for p in layer]
-    velocity = [np.zeros_like(p.data) for p in flat]
+    model = nn.Sequential(nn.Linear(2, args.hidden), nn.ReLU(), nn.Linear(args.hidden, args.hidden), nn.ReLU(),
+                          nn.Linear(args.hidden, 2))
+    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    schedule = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(1, args.epochs + 1):
         shuffled = rng.permutation(train)
         total = 0.0
         for start in range(0, len(shuffled), args.batch_size):
             batch = shuffled[start:start + args.batch_size]
-            loss = F.cross_entropy(forward(params, dl.tensor(x[batch])), y[batch])
+            optimizer.zero_grad()
+            loss = loss_fn(model(dl.tensor(x[batch])), y[batch])
             loss.backward()
-            for p, v in zip(flat, velocity):  # SGD with momentum, in place
-                v *= args.momentum
-                v += p.grad
-                p.data -= args.lr * v
-                p.grad = None
+            optimizer.step()
             total += loss.item() * len(batch)
+        schedule.step()
         if epoch == 1 or epoch % max(args.epochs // 10, 1) == 0 or epoch == args.epochs:
             print(f"epoch {epoch:4d}  loss {total / len(train):.4f}  "
-                  f"train acc {accuracy(params, x[train], y[train]):.3f}  test acc {accuracy(params, x[test], y[test]):.3f}")
-    print(f"final test accuracy: {accuracy(params, x[test], y[test]):.3f}")
+                  f"train acc {accuracy(model, x[train], y[train]):.3f}  test acc {accuracy(model, x[test], y[test]):.3f}")
+    print(f"final test accuracy: {accuracy(model, x[test], y[test]):.3f}")
 
 
 if __name__ == "__main__":
