@@ -30,3 +30,40 @@ def test_forward_and_gradients_match_numpy(dtype, tol):
         results[device] = [loss.numpy()] + [t.grad.get() if device == "cuda" else t.grad for t in tensors]
     for cpu, gpu in zip(results["cpu"], results["cuda"]):
         np.testing.assert_allclose(gpu, cpu, rtol=tol, atol=tol)
+
+
+class Mixed(dl.nn.Module):
+    """A model with every kind of layer state: conv, batch-norm buffers, LSTM, layer norm, adaptive pooling."""
+
+    def __init__(self):
+        super().__init__()
+        nn = dl.nn
+        self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.lstm = nn.LSTM(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.norm = nn.LayerNorm(12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.features(x).reshape(x.shape[0], 4, 4).transpose(0, 2, 1)  # 4 steps of 4 features
+        return self.head(self.norm(self.lstm(h)[0][:, -1]))
+
+
+def test_module_and_optimizer_steps_match_numpy():
+    dl.seed(0)
+    reference = Mixed().double()
+    x = np.random.default_rng(1).standard_normal((5, 2, 6, 6))
+    y = np.array([0, 2, 1, 1, 0])
+    states = {}
+    for device in ("cpu", "cuda"):
+        model = Mixed().double()
+        model.load_state_dict(reference.state_dict())
+        model.to(device)
+        optimizer = dl.optim.Adam(model.parameters(), lr=0.01)
+        for _ in range(3):
+            optimizer.zero_grad()
+            dl.nn.CrossEntropyLoss()(model(dl.tensor(x, device=device)), y).backward()
+            dl.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        states[device] = {k: dl.backend.to_device(v, "cpu") for k, v in model.state_dict().items()}
+    for key, value in states["cpu"].items():
+        np.testing.assert_allclose(states["cuda"][key], value, rtol=1e-8, atol=1e-10, err_msg=key)

@@ -227,3 +227,36 @@ def test_warmup_scales_each_group_from_its_own_base():
     scheduler.step()
     scheduler.step()
     assert scheduler.get_last_lr() == pytest.approx([0.4, 0.04])
+
+
+# ---- gradient clipping -------------------------------------------------------------------------
+def grads(*arrays):
+    params = [dl.tensor(np.zeros_like(a), requires_grad=True) for a in arrays]
+    for p, a in zip(params, arrays):
+        p.grad = a.copy()
+    return params
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_clip_grad_norm_scales_all_gradients_together(norm_type):
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal(5)
+    params = grads(a, b)
+    flat = np.concatenate([a.ravel(), b.ravel()])
+    expected = np.linalg.norm(flat, norm_type)
+    total = dl.nn.utils.clip_grad_norm_(params, max_norm=0.5, norm_type=norm_type)
+    assert total == pytest.approx(expected)
+    scale = 0.5 / (expected + 1e-6)
+    np.testing.assert_allclose(params[0].grad, a * scale)
+    np.testing.assert_allclose(params[1].grad, b * scale)
+    untouched = grads(a)
+    dl.nn.utils.clip_grad_norm_(untouched, max_norm=1e6, norm_type=norm_type)
+    np.testing.assert_array_equal(untouched[0].grad, a)
+
+
+def test_clip_grad_norm_non_finite_and_value_clipping():
+    params = grads(np.array([1.0, np.inf]))
+    with pytest.raises(RuntimeError, match="total norm"):
+        dl.nn.utils.clip_grad_norm_(params, 1.0, error_if_nonfinite=True)
+    params = grads(np.array([-3.0, 0.2, 5.0]))
+    dl.nn.utils.clip_grad_value_(params, 1.0)
+    np.testing.assert_array_equal(params[0].grad, [-1.0, 0.2, 1.0])
