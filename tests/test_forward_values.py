@@ -8,6 +8,7 @@ import pytest
 import distdl as dl
 from distdl import functional as F
 from distdl.functional._special import erfc
+from references import naive_conv2d, naive_pool
 
 rng = np.random.default_rng(5)
 
@@ -16,38 +17,11 @@ def t(a):
     return dl.tensor(a)
 
 
-def naive_conv2d(x, w, b, stride, pad, dilation):
-    """Direct definition: a loop over every output pixel."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh = (h + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
-    ow = (wd + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
-    out = np.zeros((n, o, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[:, :, i * stride:i * stride + dilation * (kh - 1) + 1:dilation,
-                       j * stride:j * stride + dilation * (kw - 1) + 1:dilation]
-            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
-    return out + b[None, :, None, None]
-
-
 @pytest.mark.parametrize("stride,pad,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (3, 0, 1)])
 def test_conv2d_matches_direct_definition(stride, pad, dilation):
     x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
     out = F.conv2d(t(x), t(w), t(b), stride=stride, padding=pad, dilation=dilation)
     np.testing.assert_allclose(out.numpy(), naive_conv2d(x, w, b, stride, pad, dilation), rtol=1e-12, atol=1e-12)
-
-
-def naive_pool(x, k, s, pad, reduce, fill):
-    n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
-    oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
-    out = np.zeros((n, c, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            out[:, :, i, j] = reduce(xp[:, :, i * s:i * s + k, j * s:j * s + k], axis=(2, 3))
-    return out
 
 
 @pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])

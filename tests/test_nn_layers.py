@@ -8,6 +8,7 @@ import pytest
 import distdl as dl
 from distdl import nn
 from gradcheck import module_gradcheck
+from references import naive_conv2d, naive_pool
 
 rng = np.random.default_rng(7)
 pytestmark = pytest.mark.usefixtures("float64")
@@ -15,29 +16,6 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 def forward(layer, x):
     return layer(dl.tensor(x)).numpy()
-
-
-def conv_reference(x, w, b, stride, padding, dilation):
-    """Direct convolution, one output pixel at a time."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    ow = (wd + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
-    out = np.zeros((n, o, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[:, :, i * stride:i * stride + dilation * (kh - 1) + 1:dilation,
-                       j * stride:j * stride + dilation * (kw - 1) + 1:dilation]
-            out[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w) + b
-    return out
-
-
-def pool_reference(x, k, s, reduce):
-    n, c, h, w = x.shape
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    return np.array([[reduce(x[:, :, i * s:i * s + k, j * s:j * s + k], axis=(2, 3)) for j in range(ow)]
-                     for i in range(oh)]).transpose(2, 3, 0, 1)
 
 
 def test_linear():
@@ -52,15 +30,15 @@ def test_linear():
 def test_conv2d(stride, padding, dilation):
     layer = nn.Conv2d(2, 3, 3, stride=stride, padding=padding, dilation=dilation)
     x = rng.standard_normal((2, 2, 7, 6))
-    expected = conv_reference(x, layer.weight.data, layer.bias.data, stride, padding, dilation)
+    expected = naive_conv2d(x, layer.weight.data, layer.bias.data, stride, padding, dilation)
     np.testing.assert_allclose(forward(layer, x), expected, atol=1e-12)
     module_gradcheck(layer, x)
 
 
 def test_pooling_layers():
     x = rng.permutation(np.linspace(-1, 1, 2 * 2 * 6 * 6)).reshape(2, 2, 6, 6)
-    np.testing.assert_allclose(forward(nn.MaxPool2d(2), x), pool_reference(x, 2, 2, np.max))
-    np.testing.assert_allclose(forward(nn.AvgPool2d(3, stride=1), x), pool_reference(x, 3, 1, np.mean))
+    np.testing.assert_allclose(forward(nn.MaxPool2d(2), x), naive_pool(x, 2, 2, 0, np.max, -np.inf))
+    np.testing.assert_allclose(forward(nn.AvgPool2d(3, stride=1), x), naive_pool(x, 3, 1, 0, np.mean, 0.0))
     module_gradcheck(nn.MaxPool2d(3, stride=2), x)
     module_gradcheck(nn.AvgPool2d(2), x)
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from distdl import backend
 from distdl.autograd.tensor import Tensor
+from distdl.nn.utils import clear_grads
 
 
 class Parameter(Tensor):
@@ -162,13 +163,7 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradients; ``set_to_none=False`` zeroes them in place (keeping any bucket views)."""
-        for param in self.parameters():
-            if param.grad is None:
-                continue
-            if set_to_none:
-                param.grad = None
-            else:
-                param.grad[...] = 0
+        clear_grads(self.parameters(), set_to_none)
 
     # ---- state ------------------------------------------------------------
     def _state_items(self):

@@ -1,4 +1,4 @@
-"""Gradient clipping, in place on ``.grad``, as torch.nn.utils."""
+"""Gradient utilities, in place on ``.grad``: clearing and clipping, as torch.nn.utils."""
 
 import math
 
@@ -9,6 +9,17 @@ from distdl.backend import xp_of
 def _with_grads(parameters):
     parameters = [parameters] if isinstance(parameters, Tensor) else parameters
     return [p for p in parameters if p.grad is not None]
+
+
+def clear_grads(parameters, set_to_none=True):
+    """Drop the gradients, or with ``set_to_none=False`` zero them in place (keeping any bucket views)."""
+    for p in parameters:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad[...] = 0
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):

@@ -4,6 +4,7 @@ import numbers
 
 from distdl import backend
 from distdl.autograd.tensor import Tensor
+from distdl.nn.utils import clear_grads
 
 
 class Optimizer:
@@ -44,14 +45,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none=True):
         """Clear the gradients; ``set_to_none=False`` zeroes them in place (keeping any bucket views)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad[...] = 0
+        clear_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self):
         """Update every parameter that has a gradient, in place."""
