@@ -42,9 +42,8 @@ class _RNNBase(Module):
         _init_uniform_hidden(self, hidden_size)
 
     def _weights(self, layer, suffix):
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
-        weights = [getattr(self, f"{name}_l{layer}{suffix}") for name in names]
-        return weights if self.bias else weights + [None, None]
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # no biases with bias=False
+        return [getattr(self, f"{name}_l{layer}{suffix}", None) for name in names]
 
     def _check_state(self, state, batch):
         expected = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)

@@ -59,16 +59,14 @@ class Optimizer:
 
     def state_dict(self):
         """Hyper-parameters and per-parameter state as plain numbers and arrays (copies), parameters by index."""
-        index = {}
-        groups = []
+        groups, state, index = [], {}, 0
         for group in self.param_groups:
-            ids = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            ids = list(range(index, index + len(group["params"])))
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
-        state = {}
-        for group in self.param_groups:
-            for p in group["params"]:
+            for i, p in zip(ids, group["params"]):
                 if p in self.state:
-                    state[index[id(p)]] = {k: _copy(v) for k, v in self.state[p].items()}
+                    state[i] = {k: _copy(v) for k, v in self.state[p].items()}
+            index += len(ids)
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
@@ -91,7 +89,7 @@ class Optimizer:
 
 
 def _copy(value):
-    return value.copy() if hasattr(value, "shape") and getattr(value, "ndim", 0) else value
+    return value.copy() if getattr(value, "ndim", 0) else value
 
 
 def _plain(value):
