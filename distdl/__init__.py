@@ -1,13 +1,14 @@
 """distdl: data-parallel deep learning on NumPy or CuPy, averaged over MPI or ZeroMQ."""
 
-from distdl import functional, nn, optim
+from distdl import data, functional, metrics, nn, optim
 from distdl.autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from distdl.backend import get_default_dtype, gpu_available, seed, set_default_dtype
+from distdl.comm import get_comm
 from distdl.functional import concatenate, stack, where
 from distdl.version import __version__
 
 __all__ = [
-    "Function", "Tensor", "__version__", "concatenate", "enable_grad", "functional", "get_default_dtype",
-    "gpu_available", "is_grad_enabled", "nn", "no_grad", "optim", "seed", "set_default_dtype", "set_grad_enabled", "stack",
+    "Function", "Tensor", "__version__", "concatenate", "data", "enable_grad", "functional", "get_comm",
+    "get_default_dtype", "gpu_available", "is_grad_enabled", "metrics", "nn", "no_grad", "optim", "seed", "set_default_dtype", "set_grad_enabled", "stack",
     "tensor", "where",
 ]

@@ -1,0 +1,167 @@
+"""DataLoader: batches, shuffling, collation, prefetch equal to the plain loader, resumable position."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from distdl.data import (DataLoader, Dataset, DistributedSampler, Subset, TensorDataset, default_collate,
+                         random_split)
+from distdl.data import transforms as T
+
+
+def numbered(n=23):
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    return TensorDataset(x, np.arange(n))
+
+
+class ItemDataset(Dataset):
+    """A dataset without get_batch: the loader collates its dict items one by one."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return {"x": np.full(2, i, np.float32), "meta": (i, float(i) / 2)}
+
+
+def labels_of(loader):
+    return [batch[1].tolist() for batch in loader]
+
+
+def test_batches_in_order_with_and_without_drop_last():
+    assert labels_of(DataLoader(numbered(), batch_size=10)) == [list(range(10)), list(range(10, 20)),
+                                                                list(range(20, 23))]
+    loader = DataLoader(numbered(), batch_size=10, drop_last=True)
+    assert len(loader) == 2 and len(labels_of(loader)) == 2
+    assert len(DataLoader(numbered(), batch_size=10)) == 3
+
+
+def test_shuffle_is_seeded_and_changes_every_epoch():
+    loader = DataLoader(numbered(), batch_size=5, shuffle=True, seed=4)
+    epoch0, epoch1 = sum(labels_of(loader), []), sum(labels_of(loader), [])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(23))
+    assert epoch0 != epoch1
+    assert sum(labels_of(DataLoader(numbered(), batch_size=5, shuffle=True, seed=4)), []) == epoch0
+
+
+def test_item_datasets_collate_dicts_and_tuples():
+    batch = next(iter(DataLoader(ItemDataset(), batch_size=4)))
+    np.testing.assert_array_equal(batch["x"], [[0, 0], [1, 1], [2, 2], [3, 3]])
+    np.testing.assert_array_equal(batch["meta"][0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(batch["meta"][1], [0, 0.5, 1, 1.5])
+
+
+def test_collate_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="different shapes"):
+        default_collate([np.zeros(2), np.zeros(3)])
+    with pytest.raises(TypeError, match="collate_fn"):
+        default_collate([object()])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_prefetch_gives_exactly_the_plain_batches(shuffle):
+    def batches(prefetch):
+        loader = DataLoader(numbered(101), batch_size=8, shuffle=shuffle, seed=1, prefetch=prefetch,
+                            transform=T.RandomHorizontalFlip())
+        return [b for _ in range(2) for b in loader]
+
+    plain, prefetched = batches(0), batches(3)
+    assert len(plain) == len(prefetched) == 26
+    for (x0, y0), (x1, y1) in zip(plain, prefetched):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
+
+
+class Exploding(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        if i == 7:
+            raise KeyError("sample 7 is unreadable")
+        return np.zeros(1)
+
+
+def test_prefetch_reraises_the_loading_error():
+    with pytest.raises(KeyError, match="sample 7"):
+        list(DataLoader(Exploding(), batch_size=2, prefetch=2))
+
+
+def test_leaving_a_prefetching_loop_early_stops_its_thread():
+    for batch in DataLoader(numbered(1000), batch_size=1, prefetch=4):
+        break
+    assert not [t for t in threading.enumerate() if t.name == "distdl-prefetch"]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_state_counts_delivered_batches_so_a_resume_continues(prefetch):
+    dataset = numbered(40)
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, seed=5)
+    whole = labels_of(DataLoader(dataset, batch_size=4, sampler=sampler, prefetch=prefetch))
+
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, seed=5)
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, prefetch=prefetch)
+    seen = []
+    for batch in loader:
+        seen.append(batch[1].tolist())
+        if len(seen) == 2:
+            break
+    state = loader.state_dict()
+    assert state["position"] == 8
+
+    resumed = DataLoader(dataset, batch_size=4, sampler=DistributedSampler(dataset, num_replicas=2, rank=0),
+                         prefetch=prefetch)
+    resumed.load_state_dict(state)
+    assert seen + labels_of(resumed) == whole
+
+
+def test_augmentation_of_a_sample_does_not_depend_on_the_world_size():
+    images = np.random.default_rng(0).random((30, 3, 6, 6)).astype(np.float32)
+    dataset = TensorDataset(images, np.arange(30))
+    augment = T.Compose([T.RandomCrop(6, padding=2), T.RandomHorizontalFlip()])
+
+    def augmented(world):
+        out = {}
+        for rank in range(world):
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=9)
+            sampler.set_epoch(2)
+            for x, index in DataLoader(dataset, batch_size=4, sampler=sampler, transform=augment):
+                out.update(zip(index.tolist(), x))
+        return out
+
+    one, three = augmented(1), augmented(3)
+    assert sorted(one) == sorted(three) == list(range(30))
+    for i in range(30):
+        np.testing.assert_array_equal(one[i], three[i])
+    assert any(not np.array_equal(one[i], images[i]) for i in range(30))
+
+
+def test_transform_applies_to_the_named_field():
+    loader = DataLoader(ItemDataset(), batch_size=5, transform=lambda x, keys: x * 0 + len(keys), transform_key="x")
+    batch = next(iter(loader))
+    np.testing.assert_array_equal(batch["x"], np.full((5, 2), 5))
+
+
+def test_subset_and_random_split():
+    dataset = numbered(10)
+    subset = Subset(dataset, [7, 2, 5])
+    assert subset[1][1] == 2 and len(subset) == 3
+    assert labels_of(DataLoader(subset, batch_size=3)) == [[7, 2, 5]]
+    parts = random_split(dataset, [0.7, 0.3], seed=1)
+    assert [len(p) for p in parts] == [7, 3]
+    assert sorted(np.concatenate([p.indices for p in parts]).tolist()) == list(range(10))
+    assert [p.indices.tolist() for p in random_split(dataset, [7, 3], seed=1)] == [p.indices.tolist() for p in parts]
+    with pytest.raises(ValueError, match="do not add up"):
+        random_split(dataset, [4, 4])
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        Subset(dataset, [10])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(numbered(), batch_size=0)
+    with pytest.raises(ValueError, match="not both"):
+        DataLoader(numbered(), shuffle=True, sampler=DistributedSampler(numbered(), 1, 0))
+    with pytest.raises(ValueError, match="same first dimension"):
+        TensorDataset(np.zeros(3), np.zeros(4))
