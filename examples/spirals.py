@@ -4,33 +4,26 @@ Runs in one process on a generated, seeded dataset, so it works offline:
 
     python examples/spirals.py --epochs 100
 
-It is the README's first command until the layers, data pipeline and launcher
-land; then the data-parallel examples take its place.
+It is the README's first command until the launcher lands; then a data-parallel
+example takes its place.
 """
 
 import argparse
 
-import numpy as np
-
 import distdl as dl
-from distdl import nn, optim
+from distdl import metrics, nn, optim
+from distdl.data import DataLoader, TensorDataset, make_spirals, random_split
 
 
-def make_spirals(n_per_class, noise, rng):
-    """Two spirals in the plane, one per class; a problem no linear model separates."""
-    t = np.sqrt(rng.uniform(0.05, 1, n_per_class)) * 3 * np.pi
-    arm = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / (3 * np.pi)
-    x = np.concatenate([arm, -arm]) + rng.normal(0, noise, (2 * n_per_class, 2))
-    y = np.concatenate([np.zeros(n_per_class, np.int64), np.ones(n_per_class, np.int64)])
-    return x.astype(np.float32), y
-
-
-def accuracy(model, x, y):
+def evaluate(model, loader):
+    """Accuracy over every sample of ``loader``."""
     model.eval()
+    accuracy = metrics.Accuracy()
     with dl.no_grad():
-        correct = (model(dl.tensor(x)).numpy().argmax(axis=1) == y).mean()
+        for x, y in loader:
+            accuracy.update(y, model(dl.tensor(x)))
     model.train()
-    return float(correct)
+    return accuracy.compute()
 
 
 def main():
@@ -43,11 +36,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
     dl.seed(args.seed)
-    x, y = make_spirals(500, 0.02, rng)
-    order = rng.permutation(len(x))
-    train, test = order[:800], order[800:]
+    train_set, test_set = random_split(TensorDataset(*make_spirals(1000, noise=0.02, seed=args.seed)), [0.8, 0.2],
+                                       seed=args.seed)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    train_eval, test_eval = DataLoader(train_set, batch_size=500), DataLoader(test_set, batch_size=500)
     model = nn.Sequential(nn.Linear(2, args.hidden), nn.ReLU(), nn.Linear(args.hidden, args.hidden), nn.ReLU(),
                           nn.Linear(args.hidden, 2))
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -55,20 +48,18 @@ def main():
     loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(1, args.epochs + 1):
-        shuffled = rng.permutation(train)
-        total = 0.0
-        for start in range(0, len(shuffled), args.batch_size):
-            batch = shuffled[start:start + args.batch_size]
+        mean_loss = metrics.Mean()
+        for x, y in train_loader:
             optimizer.zero_grad()
-            loss = loss_fn(model(dl.tensor(x[batch])), y[batch])
+            loss = loss_fn(model(dl.tensor(x)), y)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            mean_loss.update(loss, weight=len(y))
         schedule.step()
         if epoch == 1 or epoch % max(args.epochs // 10, 1) == 0 or epoch == args.epochs:
-            print(f"epoch {epoch:4d}  loss {total / len(train):.4f}  "
-                  f"train acc {accuracy(model, x[train], y[train]):.3f}  test acc {accuracy(model, x[test], y[test]):.3f}")
-    print(f"final test accuracy: {accuracy(model, x[test], y[test]):.3f}")
+            print(f"epoch {epoch:4d}  loss {mean_loss.compute():.4f}  "
+                  f"train acc {evaluate(model, train_eval):.3f}  test acc {evaluate(model, test_eval):.3f}")
+    print(f"final test accuracy: {evaluate(model, test_eval):.3f}")
 
 
 if __name__ == "__main__":

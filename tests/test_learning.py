@@ -102,3 +102,25 @@ def test_training_is_deterministic_under_a_seed():
     first, second = run(), run()
     for key in first:
         np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_mlp_learns_the_embedded_digits_through_the_data_pipeline():
+    from distdl import metrics
+    from distdl.data import DataLoader, TensorDataset, load_digits, random_split
+
+    dl.seed(0)
+    train_set, test_set = random_split(TensorDataset(*load_digits(flatten=True)), [0.8, 0.2], seed=0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    optimizer = optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    for _ in range(10):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(dl.tensor(x)), y).backward()
+            optimizer.step()
+    accuracy = metrics.Accuracy()
+    with dl.no_grad():
+        for x, y in DataLoader(test_set, batch_size=100):
+            accuracy.update(y, model(dl.tensor(x)))
+    assert accuracy.compute() > 0.93
