@@ -67,3 +67,18 @@ def test_module_and_optimizer_steps_match_numpy():
         states[device] = {k: dl.backend.to_device(v, "cpu") for k, v in model.state_dict().items()}
     for key, value in states["cpu"].items():
         np.testing.assert_allclose(states["cuda"][key], value, rtol=1e-8, atol=1e-10, err_msg=key)
+
+
+def test_loader_hands_batches_to_the_gpu_and_transforms_run_there():
+    from distdl import backend, metrics
+    from distdl.data import DataLoader, SampleKeys, TensorDataset
+    from distdl.data import transforms as T
+
+    images = np.random.default_rng(0).random((10, 3, 6, 6)).astype(np.float32)
+    loader = DataLoader(TensorDataset(images, np.arange(10)), batch_size=5, device="cuda")
+    x, y = next(iter(loader))
+    assert backend.is_gpu_array(x) and backend.is_gpu_array(y)
+    augment = T.Compose([T.RandomCrop(6, padding=2), T.RandomHorizontalFlip(), T.Normalize([0.5] * 3, [0.25] * 3)])
+    keys = SampleKeys(0, 0, np.arange(5))
+    np.testing.assert_allclose(augment(x, keys).get(), augment(images[:5], keys), rtol=1e-6)
+    assert metrics.accuracy(y, x.reshape(5, -1)[:, :5]) == metrics.accuracy(y.get(), images[:5].reshape(5, -1)[:, :5])

@@ -163,3 +163,29 @@ def test_metric_errors_say_what_was_wrong():
         M.get("acc")
     with pytest.raises(ValueError, match="targets must be class labels"):
         M.accuracy([0.5, 1.0], [0, 1])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_exact_evaluation_over_unpadded_shards_counts_every_sample_once(world):
+    """Each rank evaluates its DistributedSampler(pad=False) shard; the summed statistics are the whole set's.
+
+    The padded training sampler would count up to world - 1 samples twice.
+    """
+    from distdl.data import DataLoader, DistributedSampler, TensorDataset
+
+    y = RNG.integers(0, 3, 101)
+    scores = RNG.random((101, 3))
+    dataset = TensorDataset(scores, y)
+    whole = M.F1Score("macro").update(y, scores).compute()
+    per_rank = []
+    for rank in range(world):
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False, pad=False)
+        metric = M.F1Score("macro")
+        for batch_scores, batch_y in DataLoader(dataset, batch_size=16, sampler=sampler):
+            metric.update(batch_y, batch_scores)
+        per_rank.append(metric)
+    total = per_rank[0]
+    for metric in per_rank[1:]:
+        total.merge(metric)
+    assert total.stats["matrix"].sum() == 101
+    assert total.compute() == pytest.approx(whole, abs=1e-15)

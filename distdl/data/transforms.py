@@ -85,7 +85,9 @@ class Normalize:
             shape[self.axis] = channels
         mean = _on(xp, self.mean.astype(batch.dtype).reshape(shape))
         inv_std = _on(xp, (1 / self.std).astype(batch.dtype).reshape(shape))
-        return (batch - mean) * inv_std
+        out = batch - mean
+        out *= inv_std
+        return out
 
     def __repr__(self):
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
@@ -119,18 +121,18 @@ class RandomCrop:
         _check_images(batch, "RandomCrop")
         keys = _keys_for(batch, keys)
         xp = xp_of(batch)
-        p = self.padding
-        if p:
-            batch = xp.pad(batch, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=self.fill)
-        (h, w), (height, width) = self.size, batch.shape[2:]
+        p, (h, w) = self.padding, self.size
+        if p:  # zeros plus one copy: several times faster than xp.pad
+            padded = xp.full(batch.shape[:2] + (batch.shape[2] + 2 * p, batch.shape[3] + 2 * p), self.fill, batch.dtype)
+            padded[:, :, p:-p, p:-p] = batch
+            batch = padded
+        height, width = batch.shape[2:]
         if h > height or w > width:
             raise ValueError(f"RandomCrop of {h}x{w} is larger than the padded images ({height}x{width})")
         top = _on(xp, keys.integers(height - h + 1, stream=0))
         left = _on(xp, keys.integers(width - w + 1, stream=1))
-        rows = top[:, None, None] + xp.arange(h)[None, :, None]
-        cols = left[:, None, None] + xp.arange(w)[None, None, :]
-        samples = xp.arange(len(batch))[:, None, None]
-        return xp.ascontiguousarray(batch[samples, :, rows, cols].transpose(0, 3, 1, 2))  # (N, h, w, C) -> NCHW
+        windows = xp.lib.stride_tricks.sliding_window_view(batch, (h, w), axis=(2, 3))  # (N, C, top, left, h, w)
+        return windows[xp.arange(len(batch)), :, top, left]  # one strided copy per sample
 
     def __repr__(self):
         return f"RandomCrop(size={self.size}, padding={self.padding})"
@@ -145,8 +147,10 @@ class RandomHorizontalFlip:
     def __call__(self, batch, keys=None):
         keys = _keys_for(batch, keys)
         xp = xp_of(batch)
-        flip = _on(xp, keys.uniform() < self.p).reshape((-1,) + (1,) * (batch.ndim - 1))
-        return xp.where(flip, batch[..., ::-1], batch)
+        flip = _on(xp, keys.uniform() < self.p)
+        out = batch.copy()
+        out[flip] = batch[flip, ..., ::-1]
+        return out
 
     def __repr__(self):
         return f"RandomHorizontalFlip(p={self.p})"
