@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import distdl.comm
+import distdl.comm.world
 from distdl.data import DistributedSampler, RandomSampler, SequentialSampler
 
 WORLD_SIZES = range(1, 9)
@@ -114,13 +114,13 @@ def test_rank_outside_the_world_is_refused():
 
 
 def test_world_defaults_to_the_communicator(monkeypatch):
-    monkeypatch.setattr(distdl.comm, "_current", None)
+    monkeypatch.setattr(distdl.comm.world, "_current", None)
     sampler = DistributedSampler(range(10))
     assert (sampler.num_replicas, sampler.rank) == (1, 0)
 
 
 def test_a_launched_worker_that_never_initialised_is_told_to(monkeypatch):
-    monkeypatch.setattr(distdl.comm, "_current", None)
+    monkeypatch.setattr(distdl.comm.world, "_current", None)
     monkeypatch.setenv("DISTDL_WORLD_SIZE", "4")
     with pytest.raises(RuntimeError, match=r"one of 4 workers .* call dl.init\(\)"):
         DistributedSampler(range(10))

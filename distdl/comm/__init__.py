@@ -1,40 +1,17 @@
-"""Collectives between worker processes: one Communicator interface, several backends.
+"""Collectives between worker processes: one Communicator interface; MPI, ZeroMQ and local backends.
 
-Until a backend is initialised the world is this one process, unless the
-environment says a launcher started several: then forgetting ``dl.init()``
-would silently train independent copies, so it is an error instead.
+``comm/`` knows nothing of autograd: it moves contiguous arrays. The MPI and
+ZeroMQ backends (and mpi4py, pyzmq) are imported only when ``init`` picks them.
 """
 
-import os
-
-from distdl.comm.base import REDUCE_OPS, Communicator
+from distdl.comm.base import REDUCE_OPS, Communicator, Request
+from distdl.comm.errors import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError,
+                                RendezvousError)
 from distdl.comm.local import LocalCommunicator
+from distdl.comm.world import choose_backend, get_comm, init, launched_world_size, local_rank, rank, shutdown, world_size
 
-_current = None
-
-# Variables by which a launcher tells a process the size of its world.
-WORLD_SIZE_VARIABLES = ("DISTDL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-
-def launched_world_size():
-    """The world size a launcher (distdl-run, mpiexec) announced in the environment, else 1."""
-    for name in WORLD_SIZE_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
-
-
-def get_comm():
-    """The initialised communicator; a world of one when this process was started alone."""
-    global _current
-    if _current is None:
-        size = launched_world_size()
-        if size > 1:
-            raise RuntimeError(
-                f"this process is one of {size} workers but distdl's communicator is not initialised: "
-                "call dl.init() at the start of the script")
-        _current = LocalCommunicator()
-    return _current
-
-
-__all__ = ["Communicator", "LocalCommunicator", "REDUCE_OPS", "get_comm", "launched_world_size"]
+__all__ = [
+    "CollectiveMismatchError", "CollectiveTimeoutError", "Communicator", "DistError", "LocalCommunicator",
+    "PeerLostError", "REDUCE_OPS", "RendezvousError", "Request", "choose_backend", "get_comm", "init",
+    "launched_world_size", "local_rank", "rank", "shutdown", "world_size",
+]

@@ -3,51 +3,215 @@
 Collectives work in place on the caller's array where the result has its shape
 (allreduce, broadcast) and return new arrays otherwise (allgather, gather,
 reduce_scatter). Metadata travels as JSON, never as pickles.
+
+``iallreduce`` runs the collective on a communication thread, so it progresses
+while the caller computes (MPI libraries often make no progress in the background
+otherwise). Collectives run one at a time and in the order they were called: a
+blocking collective first waits for the non-blocking ones issued before it, so
+every rank sees the same sequence.
 """
+
+import json
+import queue
+import threading
 
 import numpy as np
 
+from distdl.comm.errors import DistError
+
 REDUCE_OPS = ("sum", "mean", "max", "min", "prod")
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))
+# Small integer codes of collectives, ops and dtypes: what a signature check compares across ranks.
+COLLECTIVES = ("allreduce", "broadcast", "allgather", "gather", "reduce_scatter", "barrier", "json")
+OP_CODES = {op: i for i, op in enumerate(REDUCE_OPS)}
+DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED_DTYPES + (np.dtype(np.uint8),))}  # uint8: JSON bytes
+UFUNCS = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
+
+
+def describe(collective, op=None, dtype=None, count=None, seq=None):
+    """'allreduce #12 (sum, float32, 1000 elements)': how errors name a call."""
+    details = [str(x) for x in (op, dtype) if x is not None]
+    if count is not None:
+        details.append(f"{count} elements")
+    numbered = collective if seq is None else f"{collective} #{seq}"
+    return f"{numbered} ({', '.join(details)})" if details else numbered
+
+
+def finish_mean(array, size):
+    """Turn a sum into the mean in place; integer means round down, as floor division does."""
+    if array.dtype.kind == "f":
+        array /= array.dtype.type(size)
+    else:
+        np.floor_divide(array, size, out=array)
+
+
+class Request:
+    """The handle of a non-blocking collective: ``wait()`` until it is done, ``done()`` to ask."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._error = None
+
+    def _finish(self, error=None):
+        self._error = error
+        self._event.set()
+
+    def done(self):
+        return self._event.is_set()
+
+    def wait(self):
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class CompletedRequest(Request):
+    """The handle of a collective that finished before it was returned."""
+
+    def __init__(self):
+        super().__init__()
+        self._finish()
 
 
 class Communicator:
-    """A fixed group of ``size`` processes; this one is ``rank``."""
+    """A fixed group of ``size`` processes; this one is ``rank``.
 
-    rank = 0
-    size = 1
-    local_rank = 0
-    local_size = 1
+    Backends implement the underscored collectives; this class checks arguments,
+    keeps the order, and runs ``iallreduce`` on a communication thread.
+    """
+
     backend = None
 
-    def allreduce(self, array, op="sum"):
-        raise NotImplementedError
+    def __init__(self, rank=0, size=1, local_rank=0, local_size=1):
+        self.rank, self.size = rank, size
+        self.local_rank, self.local_size = local_rank, local_size
+        self._jobs = None  # the communication thread's queue, once it runs
+        self._thread = None
+        self._pending = []
+        self._failure = None  # a collective that failed leaves the communicator unusable
+        self._closed = False
 
-    def iallreduce(self, array, op="sum"):
-        raise NotImplementedError
+    # -- collectives ---------------------------------------------------------------------------------------------
+    def allreduce(self, array, op="sum", check=True):
+        """Reduce ``array`` over every rank, in place; ``check=False`` skips the cross-rank signature check."""
+        check_array(array, "allreduce")
+        check_op(op, "allreduce")
+        self._before_collective()
+        self._allreduce(array, op, check)
+        return array
+
+    def iallreduce(self, array, op="sum", check=True):
+        """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns."""
+        check_array(array, "iallreduce")
+        check_op(op, "iallreduce")
+        self._check_usable()
+        request = Request()
+        if self._thread is None:
+            self._jobs = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, name=f"distdl-comm-{self.rank}", daemon=True)
+            self._thread.start()
+        self._pending.append(request)
+        self._jobs.put((request, array, op, check))
+        return request
 
     def broadcast(self, array, root=0):
-        raise NotImplementedError
+        check_array(array, "broadcast")
+        check_root(root, self.size, "broadcast")
+        self._before_collective()
+        self._broadcast(array, root)
+        return array
 
     def allgather(self, array):
-        raise NotImplementedError
+        """Every rank's ``array`` stacked along a new first axis, in rank order (same shape on every rank)."""
+        check_array(array, "allgather")
+        self._before_collective()
+        return self._allgather(array)
 
     def gather(self, array, root=0):
-        raise NotImplementedError
+        """Like allgather, but only ``root`` gets the stack; the others get None."""
+        check_array(array, "gather")
+        check_root(root, self.size, "gather")
+        self._before_collective()
+        return self._gather(array, root)
 
     def reduce_scatter(self, array, op="sum"):
-        raise NotImplementedError
+        """Part ``rank`` of the reduced array: the flattened array is cut in ``size`` near-equal parts."""
+        check_array(array, "reduce_scatter")
+        check_op(op, "reduce_scatter")
+        self._before_collective()
+        return self._reduce_scatter(array, op)
 
     def barrier(self):
-        raise NotImplementedError
+        self._before_collective()
+        self._barrier()
 
     def broadcast_json(self, value, root=0):
-        raise NotImplementedError
+        """Root's JSON-serialisable ``value`` on every rank."""
+        check_root(root, self.size, "broadcast_json")
+        data = np.frombuffer(json.dumps(value).encode(), np.uint8).copy() if self.rank == root else None
+        length = self.broadcast(np.array([0 if data is None else len(data)], np.int64), root)
+        if data is None:
+            data = np.empty(int(length[0]), np.uint8)
+        self._before_collective()
+        self._broadcast(data, root)
+        return json.loads(data.tobytes().decode())
 
     def allgather_json(self, value):
-        raise NotImplementedError
+        """The list of every rank's JSON-serialisable ``value``, in rank order."""
+        payload = json.dumps(value).encode()
+        lengths = self.allgather(np.array([len(payload)], np.int64))[:, 0]
+        padded = np.zeros(int(lengths.max()), np.uint8)
+        padded[:len(payload)] = np.frombuffer(payload, np.uint8)
+        self._before_collective()
+        rows = self._allgather(padded)
+        return [json.loads(row[:n].tobytes().decode()) for row, n in zip(rows, lengths)]
+
+    # -- order and the communication thread ------------------------------------------------------------------------
+    def _check_usable(self):
+        if self._closed:
+            raise DistError(f"rank {self.rank}: the {self.backend} communicator is closed")
+        if self._failure is not None:
+            raise DistError(f"rank {self.rank}: an earlier collective failed ({self._failure}); "
+                            "the communicator cannot be used any more") from self._failure
+
+    def _before_collective(self):
+        """Wait for the non-blocking collectives issued before this one: every rank keeps one order."""
+        self._check_usable()
+        pending, self._pending = self._pending, []
+        for request in pending:
+            request.wait()
+
+    def _serve(self):
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            request, array, op, check = job
+            if self._failure is not None:
+                request._finish(DistError(f"rank {self.rank}: not started, an earlier collective failed"))
+                continue
+            try:
+                self._allreduce(array, op, check)
+                request._finish()
+            except BaseException as exc:  # handed to whoever waits on the request
+                self._failure = exc
+                request._finish(exc)
 
     def close(self):
+        """Finish pending collectives, stop the communication thread, release the backend's resources."""
+        if self._closed:
+            return
+        try:
+            if self._failure is None:
+                self._before_collective()
+        finally:
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join()
+            self._closed = True
+            self._release()
+
+    def _release(self):
         pass
 
     def __enter__(self):
@@ -58,6 +222,25 @@ class Communicator:
 
     def __repr__(self):
         return f"<{type(self).__name__} rank {self.rank} of {self.size}>"
+
+    # -- what a backend implements ---------------------------------------------------------------------------------
+    def _allreduce(self, array, op, check):
+        raise NotImplementedError
+
+    def _broadcast(self, array, root):
+        raise NotImplementedError
+
+    def _allgather(self, array):
+        raise NotImplementedError
+
+    def _gather(self, array, root):
+        raise NotImplementedError
+
+    def _reduce_scatter(self, array, op):
+        raise NotImplementedError
+
+    def _barrier(self):
+        raise NotImplementedError
 
 
 def check_array(array, collective):
@@ -79,3 +262,9 @@ def check_op(op, collective):
 def check_root(root, size, collective):
     if not 0 <= root < size:
         raise ValueError(f"{collective}: root {root} is not a rank of this world of {size}")
+
+
+def split_counts(count, parts):
+    """Element counts of ``count`` cut into ``parts`` near-equal parts (the first ones one larger)."""
+    base, extra = divmod(count, parts)
+    return [base + (i < extra) for i in range(parts)]

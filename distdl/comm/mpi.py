@@ -1,0 +1,144 @@
+"""Collectives over MPI (mpi4py): buffer-based, in place, on distdl's own duplicate of COMM_WORLD.
+
+Before each collective (unless ``check=False``) the ranks exchange its signature
+(sequence number, collective, op, dtype, count, root) in one small allgather,
+waited for with a deadline: ranks that call different collectives get a
+CollectiveMismatchError naming every rank's call instead of a hang or garbage,
+and a rank that never arrives a CollectiveTimeoutError. DDP's steady state checks
+its bucket layout once and then runs unchecked.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+from distdl.comm.base import (COLLECTIVES, DTYPE_CODES, OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES, Communicator,
+                              describe, finish_mean, split_counts)
+from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError
+
+SPIN_SECONDS = 1e-3  # poll without sleeping this long before backing off: a sleep costs a wake-up
+
+
+def mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+class MPICommunicator(Communicator):
+    backend = "mpi"
+
+    def __init__(self, timeout=300.0):
+        MPI = mpi()
+        self._MPI = MPI
+        self._comm = MPI.COMM_WORLD.Dup()  # our traffic never meets the user's own MPI messages
+        local = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
+        super().__init__(self._comm.Get_rank(), self._comm.Get_size(), local.Get_rank(), local.Get_size())
+        local.Free()
+        self.timeout = float(timeout)
+        self._seq = 0
+        self._ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
+
+    # -- the signature check -----------------------------------------------------------------------------------------
+    def _agree(self, collective, op=None, array=None, root=-1, check=True):
+        """Bump the sequence number; with ``check``, verify that every rank makes the same call."""
+        self._seq += 1
+        if not check:
+            return
+        dtype = DTYPE_CODES[array.dtype] if array is not None else -1
+        count = array.size if array is not None else -1
+        mine = np.array([self._seq, COLLECTIVES.index(collective), OP_CODES.get(op, -1), dtype, count, root],
+                        np.int64)
+        everyone = np.empty((self.size, len(mine)), np.int64)
+        self._wait(self._comm.Iallgather(mine, everyone), collective, op, array)
+        if not (everyone == mine).all():
+            calls = "; ".join(f"rank {r}: {_describe_signature(row)}" for r, row in enumerate(everyone))
+            raise CollectiveMismatchError(
+                f"rank {self.rank}: ranks made different collective calls ({calls}); every rank must call the "
+                "same collectives in the same order with the same op, dtype and size")
+
+    def _wait(self, request, collective, op, array):
+        """Wait for an MPI request, no longer than the timeout."""
+        start = time.monotonic()
+        while not request.Test():
+            elapsed = time.monotonic() - start
+            if elapsed > self.timeout:
+                what = describe(collective, op, array.dtype if array is not None else None,
+                                array.size if array is not None else None, self._seq)
+                raise CollectiveTimeoutError(
+                    f"rank {self.rank}: {what} waited {self.timeout:g} s for the other ranks; MPI does not say "
+                    "which rank is missing: check that every rank is alive and calls the same collectives")
+            if elapsed > SPIN_SECONDS:
+                time.sleep(min(elapsed / 10, 1e-3))
+
+    # -- collectives -------------------------------------------------------------------------------------------------
+    def _allreduce(self, array, op, check):
+        self._agree("allreduce", op, array, check=check)
+        if array.size == 0:
+            return
+        if array.dtype == np.float16:  # MPI has no standard half type: reduce in float32
+            wide = array.astype(np.float32)
+            self._comm.Allreduce(self._MPI.IN_PLACE, wide, op=self._ops[op])
+            array[...] = wide
+        else:
+            self._comm.Allreduce(self._MPI.IN_PLACE, array, op=self._ops[op])
+        if op == "mean":
+            finish_mean(array, self.size)
+
+    def _broadcast(self, array, root):
+        self._agree("broadcast", None, array, root)
+        if array.size:
+            self._comm.Bcast(array, root=root)
+
+    def _allgather(self, array):
+        self._agree("allgather", None, array)
+        out = np.empty((self.size,) + array.shape, array.dtype)
+        if array.size:
+            self._comm.Allgather(array, out)
+        return out
+
+    def _gather(self, array, root):
+        self._agree("gather", None, array, root)
+        out = np.empty((self.size,) + array.shape, array.dtype) if self.rank == root else None
+        if array.size:
+            self._comm.Gather(array, out, root=root)
+        return out
+
+    def _reduce_scatter(self, array, op):
+        self._agree("reduce_scatter", op, array)
+        counts = split_counts(array.size, self.size)
+        source = array.reshape(-1).astype(np.float32) if array.dtype == np.float16 else array.reshape(-1)
+        out = np.empty(counts[self.rank], source.dtype)
+        if array.size:
+            self._comm.Reduce_scatter(source, out, recvcounts=counts, op=self._ops[op])
+        if op == "mean":
+            finish_mean(out, self.size)
+        return out.astype(array.dtype, copy=False)
+
+    def _barrier(self):
+        self._agree("barrier")
+        self._wait(self._comm.Ibarrier(), "barrier", None, None)
+
+    def _release(self):
+        self._comm.Free()
+
+
+def _describe_signature(row):
+    seq, collective, op, dtype, count, root = (int(v) for v in row)
+    dtypes = SUPPORTED_DTYPES + (np.dtype(np.uint8),)
+    text = describe(COLLECTIVES[collective], REDUCE_OPS[op] if op >= 0 else None,
+                    dtypes[dtype] if dtype >= 0 else None, count if count >= 0 else None, seq)
+    return text + (f" root {root}" if root >= 0 else "")
+
+
+def abort_on_uncaught_exception():
+    """Make an uncaught exception in one worker end every worker (MPI_Abort), instead of leaving them waiting."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        previous(kind, value, traceback)
+        sys.stderr.flush()
+        mpi().COMM_WORLD.Abort(1)
+
+    sys.excepthook = hook

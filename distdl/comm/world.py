@@ -1,0 +1,117 @@
+"""The process's communicator: ``dl.init`` chooses and starts a backend, ``dl.get_comm`` returns it.
+
+``backend="auto"`` picks MPI when mpirun/mpiexec started the process (their
+environment variables say so), the backend the launcher names in DISTDL_BACKEND
+when distdl-run started it, and a local world of one otherwise.
+"""
+
+import logging
+import os
+
+from distdl.comm.local import LocalCommunicator
+
+log = logging.getLogger("distdl.comm")
+
+BACKENDS = ("auto", "mpi", "zmq", "local")
+# Variables by which MPI launchers (MPICH's Hydra, Open MPI, PMIx) announce a rank.
+MPI_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+# Variables by which a launcher tells a process the size of its world.
+WORLD_SIZE_VARIABLES = ("DISTDL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+DEFAULT_TIMEOUT = 300.0
+
+_current = None
+
+
+def launched_world_size():
+    """The world size a launcher (distdl-run, mpiexec) announced in the environment, else 1."""
+    for name in WORLD_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def choose_backend(requested="auto"):
+    """The backend ``init(requested)`` uses, and why."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested, "asked for"
+    started_by_mpi = [name for name in MPI_RANK_VARIABLES if name in os.environ]
+    if started_by_mpi:
+        return "mpi", f"started by an MPI launcher ({started_by_mpi[0]} is set)"
+    if os.environ.get("DISTDL_BACKEND") in ("mpi", "zmq"):
+        return os.environ["DISTDL_BACKEND"], "named by the launcher in DISTDL_BACKEND"
+    return "local", "no launcher in the environment"
+
+
+def _required(name):
+    value = os.environ.get(name)
+    if value is None:
+        raise RuntimeError(f"the zmq backend needs {name} in the environment: start the workers with distdl-run, "
+                           "or set DISTDL_RANK, DISTDL_WORLD_SIZE, DISTDL_MASTER_ADDR, DISTDL_MASTER_PORT and "
+                           "DISTDL_RUN_ID yourself")
+    return value
+
+
+def init(backend="auto", timeout=None):
+    """Start this process's communicator (once) and return it.
+
+    ``timeout``: seconds a collective may wait for a peer before failing with an
+    error naming it (default DISTDL_TIMEOUT, else 300).
+    """
+    global _current
+    name, reason = choose_backend(backend)
+    if _current is not None:
+        if backend != "auto" and _current.backend != name:
+            raise RuntimeError(f"distdl is already initialised with the {_current.backend} backend; "
+                               f"call dl.shutdown() before init(backend={backend!r})")
+        return _current
+    timeout = float(timeout if timeout is not None else os.environ.get("DISTDL_TIMEOUT", DEFAULT_TIMEOUT))
+    if name == "mpi":
+        from distdl.comm.mpi import MPICommunicator, abort_on_uncaught_exception
+
+        _current = MPICommunicator(timeout)
+        abort_on_uncaught_exception()
+    elif name == "zmq":
+        from distdl.comm.zmq_backend import ZMQCommunicator
+
+        _current = ZMQCommunicator(int(_required("DISTDL_RANK")), int(_required("DISTDL_WORLD_SIZE")),
+                                   _required("DISTDL_MASTER_ADDR"), int(_required("DISTDL_MASTER_PORT")),
+                                   _required("DISTDL_RUN_ID"), timeout)
+    else:
+        _current = LocalCommunicator()
+    log.debug("distdl: %s backend (%s), rank %d of %d", name, reason, _current.rank, _current.size)
+    return _current
+
+
+def get_comm():
+    """The initialised communicator; a world of one when this process was started alone."""
+    global _current
+    if _current is None:
+        size = launched_world_size()
+        if size > 1:
+            raise RuntimeError(
+                f"this process is one of {size} workers but distdl's communicator is not initialised: "
+                "call dl.init() at the start of the script")
+        _current = LocalCommunicator()
+    return _current
+
+
+def shutdown():
+    """Close the communicator (after the collectives in flight); a later ``init`` starts a new one."""
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None
+
+
+def rank():
+    return get_comm().rank
+
+
+def world_size():
+    return get_comm().size
+
+
+def local_rank():
+    return get_comm().local_rank

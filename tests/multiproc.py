@@ -1,0 +1,89 @@
+"""Start real worker processes on loopback, under MPI (mpiexec) or ZeroMQ (one process per rank), with a hard timeout."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKERS = Path(__file__).resolve().parent / "workers"
+
+
+def mpiexec():
+    """The mpiexec next to this Python (the mpich wheel's), else the system's."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def zmq_env(rank, size, port, run_id, timeout, **extra):
+    env = dict(os.environ, DISTDL_BACKEND="zmq", DISTDL_RANK=str(rank), DISTDL_LOCAL_RANK=str(rank),
+               DISTDL_WORLD_SIZE=str(size), DISTDL_LOCAL_WORLD_SIZE=str(size), DISTDL_MASTER_ADDR="127.0.0.1",
+               DISTDL_MASTER_PORT=str(port), DISTDL_RUN_ID=run_id, DISTDL_TIMEOUT=str(timeout),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Result:
+    def __init__(self, returncodes, outputs):
+        self.returncodes, self.outputs = returncodes, outputs
+
+    def ok(self):
+        return all(code == 0 for code in self.returncodes)
+
+    def __str__(self):
+        return "\n".join(f"--- rank {r} exit {c}\n{o}" for r, (c, o) in enumerate(zip(self.returncodes, self.outputs)))
+
+
+def run_zmq(size, script, *args, timeout=60, collective_timeout=20, env_for_rank=None):
+    """Run ``size`` ranks of ``script`` with the ZeroMQ backend; kill them all at ``timeout``."""
+    port, run_id = free_port(), secrets.token_hex(8)
+    procs = []
+    for rank in range(size):
+        env = zmq_env(rank, size, port, run_id, collective_timeout)
+        if env_for_rank:
+            env.update(env_for_rank(rank))
+        procs.append(subprocess.Popen([sys.executable, str(WORKERS / script), *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return Result([p.returncode for p in procs], outputs)
+
+
+def run_mpi(size, script, *args, timeout=60, collective_timeout=20):
+    """Run ``script`` under ``mpiexec -n size``; kill the whole group at ``timeout``."""
+    launcher = mpiexec()
+    if launcher is None:
+        pytest.skip("no mpiexec found")
+    env = dict(os.environ, DISTDL_TIMEOUT=str(collective_timeout), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("DISTDL_BACKEND", None)
+    proc = subprocess.Popen([launcher, "-n", str(size), sys.executable, str(WORKERS / script), *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        output = proc.communicate()[0]
+    return Result([proc.returncode], [output])
+
+
+def run(backend, size, script, *args, **options):
+    return (run_mpi if backend == "mpi" else run_zmq)(size, script, *args, **options)
