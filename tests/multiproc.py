@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,25 +46,24 @@ class Result:
         return "\n".join(f"--- rank {r} exit {c}\n{o}" for r, (c, o) in enumerate(zip(self.returncodes, self.outputs)))
 
 
-def run_zmq(size, script, *args, timeout=60, collective_timeout=20, env_for_rank=None):
-    """Run ``size`` ranks of ``script`` with the ZeroMQ backend; kill them all at ``timeout``."""
+def run_zmq(size, script, *args, timeout=60, collective_timeout=20, env_for_rank=None, ranks=None):
+    """Run ranks of ``script`` with the ZeroMQ backend (all ``size``, or only ``ranks``); kill them at ``timeout``."""
     port, run_id = free_port(), secrets.token_hex(8)
     procs = []
-    for rank in range(size):
+    for rank in range(size) if ranks is None else ranks:
         env = zmq_env(rank, size, port, run_id, collective_timeout)
         if env_for_rank:
-            env.update(env_for_rank(rank))
+            env.update({k: str(v) for k, v in env_for_rank(rank).items()})
         procs.append(subprocess.Popen([sys.executable, str(WORKERS / script), *map(str, args)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + timeout
     outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=max(deadline - time.monotonic(), 0.1))[0])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            outputs.append(p.communicate()[0] + f"\n[killed by the test harness after {timeout} s]")
     return Result([p.returncode for p in procs], outputs)
 
 

@@ -16,6 +16,8 @@ import zmq
 from distdl.comm.errors import RendezvousError
 from distdl.version import __version__
 
+REGISTER_GRACE_SECONDS = 5
+
 
 def _recv_json(socket, deadline):
     """The next message on ``socket`` as (frames before the payload, payload), or None at the deadline."""
@@ -38,11 +40,13 @@ def register(rank, size, run_id, master, me, timeout):
         socket.connect(master)
         socket.send(json.dumps({"rank": rank, "size": size, "token": run_id, "version": __version__,
                                 "peer": me}).encode())
-        answer = _recv_json(socket, time.monotonic() + timeout)
+        # wait longer than rank 0 does, so that its verdict (the list of missing ranks) arrives first
+        answer = _recv_json(socket, time.monotonic() + timeout + REGISTER_GRACE_SECONDS)
     finally:
         socket.close()
     if answer is None:
-        raise RendezvousError(f"rank {rank}: rank 0 did not answer at {master} within {timeout:g} s; check that "
+        raise RendezvousError(f"rank {rank}: rank 0 did not answer at {master} within "
+                              f"{timeout + REGISTER_GRACE_SECONDS:g} s; check that "
                               "rank 0 runs and that DISTDL_MASTER_ADDR and DISTDL_MASTER_PORT point at it")
     reply = answer[1]
     if "error" in reply:

@@ -1,0 +1,142 @@
+"""The communicators: every collective on real processes (MPI under mpiexec, ZeroMQ on loopback), and the faults."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+import distdl as dl
+from distdl.comm import LocalCommunicator, choose_backend
+from multiproc import run, run_zmq
+
+BACKENDS = ["mpi", "zmq"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_every_collective_op_and_dtype_against_numpy(backend, size):
+    result = run(backend, size, "collectives.py", backend, timeout=180)
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count("collectives ok") == size
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iallreduce_progresses_while_the_caller_computes(backend):
+    result = run(backend, 2, "faults.py", "overlap", timeout=90)
+    assert result.ok(), str(result)
+
+
+def test_local_world_is_the_identity_with_the_same_checks():
+    with LocalCommunicator() as comm:
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        for op in ("sum", "mean", "max", "min", "prod"):
+            assert comm.allreduce(x.copy(), op).tolist() == x.tolist()
+        comm.iallreduce(x).wait()
+        assert comm.allgather(x).shape == (1, 2, 3)
+        assert comm.gather(x, root=0).shape == (1, 2, 3)
+        assert comm.reduce_scatter(x).tolist() == x.ravel().tolist()
+        assert comm.broadcast_json({"a": [1, 2]}) == {"a": [1, 2]}
+        assert comm.allgather_json("x") == ["x"]
+        comm.barrier()
+        with pytest.raises(TypeError, match="does not support dtype uint8"):
+            comm.allreduce(np.zeros(3, np.uint8))
+        with pytest.raises(ValueError, match="C-contiguous"):
+            comm.allreduce(np.zeros((4, 4))[:, 1])
+        with pytest.raises(ValueError, match="unknown op 'avg'"):
+            comm.allreduce(x, "avg")
+        with pytest.raises(ValueError, match="root 1 is not a rank of this world of 1"):
+            comm.broadcast(x, root=1)
+        with pytest.raises(TypeError, match="takes an array, got list"):
+            comm.allreduce([1.0, 2.0])
+    with pytest.raises(dl.DistError, match="closed"):
+        comm.allreduce(x)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, "local"),
+    ({"PMI_RANK": "0"}, "mpi"),
+    ({"OMPI_COMM_WORLD_RANK": "1"}, "mpi"),
+    ({"DISTDL_BACKEND": "zmq"}, "zmq"),
+    ({"DISTDL_BACKEND": "mpi"}, "mpi"),
+])
+def test_auto_backend_reads_the_environment(monkeypatch, env, expected):
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "DISTDL_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert choose_backend("auto")[0] == expected
+    assert choose_backend("zmq")[0] == "zmq"
+    with pytest.raises(ValueError, match="unknown backend 'nccl2'"):
+        choose_backend("nccl2")
+
+
+def failures(result):
+    """Each failed rank's last line: the error it raised."""
+    return [out.strip().splitlines()[-1] if out.strip() else "" for out in result.outputs]
+
+
+def test_zmq_rank_that_never_joins_is_named_by_the_others():
+    result = run_zmq(3, "faults.py", "plain", collective_timeout=3, timeout=60, ranks=[0, 1])
+    for line in failures(result):
+        assert re.search(r"RendezvousError: .*ranks \[2\] did not join within 3 s", line), str(result)
+
+
+def test_zmq_wrong_run_token_is_refused_on_both_sides():
+    result = run_zmq(2, "faults.py", "plain", collective_timeout=10, timeout=60,
+                     env_for_rank=lambda r: {"DISTDL_RUN_ID": "someone-else"} if r == 1 else {})
+    assert result.returncodes[0] != 0 and result.returncodes[1] != 0
+    lines = failures(result)
+    assert "RendezvousError: rank 0: refused a peer: rank 1 presented a different run token" in lines[0], str(result)
+    assert "RendezvousError: rank 1: refused by rank 0" in lines[1] and "different run token" in lines[1], str(result)
+
+
+def test_zmq_duplicate_rank_is_refused():
+    result = run_zmq(3, "faults.py", "plain", collective_timeout=10, timeout=60,
+                     env_for_rank=lambda r: {"DISTDL_RANK": 1} if r == 2 else {})
+    assert "registered twice" in "".join(result.outputs), str(result)
+    assert not result.ok()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mismatched_shapes_fail_with_both_calls_named(backend):
+    result = run(backend, 2, "faults.py", "mismatch", collective_timeout=10, timeout=60)
+    output = "".join(result.outputs)
+    assert not result.ok()
+    assert "CollectiveMismatchError" in output, output
+    assert "allreduce #1 (sum, float32, 10 elements)" in output and "allreduce #1 (sum, float32, 11 elements)" in output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_killed_mid_allreduce_ends_the_others(backend):
+    result = run(backend, 3, "faults.py", "die", collective_timeout=30, timeout=60)
+    assert not result.ok()
+    if backend == "zmq":
+        assert result.returncodes[1] == -9
+        for rank in (0, 2):
+            assert result.returncodes[rank] != 0
+            assert "PeerLostError" in result.outputs[rank] and "went away during allreduce" in result.outputs[rank], \
+                str(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_peer_that_never_calls_times_out_with_a_named_collective(backend):
+    result = run(backend, 2, "faults.py", "stall", collective_timeout=2, timeout=60)
+    output = "".join(result.outputs)
+    assert not result.ok()
+    assert "CollectiveTimeoutError: rank 0: allreduce #1 (sum, float64, 10 elements) waited 2 s" in output, output
+    if backend == "zmq":
+        assert "for rank 1" in output
+
+
+def test_init_is_idempotent_and_local_by_default(monkeypatch):
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "DISTDL_BACKEND", "DISTDL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    dl.shutdown()
+    comm = dl.init()
+    assert dl.init() is comm and comm.backend == "local"
+    assert (dl.rank(), dl.world_size(), dl.local_rank()) == (0, 1, 0)
+    with pytest.raises(RuntimeError, match="already initialised with the local backend"):
+        dl.init(backend="zmq")
+    dl.shutdown()
+    assert os.environ.get("DISTDL_BACKEND") is None
