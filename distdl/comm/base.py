@@ -21,6 +21,7 @@ from distdl.comm.errors import DistError
 
 REDUCE_OPS = ("sum", "mean", "max", "min", "prod")
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))
+_SUPPORTED = frozenset(SUPPORTED_DTYPES)  # dtype lookups by hash: the checks run on every collective
 # Small integer codes of collectives, ops and dtypes: what a signature check compares across ranks.
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "gather", "reduce_scatter", "barrier", "json")
 OP_CODES = {op: i for i, op in enumerate(REDUCE_OPS)}
@@ -176,7 +177,10 @@ class Communicator:
 
     def _before_collective(self):
         """Wait for the non-blocking collectives issued before this one: every rank keeps one order."""
-        self._check_usable()
+        if self._closed or self._failure is not None:
+            self._check_usable()
+        if not self._pending:
+            return
         pending, self._pending = self._pending, []
         for request in pending:
             request.wait()
@@ -245,9 +249,9 @@ class Communicator:
 
 def check_array(array, collective):
     """Reject what no backend can move: a non-array, a dtype off the list, a non-contiguous view."""
-    if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+    if type(array) is not np.ndarray and not (hasattr(array, "dtype") and hasattr(array, "shape")):
         raise TypeError(f"{collective} takes an array, got {type(array).__name__}")
-    if array.dtype not in SUPPORTED_DTYPES:
+    if array.dtype not in _SUPPORTED:
         names = ", ".join(str(t) for t in SUPPORTED_DTYPES)
         raise TypeError(f"{collective} does not support dtype {array.dtype}: use one of {names}")
     if not array.flags.c_contiguous:
@@ -255,7 +259,7 @@ def check_array(array, collective):
 
 
 def check_op(op, collective):
-    if op not in REDUCE_OPS:
+    if op not in OP_CODES:
         raise ValueError(f"{collective}: unknown op {op!r}, expected one of {', '.join(REDUCE_OPS)}")
 
 

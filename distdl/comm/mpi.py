@@ -39,13 +39,12 @@ class MPICommunicator(Communicator):
         self.timeout = float(timeout)
         self._seq = 0
         self._ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
+        self._in_place = MPI.IN_PLACE
 
     # -- the signature check -----------------------------------------------------------------------------------------
-    def _agree(self, collective, op=None, array=None, root=-1, check=True):
-        """Bump the sequence number; with ``check``, verify that every rank makes the same call."""
+    def _agree(self, collective, op=None, array=None, root=-1):
+        """Bump the sequence number and verify that every rank makes the same call."""
         self._seq += 1
-        if not check:
-            return
         dtype = DTYPE_CODES[array.dtype] if array is not None else -1
         count = array.size if array is not None else -1
         mine = np.array([self._seq, COLLECTIVES.index(collective), OP_CODES.get(op, -1), dtype, count, root],
@@ -74,15 +73,16 @@ class MPICommunicator(Communicator):
 
     # -- collectives -------------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
-        self._agree("allreduce", op, array, check=check)
-        if array.size == 0:
-            return
-        if array.dtype == np.float16:  # MPI has no standard half type: reduce in float32
-            wide = array.astype(np.float32)
-            self._comm.Allreduce(self._MPI.IN_PLACE, wide, op=self._ops[op])
-            array[...] = wide
+        if check:
+            self._agree("allreduce", op, array)
         else:
-            self._comm.Allreduce(self._MPI.IN_PLACE, array, op=self._ops[op])
+            self._seq += 1
+        if array.itemsize == 2:  # float16, the only 2-byte dtype: MPI has no standard half type, use float32
+            wide = array.astype(np.float32)
+            self._comm.Allreduce(self._in_place, wide, op=self._ops[op])
+            array[...] = wide
+        elif array.size:
+            self._comm.Allreduce(self._in_place, array, op=self._ops[op])
         if op == "mean":
             finish_mean(array, self.size)
 
