@@ -140,3 +140,10 @@ def test_init_is_idempotent_and_local_by_default(monkeypatch):
         dl.init(backend="zmq")
     dl.shutdown()
     assert os.environ.get("DISTDL_BACKEND") is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_reduced_over_real_ranks_equal_the_whole_set(backend):
+    result = run(backend, 3, "metrics_shards.py", timeout=90)
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count("metrics over shards ok") == 3
