@@ -1,7 +1,6 @@
 """2-d convolution as im2col + GEMM per sample: no Python loop over pixels, one batched matmul."""
 
 from distdl.autograd.function import Function
-from distdl.backend import xp_of
 from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
 
 
