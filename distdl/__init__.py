@@ -6,10 +6,11 @@ from distdl.backend import get_default_dtype, gpu_available, seed, set_default_d
 from distdl.comm import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError, RendezvousError,
                          get_comm, init, local_rank, rank, shutdown, world_size)
 from distdl.functional import concatenate, stack, where
+from distdl.parallel import DistributedDataParallel
 from distdl.version import __version__
 
 __all__ = [
-    "CollectiveMismatchError", "CollectiveTimeoutError", "DistError", "Function", "PeerLostError", "RendezvousError",
+    "CollectiveMismatchError", "CollectiveTimeoutError", "DistError", "DistributedDataParallel", "Function", "PeerLostError", "RendezvousError",
     "Tensor", "__version__", "concatenate", "data", "enable_grad", "functional", "get_comm", "init", "local_rank", "rank", "shutdown", "world_size",
     "get_default_dtype", "gpu_available", "is_grad_enabled", "metrics", "nn", "no_grad", "optim", "seed", "set_default_dtype", "set_grad_enabled", "stack",
     "tensor", "where",

@@ -77,8 +77,37 @@ def _check_shape(node, tensor, grad):
         )
 
 
+_backward_end_callbacks = {}
+
+
+class CallbackHandle:
+    """Returned by ``register_backward_end_callback``; ``remove()`` unregisters the callback."""
+
+    def __init__(self, callback):
+        self.id = id(self)
+        _backward_end_callbacks[self.id] = callback
+
+    def remove(self):
+        _backward_end_callbacks.pop(self.id, None)
+
+
+def register_backward_end_callback(callback):
+    """Call ``callback()`` after every backward pass, once all leaf gradients are accumulated.
+
+    DistributedDataParallel finishes its gradient averaging there: it launches the
+    buckets whose parameters got no gradient and waits for all of them.
+    """
+    return CallbackHandle(callback)
+
+
 def backward(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it."""
+    _walk(root, grad, retain_graph)
+    for callback in list(_backward_end_callbacks.values()):
+        callback()
+
+
+def _walk(root, grad, retain_graph):
     node = root._ctx
     if node is None:
         _accumulate_leaf(root, grad, owned=False)

@@ -26,6 +26,7 @@ _SUPPORTED = frozenset(SUPPORTED_DTYPES)  # dtype lookups by hash: the checks ru
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "gather", "reduce_scatter", "barrier", "json")
 OP_CODES = {op: i for i, op in enumerate(REDUCE_OPS)}
 DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED_DTYPES + (np.dtype(np.uint8),))}  # uint8: JSON bytes
+FLOAT16_MAX = 60000.0  # a little under float16's largest finite value, 65504
 UFUNCS = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 
 
@@ -105,10 +106,20 @@ class Communicator:
         self._allreduce(array, op, check)
         return array
 
-    def iallreduce(self, array, op="sum", check=True):
-        """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns."""
+    def iallreduce(self, array, op="sum", check=True, compression=None):
+        """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns.
+
+        ``compression="fp16"`` (sum and mean of float32/float64 only) sends float16: the
+        ranks agree on a power-of-two scale that brings the largest |value| x world
+        size close to float16's maximum, so that small values do not underflow and the
+        sum cannot overflow; the result is unscaled back into ``array``'s dtype.
+        """
         check_array(array, "iallreduce")
         check_op(op, "iallreduce")
+        if compression not in (None, "fp16"):
+            raise ValueError(f"unknown compression {compression!r}: use None or 'fp16'")
+        if compression and (op not in ("sum", "mean") or array.dtype.kind != "f"):
+            raise ValueError(f"fp16 compression reduces float arrays by sum or mean, not {op} of {array.dtype}")
         self._check_usable()
         request = Request()
         if self._thread is None:
@@ -116,7 +127,7 @@ class Communicator:
             self._thread = threading.Thread(target=self._serve, name=f"distdl-comm-{self.rank}", daemon=True)
             self._thread.start()
         self._pending.append(request)
-        self._jobs.put((request, array, op, check))
+        self._jobs.put((request, array, op, check, compression))
         return request
 
     def broadcast(self, array, root=0):
@@ -194,16 +205,28 @@ class Communicator:
             job = self._jobs.get()
             if job is None:
                 return
-            request, array, op, check = job
+            request, array, op, check, compression = job
             if self._failure is not None:
                 request._finish(DistError(f"rank {self.rank}: not started, an earlier collective failed"))
                 continue
             try:
-                self._allreduce(array, op, check)
+                if compression:
+                    self._allreduce_fp16(array, op, check)
+                else:
+                    self._allreduce(array, op, check)
                 request._finish()
             except BaseException as exc:  # handed to whoever waits on the request
                 self._failure = exc
                 request._finish(exc)
+
+    def _allreduce_fp16(self, array, op, check):
+        largest = np.array([float(np.abs(array).max()) if array.size else 0.0])
+        self._allreduce(largest, "max", check=False)
+        headroom = FLOAT16_MAX / (largest[0] * self.size) if largest[0] > 0 else 1.0
+        scale = 2.0 ** np.floor(np.log2(headroom)) if np.isfinite(headroom) else 1.0
+        wire = (array * scale).astype(np.float16)
+        self._allreduce(wire, "sum", check)
+        np.multiply(wire, 1 / (scale * (self.size if op == "mean" else 1)), out=array, dtype=array.dtype)
 
     def close(self):
         """Finish pending collectives, stop the communication thread, release the backend's resources."""

@@ -7,7 +7,9 @@ from distdl.comm.base import Communicator, CompletedRequest
 class LocalCommunicator(Communicator):
     backend = "local"
 
-    def iallreduce(self, array, op="sum", check=True):
+    def iallreduce(self, array, op="sum", check=True, compression=None):
+        if compression not in (None, "fp16"):
+            raise ValueError(f"unknown compression {compression!r}: use None or 'fp16'")
         self.allreduce(array, op)
         return CompletedRequest()
 

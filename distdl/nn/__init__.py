@@ -17,3 +17,12 @@ __all__ = [
     "LSTMCell", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleList",
     "NLLLoss", "Parameter", "RNN", "RNNCell", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "init", "utils",
 ]
+
+
+def __getattr__(name):
+    """``nn.SyncBatchNorm`` lives in distdl.parallel (it needs the communicator); import it on first use."""
+    if name == "SyncBatchNorm":
+        from distdl.parallel.sync_batchnorm import SyncBatchNorm
+
+        return SyncBatchNorm
+    raise AttributeError(f"module 'distdl.nn' has no attribute {name!r}")

@@ -46,10 +46,12 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
         if isinstance(value, Parameter):
-            self._forget(name)
+            if name not in self._parameters:  # a replacement keeps its place in the order, as in torch
+                self._forget(name)
             self._parameters[name] = value
         elif isinstance(value, Module):
-            self._forget(name)
+            if name not in self._modules:
+                self._forget(name)
             self._modules[name] = value
         elif name in self._parameters or name in self._modules:
             if value is not None:

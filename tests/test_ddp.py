@@ -1,0 +1,127 @@
+"""DistributedDataParallel: N real workers equal one worker with the N-times batch; buckets, no_sync, SyncBatchNorm."""
+
+import numpy as np
+import pytest
+
+import distdl as dl
+from distdl import nn, optim
+from distdl.parallel.buckets import plan_buckets
+from gradcheck import module_gradcheck
+from multiproc import run
+
+BACKENDS = ["mpi", "zmq"]
+# (model, optimizer, dtype): both models, both optimizers, both dtypes
+COMBINATIONS = [("mlp", "sgd", "float32"), ("mlp", "adam", "float64"), ("cnn", "sgd", "float64"),
+                ("cnn", "adam", "float32")]
+
+
+def ran_everywhere(result, size, scenario):
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count(f"{scenario}") >= size
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("model,optimizer,dtype", COMBINATIONS)
+def test_n_workers_reach_the_parameters_of_one_worker_with_the_whole_batch(backend, size, model, optimizer, dtype):
+    """20 steps; replicas bit-identical after every step (checked in the workers)."""
+    result = run(backend, size, "ddp.py", "equivalence", model, optimizer, dtype, timeout=120)
+    ran_everywhere(result, size, "equivalence")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scenario", ["nosync", "syncbn", "unused", "fp16"])
+def test_ddp_scenarios_on_real_workers(backend, scenario):
+    result = run(backend, 3 if scenario == "syncbn" else 2, "ddp.py", scenario, timeout=120)
+    ran_everywhere(result, 2, scenario)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_different_models_on_different_ranks_fail_at_construction(backend):
+    result = run(backend, 2, "ddp.py", "mismatch", timeout=60)
+    assert not result.ok()
+    assert ("rank 1's model differs from rank 0's: rank 0 has 0.weight (8, 4) float32 where rank 1 has "
+            "0.weight (9, 4) float32") in "".join(result.outputs), str(result)
+
+
+def mlp():
+    dl.seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+def test_buckets_follow_reverse_parameter_order_and_their_size():
+    params = list(mlp().parameters())
+    buckets = plan_buckets(params, bucket_bytes=100)
+    assert [p for b in buckets for p in b.params] == params[::-1]
+    assert all(b.nbytes <= 100 or len(b.params) == 1 for b in buckets)
+    assert len(plan_buckets(params, 1 << 20)) == 1
+
+
+def test_grads_are_views_into_the_buckets_across_steps_and_zero_grad():
+    model = mlp()
+    ddp = dl.DistributedDataParallel(model, bucket_mb=0.0002)
+    optimizer = optim.SGD(ddp.parameters(), lr=0.1)
+    x, y = dl.tensor(np.random.default_rng(0).random((8, 6), np.float32)), np.arange(8) % 3
+    for set_to_none in (True, False, True):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        nn.CrossEntropyLoss()(ddp(x), y).backward()
+        for p in model.parameters():
+            bucket = ddp._bucket_of[p]
+            assert p.grad is bucket.views[p] and np.shares_memory(p.grad, bucket.flat)
+        optimizer.step()
+
+
+def test_a_world_of_one_trains_exactly_like_the_plain_model():
+    plain, wrapped = mlp(), mlp()
+    ddp = dl.DistributedDataParallel(wrapped)
+    opt_a, opt_b = optim.Adam(plain.parameters(), lr=0.01), optim.Adam(ddp.parameters(), lr=0.01)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x, y = dl.tensor(rng.random((8, 6), np.float32)), rng.integers(0, 3, 8)
+        for model, opt in ((plain, opt_a), (ddp, opt_b)):
+            opt.zero_grad()
+            nn.CrossEntropyLoss()(model(x), y).backward()
+            opt.step()
+    for p, q in zip(plain.parameters(), wrapped.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_no_sync_accumulates_in_place():
+    ddp = dl.DistributedDataParallel(mlp())
+    x, y = dl.tensor(np.ones((2, 6), np.float32)), np.array([0, 1])
+    nn.CrossEntropyLoss()(ddp(x), y).backward()
+    once = [p.grad.copy() for p in ddp.parameters()]
+    with ddp.no_sync():
+        nn.CrossEntropyLoss()(ddp(x), y).backward()
+    for p, g in zip(ddp.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-6)
+
+
+def test_state_dict_passes_through_to_a_plain_model_and_back():
+    ddp = dl.DistributedDataParallel(mlp())
+    state = ddp.state_dict()
+    assert list(state) == list(mlp().state_dict())  # no "module." prefix
+    plain = mlp()
+    for p in plain.parameters():
+        p.data[...] = 0.5
+    ddp.load_state_dict(plain.state_dict())
+    assert all(np.all(p.data == 0.5) for p in ddp.parameters())
+    assert ddp.module.training and not ddp.eval().module.training
+
+
+def test_sync_batchnorm_alone_is_batchnorm_and_its_gradients_check(float64):
+    bn = nn.BatchNorm2d(3).to(np.float64)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3))).to(np.float64)[0]
+    assert type(sync).__name__ == "SyncBatchNorm"
+    x = np.random.default_rng(2).standard_normal((4, 3, 2, 2)) * 2 + 1
+    np.testing.assert_allclose(sync(dl.tensor(x)).data, bn(dl.tensor(x)).data, rtol=1e-12)
+    np.testing.assert_allclose(sync.running_var.data, bn.running_var.data, rtol=1e-12)
+    module_gradcheck(sync, x)
+    bn.load_state_dict(sync.state_dict())  # the gradient check ran many training passes
+    sync.eval()
+    np.testing.assert_allclose(sync(dl.tensor(x)).data, bn.eval()(dl.tensor(x)).data, rtol=1e-12)
+
+
+def test_bad_compression_is_refused():
+    with pytest.raises(ValueError, match="unknown compression 'int8'"):
+        dl.DistributedDataParallel(mlp(), compression="int8")

@@ -1,0 +1,208 @@
+"""DistributedDataParallel scenarios, each checked inside the workers: python ddp.py SCENARIO [options].
+
+equivalence MODEL OPT DTYPE  N ranks with batch B reach, after 20 steps, what one worker with batch N*B reaches
+nosync                       k micro-batches under no_sync, then synced, equal one step on the k-times batch
+syncbn                       SyncBatchNorm on N ranks equals BatchNorm on one worker with the whole batch
+unused                       each rank uses a different branch of the model; the steps complete on every rank
+mismatch                     rank 1 builds a different model: a clear error at construction
+fp16                         compression="fp16" stays close to the uncompressed reference
+"""
+
+import copy
+import hashlib
+import sys
+
+import numpy as np
+
+import distdl as dl
+from distdl import nn, optim
+
+STEPS, BATCH = 20, 4
+
+
+def build(model, dtype, seed):
+    dl.seed(seed)
+    if model == "mlp":
+        net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    else:
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3),
+                            nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 3))
+    return net.to(dtype)
+
+
+def make_optimizer(name, params):
+    if name == "sgd":
+        return optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    return optim.Adam(params, lr=0.01)
+
+
+def data(model, dtype, steps, global_batch):
+    rng = np.random.default_rng(123)
+    shape = (10,) if model == "mlp" else (2, 8, 8)
+    x = rng.standard_normal((steps, global_batch) + shape).astype(dtype)
+    y = rng.integers(0, 3, (steps, global_batch))
+    return x, y
+
+
+def digest(module):
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(np.ascontiguousarray(p.data).tobytes())
+    return h.hexdigest()
+
+
+def assert_replicas_identical(comm, module, when):
+    digests = comm.allgather_json(digest(module))
+    assert len(set(digests)) == 1, f"replicas differ {when}"
+
+
+def assert_close(got_module, want_module, dtype, what):
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    for (name, got), (_, want) in zip(got_module.named_parameters(), want_module.named_parameters()):
+        scale = np.abs(want.data).max()
+        np.testing.assert_allclose(got.data, want.data, rtol=rtol, atol=rtol * scale, err_msg=f"{what}: {name}")
+
+
+def step(model, optimizer, x, y, scale=1.0):
+    optimizer.zero_grad()
+    loss = nn.CrossEntropyLoss()(model(dl.tensor(x)), y) * scale
+    loss.backward()
+    optimizer.step()
+
+
+def equivalence(comm, model_name, opt_name, dtype_name):
+    dtype = np.dtype(dtype_name).type
+    rank, size = comm.rank, comm.size
+    model = build(model_name, dtype, seed=rank)  # different on every rank: DDP must broadcast rank 0's
+    initial = copy.deepcopy(model) if rank == 0 else None
+    ddp = dl.DistributedDataParallel(model, bucket_mb=0.001)  # tiny buckets: several per model
+    assert len(ddp.buckets) > 1
+    optimizer = make_optimizer(opt_name, ddp.parameters())
+    x, y = data(model_name, dtype, STEPS, BATCH * size)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    assert_replicas_identical(comm, model, "after construction")
+    for s in range(STEPS):
+        step(ddp, optimizer, x[s, mine], y[s, mine])
+        assert_replicas_identical(comm, model, f"after step {s}")
+    if rank == 0:
+        reference_optimizer = make_optimizer(opt_name, initial.parameters())
+        for s in range(STEPS):
+            step(initial, reference_optimizer, x[s], y[s])
+        assert_close(model, initial, dtype, f"{model_name} {opt_name} {dtype_name}")
+
+
+def nosync(comm, micro=3):
+    rank, size = comm.rank, comm.size
+    model = build("mlp", np.float64, seed=0)
+    initial = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model)
+    optimizer = optim.SGD(ddp.parameters(), lr=0.1)
+    x, y = data("mlp", np.float64, micro, BATCH * size)
+    optimizer.zero_grad()
+    for m in range(micro):
+        mine = slice(rank * BATCH, (rank + 1) * BATCH)
+        if m < micro - 1:
+            with ddp.no_sync():
+                (nn.CrossEntropyLoss()(ddp(dl.tensor(x[m, mine])), y[m, mine]) / micro).backward()
+        else:
+            (nn.CrossEntropyLoss()(ddp(dl.tensor(x[m, mine])), y[m, mine]) / micro).backward()
+    optimizer.step()
+    assert_replicas_identical(comm, model, "after the accumulated step")
+    reference_optimizer = optim.SGD(initial.parameters(), lr=0.1)
+    step(initial, reference_optimizer, x.reshape(-1, 10), y.reshape(-1))
+    assert_close(model, initial, np.float64, "no_sync accumulation")
+
+
+def syncbn(comm):
+    rank, size = comm.rank, comm.size
+
+    def net():
+        dl.seed(0)
+        return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(3 * 4 * 4, 2)).to(np.float64)
+
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(net())
+    reference = net()
+    ddp = dl.DistributedDataParallel(model)
+    rng = np.random.default_rng(7)
+    x_all = rng.standard_normal((BATCH * size, 2, 4, 4)) * 3 + 1
+    y_all = rng.integers(0, 2, BATCH * size)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    x = dl.tensor(x_all[mine], requires_grad=True)
+    out = ddp(x)
+    nn.CrossEntropyLoss()(out, y_all[mine]).backward()
+
+    x_ref = dl.tensor(x_all, requires_grad=True)
+    out_ref = reference(x_ref)
+    nn.CrossEntropyLoss()(out_ref, y_all).backward()
+    np.testing.assert_allclose(out.data, out_ref.data[mine], rtol=1e-10, atol=1e-12, err_msg="forward")
+    # each rank's loss is the mean over its shard: its input gradient is size times its part of the whole
+    np.testing.assert_allclose(x.grad, size * x_ref.grad[mine], rtol=1e-9, atol=1e-12, err_msg="input gradient")
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=f"gradient of {name}")
+    for (name, b), (_, c) in zip(model.named_buffers(), reference.named_buffers()):
+        np.testing.assert_allclose(b.data, c.data, rtol=1e-10, err_msg=f"buffer {name}")
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.left, self.right = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+
+    def forward(self, x, use_left):
+        h = self.body(x).relu()
+        return self.left(h) if use_left else self.right(h)
+
+
+def unused(comm):
+    dl.seed(0)
+    model = TwoHeads()
+    ddp = dl.DistributedDataParallel(model, bucket_mb=0.0001)
+    optimizer = optim.SGD(ddp.parameters(), lr=0.1)
+    rng = np.random.default_rng(comm.rank)
+    for s in range(5):
+        before = model.left.weight.data.copy()
+        optimizer.zero_grad()
+        out = ddp(dl.tensor(rng.standard_normal((3, 4)).astype(np.float32)), use_left=(comm.rank + s) % 2 == 0)
+        out.sum().backward()
+        optimizer.step()
+        assert_replicas_identical(comm, model, f"after step {s}")
+        if comm.size == 1 and (comm.rank + s) % 2:  # alone, an unused head gets a zero gradient
+            np.testing.assert_array_equal(model.left.weight.data, before)
+
+
+def mismatch(comm):
+    dl.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8 if comm.rank == 0 else 9), nn.ReLU(), nn.Linear(8 if comm.rank == 0 else 9, 2))
+    dl.DistributedDataParallel(model)
+
+
+def fp16(comm):
+    rank, size = comm.rank, comm.size
+    model = build("mlp", np.float32, seed=0)
+    initial = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model, compression="fp16")
+    optimizer = optim.SGD(ddp.parameters(), lr=0.05)
+    x, y = data("mlp", np.float32, 10, BATCH * size)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    for s in range(10):
+        step(ddp, optimizer, x[s, mine], y[s, mine])
+        assert_replicas_identical(comm, model, f"after step {s}")
+    reference_optimizer = optim.SGD(initial.parameters(), lr=0.05)
+    for s in range(10):
+        step(initial, reference_optimizer, x[s], y[s])
+    for p, q in zip(model.parameters(), initial.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=0, atol=2e-3 * np.abs(q.data).max())
+
+
+def main():
+    comm = dl.init()
+    scenario, args = sys.argv[1], sys.argv[2:]
+    {"equivalence": equivalence, "nosync": nosync, "syncbn": syncbn, "unused": unused, "mismatch": mismatch,
+     "fp16": fp16}[scenario](comm, *args)
+    dl.shutdown()
+    print(f"rank {comm.rank}: {scenario} {' '.join(args)} ok")
+
+
+if __name__ == "__main__":
+    main()
