@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import distdl as dl  # noqa: E402
+from workloads import make_step, workload  # noqa: E402
 
 try:
     import torch
@@ -44,63 +45,6 @@ except ImportError:
     torch = None
 
 TARGETS = {"mlp": 1.0, "cnn": 1.2, "lstm": 2.0, "ae": 1.0}
-
-
-# Each builder takes the framework's ``nn`` (distdl.nn or torch.nn): the same code builds both models.
-def mlp(nn):
-    return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def cnn(nn):
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
-
-
-def lstm(nn):
-    class LastStep(nn.Module):
-        """3-layer LSTM, then a linear read-out of the last time step."""
-
-        def __init__(self):
-            super().__init__()
-            self.lstm = nn.LSTM(8, 50, num_layers=3, batch_first=True)
-            self.head = nn.Linear(50, 1)
-
-        def forward(self, x):
-            return self.head(self.lstm(x)[0][:, -1])
-
-    return LastStep()
-
-
-def autoencoder(nn):
-    return nn.Sequential(
-        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 784), nn.Sigmoid(),
-    )
-
-
-def workload(key, rng):
-    """(title, builder, input, target, loss name, optimizer name and lr) of each benchmark model."""
-    if key == "mlp":
-        return "MLP 784-128-64-10 b128", mlp, rng.standard_normal((128, 784)), rng.integers(0, 10, 128), "CrossEntropyLoss", ("SGD", 0.01)
-    if key == "cnn":
-        return ("CNN 2xconv 3x32x32 b128", cnn, rng.standard_normal((128, 3, 32, 32)), rng.integers(0, 10, 128),
-                "CrossEntropyLoss", ("SGD", 0.01))
-    if key == "lstm":
-        return ("LSTM 3x50 seq50 b32", lstm, rng.standard_normal((32, 50, 8)), rng.integers(0, 2, (32, 1)).astype(np.float32),
-                "BCEWithLogitsLoss", ("Adam", 1e-3))
-    images = rng.uniform(0, 1, (256, 784))
-    return "AE 784-256x3-784 b256", autoencoder, images, images.astype(np.float32), "BCELoss", ("Adam", 1e-3)
-
-
-def make_step(model, optimizer, loss_fn, x, y):
-    def step():
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def timed_steps(step, repeats, seconds):

@@ -11,6 +11,7 @@ gradients then count as zeros) are launched, and every bucket is waited for: the
 optimizer reads averaged gradients.
 """
 
+import time
 import weakref
 from contextlib import contextmanager
 
@@ -53,6 +54,7 @@ class DistributedDataParallel:
                 self._bucket_of[p].views[p][...] = p.grad
             p.grad = self._bucket_of[p].views[p]
         self._sync = True
+        self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
         self._armed = False  # a forward ran: the next backward must average
         self._next_bucket = 0
         self._hook_handles = [p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready")) for p in self._params]
@@ -91,19 +93,8 @@ class DistributedDataParallel:
         return self.module(*args, **kwargs)
 
     def _prepare_for_backward(self):
-        """Point every ``.grad`` back into its bucket (zeroed if the optimizer set it to None); arm the sync."""
+        """Arm the sync for the next backward; every bucket waits for all its gradients again."""
         for bucket in self.buckets:
-            cleared = [p for p in bucket.params if p.grad is None]
-            if len(cleared) == len(bucket.params):
-                bucket.flat[...] = 0
-            for p in bucket.params:
-                if p.grad is None:
-                    if len(cleared) < len(bucket.params):
-                        bucket.views[p][...] = 0
-                    p.grad = bucket.views[p]
-                elif p.grad is not bucket.views[p]:
-                    bucket.views[p][...] = p.grad
-                    p.grad = bucket.views[p]
             bucket.pending = len(bucket.params)
         self._next_bucket = 0
         self._armed = self._sync
@@ -112,31 +103,45 @@ class DistributedDataParallel:
         if not self._armed:
             return
         bucket = self._bucket_of[param]
-        view = bucket.views[param]
-        if param.grad is not view:  # .grad was replaced between forward and backward: bring it home
-            view[...] = param.grad
-            param.grad = view
+        _home(param, bucket)
         bucket.pending -= 1
         if bucket.pending == 0:
             self._launch(ready_only=True)
 
     def _launch(self, ready_only):
-        """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``)."""
-        while self._next_bucket < len(self.buckets):
+        """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``).
+
+        The last bucket is left to the end of backward, which reduces it in its own
+        thread: nothing is left to overlap it with, and handing it to the
+        communication thread would only add two thread wake-ups to the step.
+        """
+        last = len(self.buckets) - 1
+        while self._next_bucket < last or (self._next_bucket == last and not ready_only):
             bucket = self.buckets[self._next_bucket]
             if ready_only and bucket.pending:
                 return
-            bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=False, compression=self.compression)
+            if self._next_bucket == last and not self.compression:
+                self.comm.allreduce(bucket.flat, "mean", check=False)  # in this thread: see above
+            else:
+                bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=False, compression=self.compression)
             self._next_bucket += 1
 
     def _on_backward_end(self):
         if not self._armed:
             return
         self._armed = False
-        self._launch(ready_only=False)  # buckets with parameters that got no gradient: their zeros count
+        for bucket in self.buckets[self._next_bucket:]:
+            for p in bucket.params:
+                if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
+                    bucket.views[p][...] = 0
+                    p.grad = bucket.views[p]
+        start = time.perf_counter()
+        self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
         for bucket in self.buckets:
-            bucket.request.wait()
-            bucket.request = None
+            if bucket.request is not None:
+                bucket.request.wait()
+                bucket.request = None
+        self.last_sync_wait = time.perf_counter() - start
 
     @contextmanager
     def no_sync(self):
@@ -180,6 +185,20 @@ class DistributedDataParallel:
         sizes = ", ".join(f"{b.nbytes / 2 ** 20:.2f}" for b in self.buckets)
         return (f"DistributedDataParallel(rank {self.comm.rank} of {self.comm.size}, buckets MiB [{sizes}], "
                 f"compression={self.compression})\n  {self.module!r}")
+
+
+def _home(param, bucket):
+    """Make ``param.grad`` its bucket view again.
+
+    After ``zero_grad(set_to_none=True)`` the engine hands the first gradient over as
+    a fresh array: one copy into the bucket, cheaper than zeroing the bucket before
+    backward and adding into it. With ``set_to_none=False`` the engine adds into the
+    view in place and nothing is copied.
+    """
+    view = bucket.views[param]
+    if param.grad is not view:
+        view[...] = param.grad
+        param.grad = view
 
 
 def _weak(obj, method):

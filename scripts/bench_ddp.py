@@ -1,0 +1,191 @@
+"""Data-parallel weak scaling: 1 worker against N workers with the same per-worker batch.
+
+    python scripts/bench_ddp.py [-n 2] [--models mlp,cnn] [--buckets 0.25,1,25] [--seconds 2]
+
+For the MLP and the CNN of bench_engine.py (built by scripts/workloads.py), one BLAS
+thread per worker, N workers under mpiexec (distdl's MPI backend):
+- samples per second and scaling efficiency = throughput(N) / (N x throughput(1)),
+  the 1-worker figure being the plain model alone on the machine;
+- the step split into compute, exposed communication (what backward waited for its
+  allreduces at its end) and hidden communication, against the time the same
+  allreduces take alone, for each bucket size;
+- the same N processes training without any communication: the ceiling of this machine;
+- PyTorch DistributedDataParallel over gloo on the same model, worker count and
+  batch, in the same job (when torch is installed; never a dependency).
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=2, help="workers")
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--buckets", default="0.25,1,25", help="bucket sizes in MB (25: the whole model here)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+ARGS = parse_args()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent))
+import distdl as dl  # noqa: E402
+from workloads import make_step, workload  # noqa: E402
+
+try:
+    import torch
+    import torch.distributed as td
+    from torch.nn.parallel import DistributedDataParallel as TorchDDP
+except ImportError:
+    torch = None
+
+
+def agreed_steps(step, comm, seconds):
+    """Calibrate on a few steps; every rank then runs the same number (the largest asked for)."""
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    wanted = max(5, int(seconds / ((time.perf_counter() - start) / 3)))
+    return int(comm.allreduce(np.array([wanted], np.int64), "max", check=False)[0])
+
+
+def timed(step, steps, after=None):
+    times, extra = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if after:
+            extra.append(after())
+    return times, extra
+
+
+def distdl_figures(key, comm, bucket_mb):
+    title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
+    dl.seed(0)
+    model = build(dl.nn)
+    ddp = dl.DistributedDataParallel(model, bucket_mb=bucket_mb) if bucket_mb else model
+    step = make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
+                     dl.tensor(x.astype(np.float32)), y if y.dtype.kind == "i" else dl.tensor(y))
+    steps = agreed_steps(step, comm, ARGS.seconds)
+    comm.barrier()
+    times, waits = timed(step, steps, (lambda: ddp.last_sync_wait) if bucket_mb else None)
+    figures = {"title": title, "step": statistics.median(times), "steps": steps}
+    if bucket_mb:
+        figures["exposed"] = statistics.median(waits)
+        figures["buckets"] = len(ddp.buckets)
+        comm.barrier()
+
+        def allreduce_alone():
+            for bucket in ddp.buckets:
+                comm.allreduce(bucket.flat, "mean", check=False)
+
+        figures["comm"] = statistics.median(timed(allreduce_alone, 50)[0])
+    return figures
+
+
+def torch_figures(key, comm, distributed):
+    title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
+    torch.manual_seed(0)
+    model = build(torch.nn)
+    if distributed:
+        model = TorchDDP(model)
+    step = make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr), getattr(torch.nn, loss_name)(),
+                     torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y))
+    steps = agreed_steps(step, comm, ARGS.seconds)
+    comm.barrier()
+    return {"title": title, "step": statistics.median(timed(step, steps)[0]), "steps": steps}
+
+
+def worker():
+    comm = dl.init()
+    if torch is not None:
+        torch.set_num_threads(1)
+        if comm.size > 1:
+            td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['BENCH_GLOO_PORT']}",
+                                  rank=comm.rank, world_size=comm.size)
+    results = []
+    for key in ARGS.models.split(","):
+        for bucket_mb in [0] + ([float(b) for b in ARGS.buckets.split(",")] if comm.size > 1 else []):
+            results.append({"model": key, "framework": "distdl", "bucket_mb": bucket_mb,
+                            **_slowest(comm, distdl_figures(key, comm, bucket_mb))})
+        if torch is not None:
+            results.append({"model": key, "framework": "torch", "bucket_mb": 25 if comm.size > 1 else 0,
+                            **_slowest(comm, torch_figures(key, comm, comm.size > 1))})
+    if comm.rank == 0:
+        print(json.dumps(results))
+    if torch is not None and comm.size > 1:
+        td.destroy_process_group()
+    dl.shutdown()
+
+
+def _slowest(comm, figures):
+    """Each timing as the slowest rank's: the job goes at the pace of its slowest worker."""
+    everyone = comm.allgather_json(figures)
+    return {k: (max(f[k] for f in everyone) if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(n):
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(n), sys.executable, __file__, "--worker",
+               "--models", ARGS.models, "--buckets", ARGS.buckets, "--seconds", str(ARGS.seconds)]
+    env = dict(os.environ, BENCH_GLOO_PORT=str(free_port()))
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the benchmark job failed:\n{out.stdout}\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    if ARGS.worker:
+        return worker()
+    n = ARGS.n
+    single = {(r["model"], r["framework"]): r for r in launch(1)}
+    rows = launch(n)
+    print(f"weak scaling, 1 -> {n} workers on this machine, one BLAS thread each, distdl over MPI"
+          + ("; PyTorch DDP over gloo" if torch is not None else " (torch not installed)"))
+    print("| model | framework | bucket MB | buckets | step ms (1 worker) | step ms | samples/s | efficiency | "
+          "comm alone ms | exposed ms | compute ms | hidden share of comm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        base = single[(row["model"], row["framework"])]
+        batch = {"mlp": 128, "cnn": 128, "lstm": 32, "ae": 256}[row["model"]]
+        efficiency = base["step"] / row["step"]
+        framework = row["framework"] if row["bucket_mb"] or row["framework"] == "torch" else "no communication"
+        cells = [row["title"], framework, f"{row['bucket_mb']:g}" if row["bucket_mb"] else "-", str(row.get("buckets", "-")),
+                 f"{1e3 * base['step']:.2f}", f"{1e3 * row['step']:.2f}", f"{n * batch / row['step']:,.0f}",
+                 f"{efficiency:.2f}"]
+        if "comm" in row:
+            hidden = 1 - row["exposed"] / row["comm"] if row["comm"] else 0
+            cells += [f"{1e3 * row['comm']:.3f}", f"{1e3 * row['exposed']:.3f}",
+                      f"{1e3 * (row['step'] - row['exposed']):.2f}", f"{hidden:.0%}"]
+        else:
+            cells += ["-"] * 4
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
