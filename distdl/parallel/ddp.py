@@ -57,7 +57,8 @@ class DistributedDataParallel:
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
         self._armed = False  # a forward ran: the next backward must average
         self._next_bucket = 0
-        self._hook_handles = [p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready")) for p in self._params]
+        for p in self._params:
+            p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
         end = register_backward_end_callback(_weak(self, "_on_backward_end"))
         weakref.finalize(self, end.remove)
 
@@ -135,6 +136,8 @@ class DistributedDataParallel:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
+                else:  # e.g. accumulated under no_sync, unused in this pass
+                    _home(p, bucket)
         start = time.perf_counter()
         self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
         for bucket in self.buckets:
