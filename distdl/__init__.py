@@ -1,6 +1,6 @@
 """distdl: data-parallel deep learning on NumPy or CuPy, averaged over MPI or ZeroMQ."""
 
-from distdl import data, functional, metrics, nn, optim
+from distdl import _errorfile, data, functional, metrics, nn, optim
 from distdl.autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from distdl.backend import get_default_dtype, gpu_available, seed, set_default_dtype
 from distdl.checkpoint import (CheckpointCorruptError, CheckpointError, CheckpointManager, load_checkpoint,
@@ -11,9 +11,12 @@ from distdl.functional import concatenate, stack, where
 from distdl.parallel import DistributedDataParallel
 from distdl.version import __version__
 
+_errorfile.install()  # under distdl-run: an uncaught exception is reported to the launcher
+
 __all__ = [
-    "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CollectiveMismatchError", "CollectiveTimeoutError", "DistError", "DistributedDataParallel", "Function", "PeerLostError", "RendezvousError",
-    "Tensor", "__version__", "concatenate", "data", "enable_grad", "functional", "get_comm", "init", "local_rank", "rank", "save_checkpoint", "shutdown", "world_size",
-    "get_default_dtype", "gpu_available", "is_grad_enabled", "load_checkpoint", "metrics", "nn", "no_grad", "optim", "seed", "set_default_dtype", "set_grad_enabled", "stack",
-    "tensor", "where",
+    "__version__", "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CollectiveMismatchError",
+    "CollectiveTimeoutError", "concatenate", "data", "DistError", "DistributedDataParallel", "enable_grad", "Function",
+    "functional", "get_comm", "get_default_dtype", "gpu_available", "init", "is_grad_enabled", "load_checkpoint",
+    "local_rank", "metrics", "nn", "no_grad", "optim", "PeerLostError", "rank", "RendezvousError", "save_checkpoint",
+    "seed", "set_default_dtype", "set_grad_enabled", "shutdown", "stack", "Tensor", "tensor", "where", "world_size",
 ]

@@ -3,9 +3,6 @@
 Runs in one process on a generated, seeded dataset, so it works offline:
 
     python examples/spirals.py --epochs 100
-
-It is the README's first command until the launcher lands; then a data-parallel
-example takes its place.
 """
 
 import argparse

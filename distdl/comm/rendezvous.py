@@ -9,6 +9,7 @@ that did fails with the list of the missing ones.
 
 import hmac
 import json
+import os
 import time
 
 import zmq
@@ -59,6 +60,9 @@ def serve(size, run_id, endpoint, me, timeout):
     context = zmq.Context.instance()
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 2000)  # let the last answers leave before the socket closes
+    inherited = os.environ.pop("DISTDL_MASTER_FD", None)
+    if inherited is not None:  # distdl-run bound the port and handed it over: no other job can have taken it
+        socket.setsockopt(zmq.USE_FD, int(inherited))
     try:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:

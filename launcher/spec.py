@@ -1,0 +1,98 @@
+"""What to start: the command line, the backend, and each worker's environment (DESIGN.md's contract)."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def find_mpiexec():
+    """The mpiexec next to this Python (the mpich wheel's), else the system's, else None."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return beside if os.path.exists(beside) else shutil.which("mpiexec")
+
+
+def mpi_works(mpiexec, timeout=30):
+    """Whether mpiexec can start a Python that initialises MPI through mpi4py, and why not."""
+    if mpiexec is None:
+        return False, "no mpiexec found (pip install mpich, or put one on PATH)"
+    probe = [mpiexec, "-n", "1", sys.executable, "-c", "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"]
+    try:
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{mpiexec} did not run: {exc}"
+    if result.returncode:
+        return False, f"{mpiexec} failed: {(result.stderr or result.stdout).strip()[-300:]}"
+    return True, f"{mpiexec} works"
+
+
+def reserve_port(host):
+    """A listening socket on a free port of ``host``: handed to rank 0, so no other job can take the port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    listener.listen(128)
+    return listener
+
+
+@dataclass
+class JobSpec:
+    nproc: int
+    target: list  # ["script.py", args...] or ["-m", "module", args...]
+    backend: str = "zmq"  # resolved: "mpi", "zmq" or "local" (one worker)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    max_restarts: int = 0
+    checkpoint_dir: str = None
+    timeout: float = None
+    log_dir: str = None
+    tag_output: bool = True
+    mpiexec: str = field(default_factory=find_mpiexec)
+
+    @property
+    def world_size(self):
+        return self.nnodes * self.nproc
+
+    def worker_command(self):
+        return [sys.executable, "-u", *self.target]
+
+    def mpi_command(self, output_dir):
+        """mpiexec, each rank's stdout and stderr in its own file of ``output_dir`` (whole lines, unlike -prepend-rank)."""
+        return [self.mpiexec, "-n", str(self.nproc), "-outfile-pattern", os.path.join(output_dir, "rank-%r.out"),
+                "-errfile-pattern", os.path.join(output_dir, "rank-%r.err"), *self.worker_command()]
+
+    def environments(self, attempt, run_id, worker_port, master_fd=None):
+        """One environment per local worker (one in all for mpiexec, which gives each rank its own)."""
+        base = dict(os.environ)
+        threads = str(max(1, (os.cpu_count() or 1) // self.nproc))
+        for name in THREAD_VARIABLES:
+            base.setdefault(name, threads)  # the user's own setting wins
+        base.update({
+            "DISTDL_BACKEND": self.backend, "DISTDL_WORLD_SIZE": str(self.world_size),
+            "DISTDL_LOCAL_WORLD_SIZE": str(self.nproc), "DISTDL_MASTER_ADDR": self.master_addr,
+            "DISTDL_MASTER_PORT": str(worker_port), "DISTDL_RUN_ID": run_id, "DISTDL_RESTART_COUNT": str(attempt),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.checkpoint_dir:
+            base["DISTDL_CHECKPOINT_DIR"] = os.path.abspath(self.checkpoint_dir)
+        if self.timeout:
+            base["DISTDL_TIMEOUT"] = str(self.timeout)
+        if self.backend == "mpi":
+            return [base]
+        environments = []
+        for local in range(self.nproc):
+            env = dict(base, DISTDL_RANK=str(self.node_rank * self.nproc + local), DISTDL_LOCAL_RANK=str(local))
+            if master_fd is not None and self.node_rank == 0 and local == 0:
+                env["DISTDL_MASTER_FD"] = str(master_fd)
+            environments.append(env)
+        return environments
+
+
+def new_run_id():
+    return secrets.token_hex(16)

@@ -1,0 +1,163 @@
+"""distdl-run with real processes: failures end the whole job with the root cause, signals reach every worker,
+restarts resume from checkpoints bit-identically, and two launchers form one job across "nodes" on loopback."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from multiproc import WORKERS, free_port
+
+BACKENDS = ["mpi", "zmq"]
+
+
+def distdl_run(*args, timeout=90, **popen):
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **popen)
+
+
+def pids_in(text):
+    return [int(p) for p in re.findall(r"pid (\d+) rank", text)]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
+        return f.read().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_rank_runs_with_the_environment_contract(backend, tmp_path):
+    result = distdl_run("-n", 3, "--backend", backend, "--log-dir", tmp_path, WORKERS / "launched.py", "ok")
+    assert result.returncode == 0, result.stderr
+    for rank in range(3):
+        assert f"[rank {rank}] rank {rank} sum 3 backend {backend}" in result.stdout
+        assert f"rank {rank} sum 3" in (tmp_path / f"rank-{rank}.log").read_text()
+
+
+def test_one_worker_needs_no_communication():
+    result = distdl_run("-n", 1, "--no-tag-output", WORKERS / "launched.py", "ok")
+    assert result.returncode == 0, result.stderr
+    assert "rank 0 sum 1 backend local" in result.stdout and "[rank" not in result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_exception_in_one_worker_ends_the_job_with_its_traceback(backend):
+    start = time.monotonic()
+    result = distdl_run("-n", 3, "--backend", backend, WORKERS / "launched.py", "raise")
+    assert time.monotonic() - start < 30
+    assert result.returncode != 0
+    assert re.search(r"root cause: rank 1 on \S+ raised ValueError", result.stderr), result.stderr
+    assert "ValueError: boom from rank 1" in result.stderr
+    if backend == "zmq":
+        assert "stopped ranks 0, 2 because of it" in result.stderr
+    assert not [p for p in pids_in(result.stdout) if alive(p)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_worker_killed_by_a_signal_ends_the_job_within_seconds(backend):
+    start = time.monotonic()
+    result = distdl_run("-n", 3, "--backend", backend, WORKERS / "launched.py", "kill")
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 15, elapsed  # the others sleep for 600 s: the launcher stopped them
+    if backend == "zmq":
+        assert "rank 1 failed with signal SIGKILL" in result.stderr, result.stderr
+        assert "stopped ranks 0, 2 because of it" in result.stderr
+    pids = pids_in(result.stdout)
+    assert len(pids) == 3 and not [p for p in pids if alive(p)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_launcher_reaches_every_worker(backend, sig):
+    launcher = subprocess.Popen([sys.executable, "-m", "launcher", "-n", "2", "--backend", backend,
+                                 str(WORKERS / "launched.py"), "sleep"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    pids = []
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids += pids_in(launcher.stdout.readline())
+    launcher.send_signal(sig)
+    out, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 128 + sig, err
+    assert f"received {signal.Signals(sig).name}: stopped every worker" in err
+    time.sleep(0.2)
+    assert len(pids) == 2 and not [p for p in pids if alive(p)]
+
+
+def final_digest(output):
+    return re.search(r"final digest (\w+)", output).group(1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crash_and_a_restart_end_bit_identical_to_a_run_without_the_crash(backend, tmp_path):
+    plain = distdl_run("-n", 2, "--backend", backend, "--checkpoint-dir", tmp_path / "a", WORKERS / "resume.py")
+    assert plain.returncode == 0, plain.stderr
+    crashed = distdl_run("-n", 2, "--backend", backend, "--checkpoint-dir", tmp_path / "b", "--max-restarts", 1,
+                         WORKERS / "resume.py", "--crash-at", 7)
+    assert crashed.returncode == 0, crashed.stderr
+    assert "restarting the job (1 of 1 restarts) after rank 1 failed" in crashed.stderr
+    assert "resumed at step 6" in crashed.stdout
+    assert final_digest(crashed.stdout) == final_digest(plain.stdout)
+
+
+def test_without_restarts_left_the_job_fails(tmp_path):
+    result = distdl_run("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path, WORKERS / "resume.py",
+                        "--crash-at", 3)
+    assert result.returncode != 0 and "RuntimeError: crash at step 3" in result.stderr
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing():
+    result = distdl_run("-n", 2, "--backend", "zmq", "--dry-run", "train.py", "--lr", "0.1")
+    assert result.returncode == 0
+    assert "rank 1: " in result.stdout and "train.py --lr 0.1" in result.stdout
+    assert "DISTDL_WORLD_SIZE=2" in result.stdout and "DISTDL_LOCAL_RANK=1" in result.stdout
+
+
+def start_node(node_rank, port, script_args, **extra):
+    return subprocess.Popen([sys.executable, "-m", "launcher", "--nnodes", "2", "--node-rank", str(node_rank),
+                             "--master-port", str(port), "-n", "2", "--timeout", "20",
+                             str(WORKERS / "launched.py"), *script_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **extra)
+
+
+def test_two_launchers_form_one_job_across_nodes():
+    port = free_port()
+    nodes = [start_node(rank, port, ["ok"]) for rank in (0, 1)]
+    outputs = [n.communicate(timeout=90) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs
+    everything = outputs[0][0] + outputs[1][0]
+    for rank in range(4):
+        assert f"rank {rank} sum 4 backend zmq" in everything
+
+
+def test_killing_one_nodes_launcher_ends_the_other_within_seconds():
+    port = free_port()
+    nodes = [start_node(rank, port, ["sleep"]) for rank in (0, 1)]
+    pids = []
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids += pids_in(nodes[0].stdout.readline())
+    os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1's launcher and its workers vanish
+    start = time.monotonic()
+    out, err = nodes[0].communicate(timeout=60)
+    assert time.monotonic() - start < 15
+    assert nodes[0].returncode != 0
+    assert "lost node 1" in err, err
+    assert not [p for p in pids if alive(p)]
+
+
+def test_the_launcher_starts_without_the_engine():
+    code = "import sys, launcher.cli; print('numpy' in sys.modules, 'distdl' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.split() == ["False", "False"]

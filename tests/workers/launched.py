@@ -1,0 +1,35 @@
+"""A worker for the launcher's tests: python launched.py SCENARIO.
+
+raise   rank 1 raises an exception after init; the others wait in a collective
+kill    rank 1 kills itself with SIGKILL; the others sleep (they never finish alone)
+sleep   every rank sleeps until it is stopped
+ok      every rank reduces an array and prints its rank and world size
+"""
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import distdl as dl
+
+scenario = sys.argv[1]
+comm = dl.init()
+print(f"pid {os.getpid()} rank {comm.rank} of {comm.size} restart {os.environ.get('DISTDL_RESTART_COUNT')}", flush=True)
+if scenario == "ok":
+    x = np.ones(3)
+    comm.allreduce(x)
+    print(f"rank {comm.rank} sum {x[0]:g} backend {comm.backend}")
+    dl.shutdown()
+    sys.exit(0)
+comm.barrier()
+if scenario == "raise" and comm.rank == 1:
+    raise ValueError("boom from rank 1")
+if scenario == "kill" and comm.rank == 1:
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+if scenario == "raise":
+    comm.allreduce(np.ones(3))  # waits for rank 1, which never comes
+time.sleep(600)
