@@ -1,6 +1,6 @@
 """distdl: data-parallel deep learning on NumPy or CuPy, averaged over MPI or ZeroMQ."""
 
-from distdl import _errorfile, data, functional, metrics, nn, optim
+from distdl import _errorfile, callbacks, data, functional, metrics, nn, optim
 from distdl.autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from distdl.backend import get_default_dtype, gpu_available, seed, set_default_dtype
 from distdl.checkpoint import (CheckpointCorruptError, CheckpointError, CheckpointManager, load_checkpoint,
@@ -9,14 +9,15 @@ from distdl.comm import (CollectiveMismatchError, CollectiveTimeoutError, DistEr
                          get_comm, init, local_rank, rank, shutdown, world_size)
 from distdl.functional import concatenate, stack, where
 from distdl.parallel import DistributedDataParallel
+from distdl.trainer import History, Trainer
 from distdl.version import __version__
 
 _errorfile.install()  # under distdl-run: an uncaught exception is reported to the launcher
 
 __all__ = [
-    "__version__", "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CollectiveMismatchError",
+    "__version__", "callbacks", "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CollectiveMismatchError",
     "CollectiveTimeoutError", "concatenate", "data", "DistError", "DistributedDataParallel", "enable_grad", "Function",
-    "functional", "get_comm", "get_default_dtype", "gpu_available", "init", "is_grad_enabled", "load_checkpoint",
+    "functional", "get_comm", "get_default_dtype", "gpu_available", "History", "init", "is_grad_enabled", "load_checkpoint",
     "local_rank", "metrics", "nn", "no_grad", "optim", "PeerLostError", "rank", "RendezvousError", "save_checkpoint",
-    "seed", "set_default_dtype", "set_grad_enabled", "shutdown", "stack", "Tensor", "tensor", "where", "world_size",
+    "seed", "set_default_dtype", "set_grad_enabled", "shutdown", "stack", "Tensor", "tensor", "Trainer", "where", "world_size",
 ]

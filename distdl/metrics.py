@@ -440,11 +440,19 @@ _BY_NAME = {
 
 
 def get(name, **options):
-    """A new metric by name: accuracy, top5_accuracy (any k), precision, recall, f1, auc, log_loss, mse, mae, r2."""
+    """A new metric by name: accuracy, top5_accuracy (any k), precision, recall, f1, auc, log_loss, mse, mae, r2.
+
+    By name, precision, recall and F1 average over the classes (macro), which suits
+    any number of classes; a suffix picks another average (``f1_weighted``,
+    ``precision_micro``, ``recall_binary``), as does ``average=``.
+    """
     if isinstance(name, Metric):
         return name
     if name.startswith("top") and name.endswith("_accuracy") and name[3:-9].isdigit():
         return TopKAccuracy(int(name[3:-9]))
+    base, _, average = name.partition("_")
+    if base in ("precision", "recall", "f1") and (average in AVERAGES or not average):
+        return _BY_NAME[base](**{"average": average or "macro", **options})
     if name not in _BY_NAME:
         raise ValueError(f"unknown metric {name!r}: choose from {', '.join(sorted(_BY_NAME))} or topK_accuracy")
     return _BY_NAME[name](**options)

@@ -14,6 +14,7 @@ every rank sees the same sequence.
 import json
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -53,9 +54,12 @@ class Request:
     def __init__(self):
         self._event = threading.Event()
         self._error = None
+        self.started_at = time.time()  # wall-clock stamps, for timelines
+        self.finished_at = None
 
     def _finish(self, error=None):
         self._error = error
+        self.finished_at = time.time()
         self._event.set()
 
     def done(self):

@@ -55,6 +55,7 @@ class DistributedDataParallel:
             p.grad = self._bucket_of[p].views[p]
         self._sync = True
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
+        self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
         self._armed = False  # a forward ran: the next backward must average
         self._next_bucket = 0
         for p in self._params:
@@ -99,6 +100,7 @@ class DistributedDataParallel:
             bucket.pending = len(bucket.params)
         self._next_bucket = 0
         self._armed = self._sync
+        self.last_allreduces = []
 
     def _on_grad_ready(self, param):
         if not self._armed:
@@ -122,7 +124,9 @@ class DistributedDataParallel:
             if ready_only and bucket.pending:
                 return
             if self._next_bucket == last and not self.compression:
+                start = time.time()
                 self.comm.allreduce(bucket.flat, "mean", check=False)  # in this thread: see above
+                self.last_allreduces.append((self._next_bucket, start, time.time(), bucket.nbytes))
             else:
                 bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=False, compression=self.compression)
             self._next_bucket += 1
@@ -140,9 +144,11 @@ class DistributedDataParallel:
                     _home(p, bucket)
         start = time.perf_counter()
         self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
-        for bucket in self.buckets:
+        for index, bucket in enumerate(self.buckets):
             if bucket.request is not None:
                 bucket.request.wait()
+                self.last_allreduces.append((index, bucket.request.started_at, bucket.request.finished_at,
+                                             bucket.nbytes))
                 bucket.request = None
         self.last_sync_wait = time.perf_counter() - start
 

@@ -1,0 +1,298 @@
+"""Trainer: fit, evaluate and predict in a few lines, distributed without trying.
+
+In a world of more than one process the Trainer wraps the model in
+DistributedDataParallel and the data in a DistributedSampler by itself.
+``batch_size`` is per worker: the global batch is ``batch_size x world_size``.
+Gradients are averaged over the ranks, so a step on the global batch follows the
+gradient of the mean loss over it; when you add workers at a fixed per-worker batch,
+the usual rule is to scale the learning rate with the global batch (linearly, with
+a few epochs of warmup for large factors).
+
+Losses and metrics are reduced over the ranks, so the figures rank 0 prints are
+those of the whole data. Evaluation shards the data exactly (no sample twice).
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from distdl import metrics as metrics_module
+from distdl.autograd import no_grad
+from distdl.autograd.tensor import Tensor
+from distdl.callbacks import Checkpoint, LearningRateScheduler
+from distdl.comm import get_comm
+from distdl.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from distdl.functional import sigmoid, softmax
+from distdl.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
+from distdl.parallel import DistributedDataParallel
+from distdl.timing import StepTimer
+
+
+class History:
+    """Per-epoch figures, as Keras keeps them: ``history.history["val_accuracy"][-1]``."""
+
+    def __init__(self, epoch=None, history=None):
+        self.epoch = list(epoch or [])
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+
+    def append(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __repr__(self):
+        last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
+        return f"History({len(self.epoch)} epochs, last {last})"
+
+
+def as_dataset(data):
+    """A Dataset as given; a TensorDataset over a tuple of arrays (x, y) or over one array of inputs."""
+    if isinstance(data, (tuple, list)):
+        return TensorDataset(*data)
+    if hasattr(data, "shape"):
+        return TensorDataset(data)
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return data
+    raise TypeError(f"give a Dataset or a tuple of arrays (x, y), not {type(data).__name__}")
+
+
+class Trainer:
+    """``Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy"], scheduler=None)``."""
+
+    def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_mb=25):
+        self.comm = comm if comm is not None else get_comm()
+        self.model = model
+        self.ddp = DistributedDataParallel(model, comm=self.comm, bucket_mb=bucket_mb) if self.comm.size > 1 else None
+        self.optimizer, self.loss, self.scheduler = optimizer, loss, scheduler
+        self.metric_names = list(metrics)
+        self._fresh_metrics()  # an unknown metric name fails here, not after the first epoch
+        self.history = History()
+        self.global_step = 0
+        self.stop_training = False
+        self.timer = StepTimer(self.comm.rank)
+        self.loader = None
+        self._start_epoch = 0
+        self._epoch_metrics = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    @property
+    def network(self):
+        """What the forward pass calls: the DDP wrapper when distributed, else the model."""
+        return self.ddp if self.ddp is not None else self.model
+
+    def _fresh_metrics(self):
+        return {"loss": metrics_module.Mean(), **{n if isinstance(n, str) else n.name: metrics_module.get(n)
+                                                  for n in self.metric_names}}
+
+    def _target(self, y):
+        return Tensor(y) if np.asarray(y).dtype.kind == "f" and not isinstance(self.loss, CrossEntropyLoss) else y
+
+    def _scores(self, output):
+        """What metrics see: probabilities where the loss took logits."""
+        if isinstance(self.loss, CrossEntropyLoss):
+            return softmax(output, axis=1)
+        if isinstance(self.loss, BCEWithLogitsLoss):
+            return sigmoid(output)
+        return output
+
+    def _update(self, metrics, output, y, loss):
+        metrics["loss"].update(loss, weight=len(y))
+        if len(metrics) > 1:
+            scores = self._scores(output).data
+            for name, metric in metrics.items():
+                if name != "loss":
+                    metric.update(y, scores)
+
+    def _reduced(self, metrics):
+        return {name: float(metric.compute(self.comm)) for name, metric in metrics.items()}
+
+    # -- fit -------------------------------------------------------------------------------------------------------
+    def fit(self, train_data, epochs=1, batch_size=32, validation_data=None, callbacks=(), shuffle=True, seed=0,
+            transform=None, prefetch=2, verbose=True):
+        """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History."""
+        dataset = as_dataset(train_data)
+        self.sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank,
+                                          shuffle=shuffle, seed=seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, transform=transform,
+                                 prefetch=prefetch)
+        callbacks = list(callbacks)
+        if self.scheduler is not None:  # first: a checkpoint at the end of an epoch sees the stepped schedule
+            callbacks.insert(0, LearningRateScheduler(self.scheduler))
+        if _checkpoint_dir() and not any(isinstance(c, Checkpoint) for c in callbacks):
+            callbacks.append(Checkpoint())  # resume automatically after distdl-run restarts the job
+        self.stop_training = False
+        for callback in callbacks:
+            callback.on_train_begin(self)
+        for epoch in range(self._start_epoch, epochs):
+            self.sampler.set_epoch(epoch)
+            for callback in callbacks:
+                callback.on_epoch_begin(self, epoch)
+            start = time.perf_counter()
+            logs, samples = self._train_epoch(epoch, epochs, callbacks, verbose)
+            seconds = time.perf_counter() - start
+            if validation_data is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data, batch_size).items()})
+            self.history.append(epoch, logs)
+            for callback in callbacks:
+                callback.on_epoch_end(self, epoch, logs)
+            logs["lr"] = self.optimizer.param_groups[0]["lr"]
+            self._report_epoch(epoch, epochs, logs, samples / seconds if seconds else 0.0, seconds, verbose)
+            if self.stop_training:
+                break
+        self._start_epoch = 0
+        for callback in callbacks:
+            callback.on_train_end(self)
+        self.timer.write_timeline(self.comm)
+        return self.history
+
+    def _train_epoch(self, epoch, epochs, callbacks, verbose):
+        self.model.train()
+        if self._epoch_metrics is None:
+            self._epoch_metrics = self._fresh_metrics()
+        metrics = self._epoch_metrics
+        self.timer.reset()
+        bar = _progress_bar(len(self.loader) - self.sampler.position // self.loader.batch_size,
+                            f"epoch {epoch + 1}/{epochs}", verbose and self.comm.rank == 0)
+        network, timer = self.network, self.timer
+        last = time.time()
+        for x, y in self.loader:
+            arrived = time.time()
+            timer.add("data", last, arrived)
+            output = network(Tensor(x))
+            loss = self.loss(output, self._target(y))
+            forwarded = time.time()
+            timer.add("forward", arrived, forwarded)
+            loss.backward()
+            backward_end = time.time()
+            exposed = self.ddp.last_sync_wait if self.ddp is not None else 0.0
+            timer.add("backward", forwarded, backward_end - exposed)
+            timer.add("communication", backward_end - exposed, backward_end)
+            if self.ddp is not None:
+                for index, begin, end, nbytes in self.ddp.last_allreduces:
+                    timer.add_allreduce(index, begin, end, nbytes)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            last = time.time()
+            timer.add("optimizer", backward_end, last)
+            timer.steps += 1
+            self.global_step += 1
+            with no_grad():
+                self._update(metrics, output, y, loss)
+            if bar is not None:
+                bar.update(1)
+                rate = len(y) * self.comm.size / max(last - arrived, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
+            for callback in callbacks:
+                callback.on_batch_end(self, self.global_step, {"loss": loss.item()})
+        if bar is not None:
+            bar.close()
+        self._epoch_metrics = None
+        samples = self.comm.allreduce(np.array([metrics["loss"].stats["weight"]], np.float64), "sum")[0]
+        return self._reduced(metrics), float(samples)
+
+    def _report_epoch(self, epoch, epochs, logs, rate, seconds, verbose):
+        summary = self.timer.summary(self.comm)
+        if not verbose or self.comm.rank != 0:
+            return
+        figures = "  ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "lr")
+        print(f"epoch {epoch + 1}/{epochs}  {figures}  lr {logs['lr']:.3g}  {rate:,.0f} samples/s  {seconds:.2f} s",
+              flush=True)
+        if summary:
+            print(f"  uneven ranks: {summary}", flush=True)
+
+    # -- evaluate and predict ----------------------------------------------------------------------------------------
+    def _exact_loader(self, data, batch_size):
+        dataset = as_dataset(data)
+        sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank, shuffle=False,
+                                     pad=False)
+        return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+
+    def evaluate(self, data, batch_size=256):
+        """Loss and metrics over every sample of ``data`` exactly once, reduced over the ranks."""
+        _, loader = self._exact_loader(data, batch_size)
+        metrics = self._fresh_metrics()
+        self.model.eval()
+        with no_grad():
+            for x, y in loader:
+                output = self.model(Tensor(x))
+                self._update(metrics, output, y, self.loss(output, self._target(y)))
+        self.model.train()
+        return self._reduced(metrics)
+
+    def predict(self, data, batch_size=256):
+        """The model's outputs for every sample of ``data`` (inputs only, or (x, y)), in order, on every rank."""
+        dataset, loader = self._exact_loader(data, batch_size)
+        self.model.eval()
+        parts = []
+        with no_grad():
+            for batch in loader:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                parts.append(np.asarray(self.model(Tensor(x)).numpy()))
+        self.model.train()
+        mine = np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+        if self.comm.size == 1:
+            return mine
+        return _interleave(self.comm, mine, len(dataset))
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def checkpoint_objects(self):
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "sampler": self.loader}
+
+    def checkpoint_state(self, epoch_done):
+        """What a checkpoint holds besides the objects; collective (every rank's running metrics are gathered)."""
+        metrics = self._epoch_metrics or {}
+        running = self.comm.allgather_json({name: {k: np.asarray(v).tolist() for k, v in m.stats.items()}
+                                            for name, m in metrics.items()})
+        return {**self.checkpoint_objects(), "epoch": self.history.epoch[-1] if epoch_done else self.sampler.epoch,
+                "epoch_done": epoch_done, "global_step": self.global_step,
+                "history": {"epoch": self.history.epoch, "history": self.history.history},
+                "epoch_metrics": running}
+
+    def restore(self, state):
+        """Continue from a checkpoint: the next epoch, or the rest of an interrupted one with its running metrics."""
+        self.history = History(state["history"]["epoch"], state["history"]["history"])
+        self.global_step = state["global_step"]
+        if state["epoch_done"]:
+            self._start_epoch, self._epoch_metrics = state["epoch"] + 1, None
+        else:  # the interrupted epoch's running metrics, every saved rank's merged into rank 0's
+            self._start_epoch = state["epoch"]
+            self._epoch_metrics = self._fresh_metrics()
+            for saved in state["epoch_metrics"] if self.comm.rank == 0 else []:
+                for name, stats in saved.items():
+                    part = self._fresh_metrics()[name]
+                    part.stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+                    self._epoch_metrics[name].merge(part)
+        if self.comm.rank == 0:
+            print(f"resumed from step {self.global_step} (epoch {state['epoch'] + 1}"
+                  f"{'' if state['epoch_done'] else ', part way'})", flush=True)
+
+
+def _interleave(comm, mine, total):
+    """Every rank's rows of an unpadded strided shard (rank r holds rows r, r+W, ...), back in dataset order."""
+    lengths = comm.allgather(np.array([len(mine)], np.int64))[:, 0]
+    padded = np.zeros((int(lengths.max()),) + mine.shape[1:], mine.dtype)
+    padded[:len(mine)] = mine
+    gathered = comm.allgather(padded)
+    out = np.empty((total,) + mine.shape[1:], mine.dtype)
+    for rank in range(comm.size):
+        out[rank::comm.size] = gathered[rank, :lengths[rank]]
+    return out
+
+
+def _checkpoint_dir():
+    return os.environ.get("DISTDL_CHECKPOINT_DIR")
+
+
+def _progress_bar(total, description, wanted):
+    """A tqdm bar on an interactive terminal; None elsewhere (a line per epoch is printed instead)."""
+    if not wanted or not sys.stdout.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)

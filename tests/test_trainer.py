@@ -1,0 +1,119 @@
+"""The Trainer: exact reduced metrics over real ranks, resume after a crash with the same history, callbacks,
+the step-timing summary and the timeline."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import distdl as dl
+from distdl import nn, optim
+from distdl.callbacks import EarlyStopping, HistoryLogger
+from distdl.data import TensorDataset, load_digits, random_split
+from multiproc import WORKERS, run
+
+
+@pytest.mark.parametrize("backend", ["mpi", "zmq"])
+def test_evaluate_and_predict_over_three_ranks_equal_the_whole_data_in_one_process(backend):
+    result = run(backend, 3, "trainer_job.py", "exact", timeout=120)
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count("exact ok") == 3
+
+
+def launch(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def history_of(output):
+    return json.loads(re.search(r"history (\{.*\})", output).group(1))
+
+
+def test_a_crash_mid_epoch_and_a_restart_give_the_history_of_an_uninterrupted_run(tmp_path):
+    plain = launch("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path / "a", WORKERS / "trainer_job.py",
+                   "resume")
+    assert plain.returncode == 0, plain.stderr
+    crashed = launch("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path / "b", "--max-restarts", 1,
+                     WORKERS / "trainer_job.py", "resume", "--crash-at", 13)
+    assert crashed.returncode == 0, crashed.stderr
+    assert "resumed from step 12 (epoch 2, part way)" in crashed.stdout
+    assert history_of(crashed.stdout) == history_of(plain.stdout)  # exactly, float for float
+
+
+def test_the_epoch_summary_names_the_slow_rank_and_the_timeline_holds_every_rank(tmp_path):
+    timeline = tmp_path / "trace.json"
+    result = launch("-n", 2, "--backend", "zmq", WORKERS / "trainer_job.py", "uneven",
+                    env=dict(os.environ, DISTDL_TIMELINE=str(timeline)))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"uneven ranks: rank 1 is slowest in data: [\d.]+ ms per step against [\d.]+ ms on rank 0",
+                     result.stdout), result.stdout
+    events = json.loads(timeline.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    assert {"data", "forward", "backward", "communication", "optimizer"} <= {e["name"] for e in spans}
+    assert any(e["name"].startswith("allreduce bucket 0") for e in spans)
+
+
+def digits():
+    dl.seed(0)
+    return random_split(TensorDataset(*load_digits(flatten=True)), [0.8, 0.2], seed=0)
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_fit_learns_and_keeps_a_keras_like_history(tmp_path, capsys):
+    train, test = digits()
+    model = mlp()
+    optimizer = optim.Adam(model.parameters(), lr=0.01)
+    scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    trainer = dl.Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy", "top3_accuracy"],
+                         scheduler=scheduler)
+    history = trainer.fit(train, epochs=4, batch_size=32, validation_data=test,
+                          callbacks=[HistoryLogger(tmp_path / "h.csv"), HistoryLogger(tmp_path / "h.json")])
+    assert history.epoch == [0, 1, 2, 3]
+    assert set(history.history) == {"loss", "accuracy", "top3_accuracy", "val_loss", "val_accuracy",
+                                    "val_top3_accuracy"}
+    assert history["val_accuracy"][-1] > 0.9 and history["loss"][-1] < history["loss"][0]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 16)
+    assert "epoch 4/4" in capsys.readouterr().out  # not a terminal: one line per epoch
+    rows = list(csv.reader(open(tmp_path / "h.csv")))
+    assert rows[0][:2] == ["epoch", "loss"] and len(rows) == 5
+    assert json.loads((tmp_path / "h.json").read_text())["val_accuracy"] == history["val_accuracy"]
+    assert trainer.evaluate(test)["accuracy"] == pytest.approx(history["val_accuracy"][-1])
+    predictions = trainer.predict(test.dataset.arrays[0][test.indices])
+    assert predictions.shape == (len(test), 10)
+
+
+def test_early_stopping_stops_when_the_monitored_figure_stalls():
+    train, test = digits()
+    model = mlp()
+    trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.0), loss=nn.CrossEntropyLoss())
+    stopper = EarlyStopping(monitor="val_loss", patience=1)
+    history = trainer.fit(train, epochs=10, batch_size=64, validation_data=test, callbacks=[stopper], verbose=False)
+    assert len(history.epoch) == 2 and stopper.stopped_epoch == 1  # lr 0: no improvement after the first epoch
+    with pytest.raises(KeyError, match="monitors 'val_accuracy' but the logs hold"):
+        trainer.fit(train, epochs=1, callbacks=[EarlyStopping("val_accuracy")], verbose=False)
+
+
+def test_binary_problems_get_probabilities_for_their_metrics():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 3)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    model = nn.Linear(3, 1)
+    trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.5), loss=nn.BCEWithLogitsLoss(),
+                         metrics=["accuracy", "auc"])
+    history = trainer.fit((x, y), epochs=5, batch_size=20, verbose=False)
+    assert history["accuracy"][-1] > 0.9 and history["auc"][-1] > 0.95
+
+
+def test_unknown_metric_names_fail_at_construction():
+    model = mlp()
+    with pytest.raises(ValueError, match="unknown metric 'acc'"):
+        dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(), metrics=["acc"])

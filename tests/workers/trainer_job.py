@@ -1,0 +1,71 @@
+"""Trainer scenarios on real workers: python trainer_job.py SCENARIO [options].
+
+exact    after training, evaluate() and predict() over 3 ranks equal one-process figures on the whole data
+resume   train 3 epochs with step checkpoints; with --crash-at K rank 1 raises at global step K on the first attempt;
+         rank 0 prints the history as JSON
+uneven   rank 1's data loading is slow; the epoch summary must name it (run with DISTDL_TIMELINE set)
+"""
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+import distdl as dl
+from distdl import metrics, nn, optim
+from distdl.callbacks import Checkpoint
+from distdl.data import TensorDataset
+
+parser = argparse.ArgumentParser()
+parser.add_argument("scenario")
+parser.add_argument("--crash-at", type=int)
+args = parser.parse_args()
+
+comm = dl.init()
+rng = np.random.default_rng(0)
+x = rng.standard_normal((203, 6)).astype(np.float32)
+y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
+train, val = TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:])
+dl.seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
+optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+
+class CrashAt(dl.callbacks.Callback):
+    def on_batch_end(self, trainer, step, logs):
+        if step == args.crash_at and comm.rank == 1 and os.environ.get("DISTDL_RESTART_COUNT") == "0":
+            raise RuntimeError(f"crash at step {step}")
+
+
+trainer = dl.Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy", "f1"],
+                     scheduler=scheduler)
+if args.scenario == "exact":
+    trainer.fit(train, epochs=2, batch_size=16, validation_data=val, verbose=False)
+    figures = trainer.evaluate(val, batch_size=7)
+    predictions = trainer.predict(val, batch_size=7)
+    model.eval()
+    with dl.no_grad():
+        outputs = model(dl.tensor(x[150:])).numpy()
+    np.testing.assert_allclose(predictions, outputs, rtol=1e-6)
+    whole = {"loss": nn.CrossEntropyLoss()(dl.tensor(outputs), y[150:]).item(),
+             "accuracy": metrics.accuracy(y[150:], outputs), "f1": metrics.f1_score(y[150:], outputs.argmax(1),
+                                                                                     "macro")}
+    for name, value in whole.items():
+        assert abs(figures[name] - value) < 1e-6, (name, figures[name], value)
+    print(f"rank {comm.rank}: exact ok")
+elif args.scenario == "uneven":
+    def slow_on_rank_1(batch, keys):
+        if comm.rank == 1:
+            time.sleep(0.01)
+        return batch
+
+    trainer.fit(train, epochs=1, batch_size=16, transform=slow_on_rank_1, prefetch=0)
+else:
+    history = trainer.fit(train, epochs=3, batch_size=8, validation_data=val, verbose=False,
+                          callbacks=[Checkpoint(every_steps=4, every_epochs=None), CrashAt()])
+    if comm.rank == 0:
+        print("history " + json.dumps(history.history), flush=True)
+dl.shutdown()
