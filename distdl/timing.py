@@ -10,7 +10,6 @@ ranks in one file that chrome://tracing or ui.perfetto.dev opens.
 
 import json
 import os
-import time
 
 PHASES = ("data", "forward", "backward", "communication", "optimizer")
 UNEVEN = 1.2  # ranks differing by more than this factor in a phase are reported
