@@ -2,8 +2,8 @@
 
 Each training step is split into data wait, forward, backward (its compute),
 exposed communication (what backward waited for at its end) and optimizer. The
-per-rank means go into the epoch summary, which names the slowest rank and phase
-when ranks differ by more than 20%. With ``DISTDL_TIMELINE=file.json`` every phase
+per-rank means go into the epoch summary, which names the slowest rank and the
+phase where it loses most when the ranks' busy times differ by more than 20%. With ``DISTDL_TIMELINE=file.json`` every phase
 and every gradient bucket's allreduce also becomes an event on one wall clock, all
 ranks in one file that chrome://tracing or ui.perfetto.dev opens.
 """
@@ -12,8 +12,7 @@ import json
 import os
 
 PHASES = ("data", "forward", "backward", "communication", "optimizer")
-UNEVEN = 1.2  # ranks differing by more than this factor in a phase are reported
-NOTICEABLE_SECONDS = 1e-3  # ...when the phase takes at least this long per step on the slowest rank
+UNEVEN = 1.2  # ranks whose busy time per step differs by more than this factor are reported
 
 
 class StepTimer:
@@ -44,16 +43,19 @@ class StepTimer:
         return {phase: total / max(self.steps, 1) for phase, total in self.totals.items()}
 
     def summary(self, comm):
-        """'rank 1 is slowest in data: 12.1 ms per step against 3.0 ms on rank 0', or None when ranks are even."""
+        """'rank 1 is 35% slower than rank 0, mostly in data: ...', or None when the ranks' steps are within 20%.
+
+        A rank's busy time is its step without the communication wait: waiting is what
+        the others' slowness looks like on a rank, not a cause.
+        """
         everyone = comm.allgather_json(self.means())
-        for phase in PHASES:
-            values = [m[phase] for m in everyone]
-            slow, fast = max(range(len(values)), key=values.__getitem__), min(range(len(values)),
-                                                                             key=values.__getitem__)
-            if values[slow] >= NOTICEABLE_SECONDS and values[slow] > UNEVEN * values[fast]:
-                return (f"rank {slow} is slowest in {phase}: {1e3 * values[slow]:.1f} ms per step against "
-                        f"{1e3 * values[fast]:.1f} ms on rank {fast}")
-        return None
+        busy = [sum(v for phase, v in m.items() if phase != "communication") for m in everyone]
+        slow, fast = max(range(len(busy)), key=busy.__getitem__), min(range(len(busy)), key=busy.__getitem__)
+        if busy[slow] <= UNEVEN * busy[fast]:
+            return None
+        phase = max((p for p in PHASES if p != "communication"), key=lambda p: everyone[slow][p] - everyone[fast][p])
+        return (f"rank {slow} is {busy[slow] / busy[fast] - 1:.0%} slower than rank {fast}, mostly in {phase}: "
+                f"{1e3 * everyone[slow][phase]:.1f} ms per step against {1e3 * everyone[fast][phase]:.1f} ms")
 
     def write_timeline(self, comm):
         """Gather every rank's events; rank 0 writes the Chrome trace."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from distdl.data import (KFold, StratifiedKFold, load_digits, make_blobs, make_regression, make_sequences,
-                         make_spirals)
+from distdl.data import (KFold, StratifiedKFold, load_digits, make_blobs, make_images, make_regression,
+                         make_sequences, make_spirals)
 
 
 def test_embedded_digits():
@@ -15,11 +15,13 @@ def test_embedded_digits():
     flat, _ = load_digits(flatten=True, dtype=np.float64)
     assert flat.shape == (1797, 64) and flat.dtype == np.float64
     np.testing.assert_array_equal(flat.reshape(x.shape).astype(np.float32), x)
+    big, _ = load_digits(size=28)
+    assert big.shape == (1797, 1, 28, 28) and np.array_equal(big[:, :, ::28 // 8 + 1][:, :, :1, :1], x[:, :, :1, :1])
     # classes differ: the mean images of two digits are far apart
     assert np.abs(x[y == 0].mean(0) - x[y == 1].mean(0)).sum() > 5
 
 
-@pytest.mark.parametrize("make", [make_blobs, make_spirals, make_regression, make_sequences])
+@pytest.mark.parametrize("make", [make_blobs, make_spirals, make_regression, make_sequences, make_images])
 def test_generators_are_seeded(make):
     first, again, other = make(seed=1), make(seed=1), make(seed=2)
     for a, b in zip(first, again):
@@ -34,6 +36,8 @@ def test_generators_make_what_they_say():
     assert x.shape == (400, 2) and set(y.tolist()) == {0, 1, 2, 3}
     x, y, weight, bias = make_regression(500, n_features=3, noise=0.0)
     np.testing.assert_allclose(y[:, 0], x @ weight + bias, rtol=1e-5, atol=1e-5)
+    x, y = make_images(50, shape=(2, 8, 8), classes=5)
+    assert x.shape == (50, 2, 8, 8) and np.array_equal(np.bincount(y), [10] * 5)
     x, y = make_sequences(200, seq_len=10)
     assert x.shape == (200, 10, 2) and y.shape == (200, 1)
     marked = x[:, :, 1].argmax(axis=1)

@@ -7,18 +7,44 @@ import numpy as np
 _DIGITS = os.path.join(os.path.dirname(__file__), "_embedded", "digits.npz")
 
 
-def load_digits(flatten=False, dtype=np.float32):
+def load_digits(flatten=False, dtype=np.float32, size=8):
     """The 8x8 handwritten digits (UCI optical digits, 1797 images, 10 classes), shipped inside distdl.
 
     Returns ``(images, labels)``: images scaled to [0, 1] (the raw pixels are counts
     0..16), shaped (1797, 1, 8, 8), or (1797, 64) with ``flatten=True``; int64
-    labels 0..9. Source and licence (CC BY 4.0): ``distdl/data/_embedded/README.md``.
+    labels 0..9. ``size=28`` enlarges them (nearest neighbour) to MNIST's 28x28, for
+    models built for 784 inputs. Source and licence (CC BY 4.0):
+    ``distdl/data/_embedded/README.md``.
     """
     with np.load(_DIGITS, allow_pickle=False) as archive:
         images, labels = archive["images"], archive["labels"]
+    if size != 8:
+        nearest = np.arange(size) * 8 // size
+        images = images[:, nearest[:, None], nearest[None, :]]
     images = images.astype(dtype) / dtype(16)
     images = images.reshape(len(images), -1) if flatten else images[:, None]
     return images, labels.astype(np.int64)
+
+
+def make_images(n_samples=1000, shape=(3, 32, 32), classes=10, noise=0.5, seed=0):
+    """Images whose class is a smooth random template plus noise: a stand-in for CIFAR-10 that a CNN can learn.
+
+    Returns (x float32 (N, C, H, W), y int64). Templates are low-frequency patterns
+    placed at a random shift per image, so a model must find them, not memorise pixels.
+    """
+    rng = np.random.default_rng(seed)
+    channels, height, width = shape
+    coarse = rng.standard_normal((classes, channels, height // 4 + 2, width // 4 + 2))
+    templates = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)  # (classes, C, H + 8, W + 8), blocky
+    labels = np.arange(n_samples) % classes
+    rng.shuffle(labels)
+    top, left = rng.integers(0, 9, n_samples), rng.integers(0, 9, n_samples)
+    rows = top[:, None] + np.arange(height)
+    cols = left[:, None] + np.arange(width)
+    x = templates[labels[:, None, None, None], np.arange(channels)[None, :, None, None], rows[:, None, :, None],
+                  cols[:, None, None, :]]
+    x = x + rng.normal(0, noise, x.shape)
+    return x.astype(np.float32), labels.astype(np.int64)
 
 
 def make_blobs(n_samples=1000, n_features=2, centers=3, cluster_std=1.0, seed=0):
