@@ -12,7 +12,8 @@ import json
 import os
 
 PHASES = ("data", "forward", "backward", "communication", "optimizer")
-UNEVEN = 1.2  # ranks whose busy time per step differs by more than this factor are reported
+UNEVEN = 1.2  # ranks whose busy time per step differs by more than this factor are reported...
+NOTICEABLE_SECONDS = 1e-3  # ...and by at least this much: below it the difference is noise, not a cause
 
 
 class StepTimer:
@@ -51,7 +52,7 @@ class StepTimer:
         everyone = comm.allgather_json(self.means())
         busy = [sum(v for phase, v in m.items() if phase != "communication") for m in everyone]
         slow, fast = max(range(len(busy)), key=busy.__getitem__), min(range(len(busy)), key=busy.__getitem__)
-        if busy[slow] <= UNEVEN * busy[fast]:
+        if busy[slow] <= UNEVEN * busy[fast] or busy[slow] - busy[fast] < NOTICEABLE_SECONDS:
             return None
         phase = max((p for p in PHASES if p != "communication"), key=lambda p: everyone[slow][p] - everyone[fast][p])
         return (f"rank {slow} is {busy[slow] / busy[fast] - 1:.0%} slower than rank {fast}, mostly in {phase}: "
