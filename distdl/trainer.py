@@ -113,8 +113,12 @@ class Trainer:
 
     # -- fit -------------------------------------------------------------------------------------------------------
     def fit(self, train_data, epochs=1, batch_size=32, validation_data=None, callbacks=(), shuffle=True, seed=0,
-            transform=None, prefetch=2, verbose=True):
-        """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History."""
+            transform=None, validation_transform=None, prefetch=2, verbose=True):
+        """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History.
+
+        ``transform`` is the training batches' transform (augmentation); ``validation_transform``
+        the validation batches' (deterministic: scaling, normalisation).
+        """
         dataset = as_dataset(train_data)
         self.sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank,
                                           shuffle=shuffle, seed=seed)
@@ -136,7 +140,8 @@ class Trainer:
             logs, samples = self._train_epoch(epoch, epochs, callbacks, verbose)
             seconds = time.perf_counter() - start
             if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data, batch_size).items()})
+                figures = self.evaluate(validation_data, batch_size, validation_transform)
+                logs.update({f"val_{k}": v for k, v in figures.items()})
             self.history.append(epoch, logs)
             for callback in callbacks:
                 callback.on_epoch_end(self, epoch, logs)
@@ -206,15 +211,15 @@ class Trainer:
             print(f"  uneven ranks: {summary}", flush=True)
 
     # -- evaluate and predict ----------------------------------------------------------------------------------------
-    def _exact_loader(self, data, batch_size):
+    def _exact_loader(self, data, batch_size, transform):
         dataset = as_dataset(data)
         sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank, shuffle=False,
                                      pad=False)
-        return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+        return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler, transform=transform)
 
-    def evaluate(self, data, batch_size=256):
+    def evaluate(self, data, batch_size=256, transform=None):
         """Loss and metrics over every sample of ``data`` exactly once, reduced over the ranks."""
-        _, loader = self._exact_loader(data, batch_size)
+        _, loader = self._exact_loader(data, batch_size, transform)
         metrics = self._fresh_metrics()
         self.model.eval()
         with no_grad():
@@ -224,9 +229,9 @@ class Trainer:
         self.model.train()
         return self._reduced(metrics)
 
-    def predict(self, data, batch_size=256):
+    def predict(self, data, batch_size=256, transform=None):
         """The model's outputs for every sample of ``data`` (inputs only, or (x, y)), in order, on every rank."""
-        dataset, loader = self._exact_loader(data, batch_size)
+        dataset, loader = self._exact_loader(data, batch_size, transform)
         self.model.eval()
         parts = []
         with no_grad():

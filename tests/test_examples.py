@@ -29,3 +29,44 @@ def test_readme_first_command_trains_data_parallel_on_two_workers():
     accuracy = float(re.search(r"final test accuracy: ([0-9.]+) \(2 workers, 359 test samples\)",
                                result.stdout).group(1))
     assert accuracy >= 0.9, result.stdout
+
+
+def launched(name, *args, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "launcher", "-n", "2", str(EXAMPLES / name), *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def figure(pattern, output):
+    return float(re.search(pattern, output).group(1))
+
+
+def test_digits_cnn_reaches_95_percent():
+    out = launched("digits.py")
+    assert figure(r"final test accuracy: ([0-9.]+) \(2 workers", out) >= 0.95, out
+
+
+def test_mnist_mlp_on_the_embedded_digits():
+    out = launched("mnist_mlp.py", "--epochs", 3)
+    assert figure(r"final test accuracy: ([0-9.]+)", out) >= 0.85, out
+
+
+def test_cifar_cnn_on_a_generated_set():
+    out = launched("cifar_cnn.py", "--epochs", 2, "--samples", 800)
+    assert figure(r"final test accuracy: ([0-9.]+)", out) > 0.3, out  # 10 classes: chance is 0.1
+
+
+def test_lstm_runs_a_few_epochs():
+    out = launched("lstm.py", "--epochs", 2, "--samples", 400)
+    assert 0 <= figure(r"final test accuracy: ([0-9.]+)", out) <= 1, out
+
+
+def test_autoencoder_reports_its_reconstruction_error():
+    out = launched("autoencoder.py", "--epochs", 2)
+    assert figure(r"final reconstruction error: mse ([0-9.]+)", out) < 0.1, out
+
+
+def test_linear_regression_recovers_the_weights():
+    out = launched("linear_regression.py")
+    assert figure(r"largest error: ([0-9.]+)", out) < 0.05, out
