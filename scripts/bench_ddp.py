@@ -21,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +44,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
 import distdl as dl  # noqa: E402
-from workloads import make_step, workload  # noqa: E402
+from workloads import agreed_steps, make_step, timed, workload  # noqa: E402
 
 try:
     import torch
@@ -53,28 +52,6 @@ try:
     from torch.nn.parallel import DistributedDataParallel as TorchDDP
 except ImportError:
     torch = None
-
-
-def agreed_steps(step, comm, seconds):
-    """Calibrate on a few steps; every rank then runs the same number (the largest asked for)."""
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    for _ in range(3):
-        step()
-    wanted = max(5, int(seconds / ((time.perf_counter() - start) / 3)))
-    return int(comm.allreduce(np.array([wanted], np.int64), "max", check=False)[0])
-
-
-def timed(step, steps, after=None):
-    times, extra = [], []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-        if after:
-            extra.append(after())
-    return times, extra
 
 
 def distdl_figures(key, comm, bucket_mb):

@@ -1,8 +1,11 @@
 """The benchmark models, built by the same code from ``distdl.nn`` or ``torch.nn``, and their data.
 
-Shared by bench_engine.py (one process, distdl against PyTorch) and bench_ddp.py
-(data-parallel scaling). Import it after setting the BLAS thread variables.
+Shared by bench_engine.py (one process, distdl against PyTorch), bench_ddp.py and
+scaling.py (data-parallel scaling), with the timing helpers of the multi-process
+ones. Import it after setting the BLAS thread variables.
 """
+
+import time
 
 import numpy as np
 
@@ -62,3 +65,25 @@ def make_step(model, optimizer, loss_fn, x, y):
         loss.backward()
         optimizer.step()
     return step
+
+
+def agreed_steps(step, comm, seconds):
+    """Calibrate on a few steps; every rank then runs the same number (the largest asked for)."""
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    wanted = max(5, int(seconds / ((time.perf_counter() - start) / 3)))
+    return int(comm.allreduce(np.array([wanted], np.int64), "max", check=False)[0])
+
+
+def timed(step, steps, after=None):
+    times, extra = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if after:
+            extra.append(after())
+    return times, extra

@@ -1,5 +1,6 @@
 """The examples run to completion, in a subprocess under a hard timeout, and learn."""
 
+import json
 import re
 import subprocess
 import sys
@@ -70,3 +71,17 @@ def test_autoencoder_reports_its_reconstruction_error():
 def test_linear_regression_recovers_the_weights():
     out = launched("linear_regression.py")
     assert figure(r"largest error: ([0-9.]+)", out) < 0.05, out
+
+
+def test_scaling_script_measures_1_and_2_workers_and_writes_its_record(tmp_path):
+    out = tmp_path / "scaling.json"
+    result = subprocess.run([sys.executable, str(EXAMPLES.parent / "scripts" / "scaling.py"), "--model", "mlp",
+                             "--workers", "1,2", "--seconds", "0.2", "--backend", "zmq", "--out", str(out),
+                             "--predict", "8,64"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| workers | global batch | step ms | samples/s | speed-up | efficiency |" in result.stdout
+    record = json.loads(out.read_text())
+    assert [m["workers"] for m in record["measured"]] == [1, 2]
+    assert record["measured"][1]["global_batch"] == 256
+    assert record["beta"] > 0 and [p["workers"] for p in record["predicted"]] == [8, 64]
+    assert all(0 < p["efficiency"] <= 1.5 for p in record["predicted"])
