@@ -128,7 +128,7 @@ def main():
         rows.append({"workers": r["workers"], "global_batch": global_batch, "samples_per_s": rate,
                      "speedup": speedup, "efficiency": speedup / r["workers"],
                      "exposed_share": r["exposed"] / r["step"], "step_ms": 1e3 * r["step"]})
-    title = base["title"]
+    title = base["title"].rsplit(" b", 1)[0]  # the workload's own batch is not the one used here
     print(f"{args.mode} scaling of {title}, {args.backend} backend, batch {args.batch} "
           f"{'per worker' if args.mode == 'weak' else 'global'}")
     print("| workers | global batch | step ms | samples/s | speed-up | efficiency | exposed communication |")
