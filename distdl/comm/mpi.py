@@ -31,7 +31,6 @@ class MPICommunicator(Communicator):
 
     def __init__(self, timeout=300.0):
         MPI = mpi()
-        self._MPI = MPI
         self._comm = MPI.COMM_WORLD.Dup()  # our traffic never meets the user's own MPI messages
         local = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
         super().__init__(self._comm.Get_rank(), self._comm.Get_size(), local.Get_rank(), local.Get_size())
