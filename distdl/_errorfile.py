@@ -12,9 +12,11 @@ import sys
 import time
 import traceback
 
+from distdl.comm.world import MPI_RANK_VARIABLES
+
 
 def _rank():
-    for name in ("DISTDL_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+    for name in ("DISTDL_RANK",) + MPI_RANK_VARIABLES:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from workloads import free_port  # noqa: E402
 
 
 def parse_args():
@@ -171,12 +171,6 @@ def zmq_worker(args):
     if torch is not None:
         td.destroy_process_group()
     dl.shutdown()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(args, backend):

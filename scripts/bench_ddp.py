@@ -17,7 +17,6 @@ thread per worker, N workers under mpiexec (distdl's MPI backend):
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
 import distdl as dl  # noqa: E402
-from workloads import agreed_steps, make_step, timed, workload  # noqa: E402
+from workloads import agreed_steps, free_port, make_step, timed, workload  # noqa: E402
 
 try:
     import torch
@@ -117,12 +116,6 @@ def _slowest(comm, figures):
     """Each timing as the slowest rank's: the job goes at the pace of its slowest worker."""
     everyone = comm.allgather_json(figures)
     return {k: (max(f[k] for f in everyone) if isinstance(v, float) else v) for k, v in figures.items()}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(n):

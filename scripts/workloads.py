@@ -5,6 +5,7 @@ scaling.py (data-parallel scaling), with the timing helpers of the multi-process
 ones. Import it after setting the BLAS thread variables.
 """
 
+import socket
 import time
 
 import numpy as np
@@ -87,3 +88,10 @@ def timed(step, steps, after=None):
         if after:
             extra.append(after())
     return times, extra
+
+
+def free_port():
+    """A port free on loopback right now (for a peer's rendezvous, e.g. gloo's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
