@@ -7,7 +7,7 @@ from distdl.checkpoint import (CheckpointCorruptError, CheckpointError, Checkpoi
                                save_checkpoint)
 from distdl.comm import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError, RendezvousError,
                          get_comm, init, local_rank, rank, shutdown, world_size)
-from distdl.functional import concatenate, stack, where
+from distdl.functional import cat, concatenate, stack, where
 from distdl.parallel import DistributedDataParallel
 from distdl.trainer import History, Trainer
 from distdl.version import __version__
@@ -16,7 +16,7 @@ _errorfile.install()  # under distdl-run: an uncaught exception is reported to t
 
 __all__ = [
     "__version__", "callbacks", "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CollectiveMismatchError",
-    "CollectiveTimeoutError", "concatenate", "data", "DistError", "DistributedDataParallel", "enable_grad", "Function",
+    "CollectiveTimeoutError", "cat", "concatenate", "data", "DistError", "DistributedDataParallel", "enable_grad", "Function",
     "functional", "get_comm", "get_default_dtype", "gpu_available", "History", "init", "is_grad_enabled", "load_checkpoint",
     "local_rank", "metrics", "nn", "no_grad", "optim", "PeerLostError", "rank", "RendezvousError", "save_checkpoint",
     "seed", "set_default_dtype", "set_grad_enabled", "shutdown", "stack", "Tensor", "tensor", "Trainer", "where", "world_size",

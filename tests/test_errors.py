@@ -70,7 +70,7 @@ def test_other_argument_errors():
     with pytest.raises(ValueError, match="probability p"):
         F.dropout(t(3), p=1.5)
     with pytest.raises(ValueError, match="not a permutation"):
-        t(2, 3).transpose(0, 0)
+        t(2, 3).permute(0, 0)
     with pytest.raises(ValueError, match="out of range"):
         t(2, 3).sum(axis=2)
     with pytest.raises(ValueError, match="only groups=1"):

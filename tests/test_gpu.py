@@ -44,7 +44,7 @@ class Mixed(dl.nn.Module):
         self.head = nn.Linear(12, 3)
 
     def forward(self, x):
-        h = self.features(x).reshape(x.shape[0], 4, 4).transpose(0, 2, 1)  # 4 steps of 4 features
+        h = self.features(x).reshape(x.shape[0], 4, 4).transpose(1, 2)  # 4 steps of 4 features
         return self.head(self.norm(self.lstm(h)[0][:, -1]))
 
 

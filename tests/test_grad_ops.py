@@ -79,7 +79,8 @@ CASES = {
     "var_ddof": (lambda a: a.var(ddof=1), [away(5, 3)]),
     # shapes and indexing
     "reshape": (lambda a: a.reshape(4, 3) * reshape_weights, [away(3, 4)]),
-    "transpose": (lambda a: a.transpose(2, 0, 1), [away(2, 3, 4)]),
+    "transpose": (lambda a: a.transpose(0, 2), [away(2, 3, 4)]),
+    "permute": (lambda a: a.permute(2, 0, 1), [away(2, 3, 4)]),
     "T": (lambda a: a.T, [away(2, 3)]),
     "flatten": (lambda a: a.flatten(1), [away(2, 3, 2)]),
     "squeeze_unsqueeze": (lambda a: a.unsqueeze(0).squeeze(1), [away(1, 3)]),

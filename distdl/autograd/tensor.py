@@ -1,6 +1,8 @@
 """Tensor: an array of NumPy or CuPy, the gradient it receives, and the op that made it."""
 
 import itertools
+import math
+import numbers
 
 import numpy as np
 
@@ -19,6 +21,28 @@ class HookHandle:
 
     def remove(self):
         self._hooks.pop(self.id, None)
+
+
+class ElementCount(int):
+    """``tensor.size``: the number of elements (NumPy's ``.size``) that, called, is torch's ``size()``.
+
+    NumPy users read ``.size`` as a count, torch users call ``.size()`` for the shape and
+    ``.size(d)`` for one dimension: an int that can be called serves both, and neither
+    gets a silently wrong answer.
+    """
+
+    def __new__(cls, shape):
+        count = super().__new__(cls, math.prod(shape))
+        count.shape = shape
+        return count
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        if not isinstance(dim, numbers.Integral) or not -len(self.shape) <= dim < len(self.shape):
+            raise IndexError(f"size({dim!r}): dimension out of range for a tensor of shape {self.shape} "
+                             f"(expected an int in [{-len(self.shape)}, {len(self.shape) - 1}])")
+        return self.shape[dim]
 
 
 class Tensor:
@@ -76,7 +100,14 @@ class Tensor:
 
     @property
     def size(self):
+        """The element count as an int, and called, the shape: ``t.size()``, ``t.size(0)`` (see ElementCount)."""
+        return ElementCount(self.data.shape)
+
+    def numel(self):
         return self.data.size
+
+    def dim(self):
+        return self.data.ndim
 
     @property
     def device(self):
@@ -88,7 +119,8 @@ class Tensor:
 
     @property
     def T(self):
-        return F.transpose(self)
+        """The dimensions reversed (a matrix's transpose)."""
+        return F.permute(self, tuple(reversed(range(self.ndim))))
 
     def __len__(self):
         return len(self.data)
@@ -274,47 +306,65 @@ class Tensor:
         return bool(self.data.all())
 
     # ---- methods over the functional ops ----------------------------------
-    def sum(self, axis=None, keepdims=False):
-        return F.sum(self, axis=axis, keepdims=keepdims)
+    # torch's dim/keepdim, with NumPy's axis/keepdims as aliases: see distdl.functional.reduce
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return F.sum(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
-        return F.mean(self, axis=axis, keepdims=keepdims)
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return F.mean(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
-        return F.max(self, axis=axis, keepdims=keepdims)
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The largest value; along one ``dim`` torch's (values, indices); with NumPy's ``axis`` the values."""
+        return F.max(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def min(self, axis=None, keepdims=False):
-        return F.min(self, axis=axis, keepdims=keepdims)
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return F.min(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def var(self, axis=None, ddof=0, keepdims=False):
-        return F.var(self, axis=axis, ddof=ddof, keepdims=keepdims)
+    def var(self, dim=None, *, correction=None, keepdim=False, axis=None, ddof=None, keepdims=None):
+        """torch's unbiased variance (correction=1), or NumPy's ddof=0 when called with ``axis``."""
+        return F.var(self, dim, correction=correction, keepdim=keepdim, axis=axis, ddof=ddof, keepdims=keepdims)
 
-    def argmax(self, axis=None):
-        return Tensor._from_op(self.data.argmax(axis=axis), None, 0)
+    def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return F.argmax(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def argmin(self, axis=None):
-        return Tensor._from_op(self.data.argmin(axis=axis), None, 0)
+    def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return F.argmin(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape):
         return F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
     def view(self, *shape):
-        return self.reshape(*shape)
+        """The same memory in another shape; as torch, refused where that would need a copy (use reshape)."""
+        out = self.reshape(*shape)
+        if self.data.size and not backend.xp_of(self.data).may_share_memory(out.data, self.data):
+            raise RuntimeError(
+                f"view{shape}: a tensor of shape {self.shape} with strides {self.data.strides} cannot be seen in "
+                f"that shape without copying; use .reshape(...) (which copies when it must) instead"
+            )
+        return out
 
     def flatten(self, start_dim=0, end_dim=-1):
         return F.flatten(self, start_dim, end_dim)
 
-    def transpose(self, *axes):
-        return F.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def transpose(self, *dims, dim0=None, dim1=None):
+        """Swap two dimensions, as torch: ``x.transpose(0, 1)``. NumPy's permutation is ``permute``."""
+        dims += tuple(d for d in (dim0, dim1) if d is not None)
+        if len(dims) != 2 or not all(isinstance(d, numbers.Integral) for d in dims):
+            raise TypeError(
+                f"transpose(dim0, dim1) swaps two dimensions, as torch.transpose; got transpose{dims!r}. "
+                f"For a permutation of all dimensions (NumPy's transpose) use permute(...), and .T to reverse them"
+            )
+        return F.transpose(self, *dims)
 
     def permute(self, *dims):
-        return self.transpose(*dims)
+        """Reorder all dimensions: ``x.permute(2, 0, 1)`` or ``x.permute((2, 0, 1))``."""
+        return F.permute(self, dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
 
-    def squeeze(self, axis=None):
-        return F.squeeze(self, axis)
+    def squeeze(self, dim=None, *, axis=None):
+        return F.squeeze(self, dim, axis=axis)
 
-    def unsqueeze(self, axis):
-        return F.unsqueeze(self, axis)
+    def unsqueeze(self, dim=None, *, axis=None):
+        return F.unsqueeze(self, dim, axis=axis)
 
     def exp(self):
         return F.exp(self)
@@ -340,11 +390,11 @@ class Tensor:
     def tanh(self):
         return F.tanh(self)
 
-    def softmax(self, axis=-1):
-        return F.softmax(self, axis=axis)
+    def softmax(self, dim=-1, *, axis=None):
+        return F.softmax(self, dim, axis=axis)
 
-    def log_softmax(self, axis=-1):
-        return F.log_softmax(self, axis=axis)
+    def log_softmax(self, dim=-1, *, axis=None):
+        return F.log_softmax(self, dim, axis=axis)
 
 
 def tensor(data, requires_grad=False, dtype=None, device=None):

@@ -45,6 +45,32 @@ def binary_operands(a, b, op):
     return a, b
 
 
+def numpy_alias(op, name, value, default, alias, alias_value):
+    """torch's argument ``name`` or its NumPy alias (``axis`` for ``dim``, ``keepdims`` for ``keepdim``).
+
+    The alias counts when it is given (not None); giving both is an error, since a
+    silent choice between them would hide a typo.
+    """
+    if alias_value is None:
+        return value
+    if value != default:
+        raise TypeError(f"{op}: got both {name}={value!r} and {alias}={alias_value!r}, which are one argument "
+                        f"(torch's name and NumPy's); give only one")
+    return alias_value
+
+
+def dim_args(op, dim, keepdim, axis, keepdims):
+    """(dim, keepdim) from torch's names or NumPy's ``axis``/``keepdims``."""
+    return numpy_alias(op, "dim", dim, None, "axis", axis), numpy_alias(op, "keepdim", keepdim, False, "keepdims", keepdims)
+
+
+def normalize_dim(dim, ndim):
+    """One dimension index (negatives count from the end) as a non-negative int."""
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"a dimension must be an int, got {dim!r}")
+    return normalize_axis(dim, ndim)[0]
+
+
 def normalize_axis(axis, ndim):
     """``axis`` (None, int or tuple; negatives allowed) as a sorted tuple of non-negative axes."""
     if axis is None:
@@ -54,7 +80,7 @@ def normalize_axis(axis, ndim):
     out = []
     for a in axis:
         if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for a tensor of {ndim} dimensions")
+            raise ValueError(f"dimension {a} is out of range for a tensor of {ndim} dimensions")
         out.append(a % ndim)
     return tuple(sorted(out))
 

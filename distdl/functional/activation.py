@@ -5,6 +5,7 @@ import math
 from distdl.autograd.function import Function
 from distdl.backend import xp_of
 from distdl.functional._special import erfc
+from distdl.functional._util import normalize_dim, numpy_alias
 
 
 class ReLU(Function):
@@ -144,9 +145,12 @@ def gelu(x, approximate="none"):
     return GELU.apply(x, approximate=approximate)
 
 
-def softmax(x, axis=-1):
-    return Softmax.apply(x, axis=axis)
+def softmax(x, dim=-1, *, axis=None):
+    """exp(x) / sum(exp(x)) along ``dim`` (NumPy's ``axis``); torch's implicit dim=None is not kept: -1."""
+    dim = numpy_alias("softmax", "dim", dim, -1, "axis", axis)
+    return Softmax.apply(x, axis=normalize_dim(dim, x.ndim))
 
 
-def log_softmax(x, axis=-1):
-    return LogSoftmax.apply(x, axis=axis)
+def log_softmax(x, dim=-1, *, axis=None):
+    dim = numpy_alias("log_softmax", "dim", dim, -1, "axis", axis)
+    return LogSoftmax.apply(x, axis=normalize_dim(dim, x.ndim))

@@ -261,7 +261,7 @@ def l1_loss(input, target, reduction="mean"):
 
 def binary_cross_entropy(input, target, reduction="mean"):
     """BCE of probabilities in [0, 1]; for logits use ``binary_cross_entropy_with_logits``."""
-    lo, hi = (float(input.data.min()), float(input.data.max())) if input.size else (0.0, 1.0)
+    lo, hi = (float(input.data.min()), float(input.data.max())) if input.numel() else (0.0, 1.0)
     if lo < 0 or hi > 1:
         raise ValueError(
             f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {lo} to {hi}; "

@@ -1,4 +1,4 @@
-"""Shape and indexing ops: reshape, transpose, indexing, concatenate, stack."""
+"""Shape and indexing ops: reshape, permute/transpose (torch's meanings), indexing, cat, stack."""
 
 import itertools
 import numbers
@@ -6,7 +6,7 @@ import numbers
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import scatter_add, xp_of
-from distdl.functional._util import normalize_axis
+from distdl.functional._util import normalize_axis, normalize_dim, numpy_alias
 
 
 class Reshape(Function):
@@ -18,17 +18,15 @@ class Reshape(Function):
         return g.reshape(self.shape)
 
 
-class Transpose(Function):
-    def forward(self, x, axes):
-        self.axes = axes
-        return x.transpose(axes)
+class Permute(Function):
+    def forward(self, x, dims):
+        self.dims = dims
+        return x.transpose(dims)
 
     def backward(self, g):
-        if self.axes is None:
-            return g.transpose()
-        inverse = [0] * len(self.axes)
-        for position, axis in enumerate(self.axes):
-            inverse[axis] = position
+        inverse = [0] * len(self.dims)
+        for position, dim in enumerate(self.dims):
+            inverse[dim] = position
         return g.transpose(inverse)
 
 
@@ -74,23 +72,37 @@ def flatten(x, start_dim=0, end_dim=-1):
     return reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
 
 
-def transpose(x, axes=None):
-    """Permute axes (NumPy's ``transpose``); ``axes=None`` reverses them."""
-    if axes is not None:
-        axes = tuple(a % x.ndim for a in axes)
-        if sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {axes} are not a permutation of a {x.ndim}-d tensor's axes")
-    return Transpose.apply(x, axes=axes)
+def permute(x, dims):
+    """Reorder all dimensions: output dimension i is input dimension ``dims[i]`` (torch.permute,
+    NumPy's ``transpose(axes)``)."""
+    dims = tuple(normalize_dim(d, x.ndim) for d in dims)
+    if sorted(dims) != list(range(x.ndim)):
+        raise ValueError(f"permute: dims {dims} are not a permutation of a {x.ndim}-d tensor's dimensions")
+    return Permute.apply(x, dims=dims)
 
 
-def squeeze(x, axis=None):
-    axes = normalize_axis(axis, x.ndim) if axis is not None else tuple(i for i, n in enumerate(x.shape) if n == 1)
-    return reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in axes))
+def transpose(x, dim0, dim1):
+    """Swap dimensions ``dim0`` and ``dim1`` (torch.transpose; for NumPy's full permutation use ``permute``)."""
+    dims = list(range(x.ndim))
+    dim0, dim1 = normalize_dim(dim0, x.ndim), normalize_dim(dim1, x.ndim)
+    dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+    return Permute.apply(x, dims=tuple(dims))
 
 
-def unsqueeze(x, axis):
-    axis = axis % (x.ndim + 1)
-    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+def squeeze(x, dim=None, *, axis=None):
+    """Drop size-1 dimensions: all of them, or those of ``dim`` (NumPy's ``axis``) that have size 1, as torch."""
+    dim = numpy_alias("squeeze", "dim", dim, None, "axis", axis)
+    axes = normalize_axis(dim, x.ndim) if dim is not None else range(x.ndim)
+    return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in axes and n == 1)))
+
+
+def unsqueeze(x, dim=None, *, axis=None):
+    """Insert a size-1 dimension at ``dim`` (NumPy's ``axis``), counted in the output's dimensions."""
+    dim = numpy_alias("unsqueeze", "dim", dim, None, "axis", axis)
+    if dim is None:
+        raise TypeError("unsqueeze: give the position of the new dimension, e.g. unsqueeze(x, 0)")
+    dim = normalize_dim(dim, x.ndim + 1)
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
 
 
 def _plain_index(index):
@@ -107,18 +119,25 @@ def getitem(x, index):
     return GetItem.apply(x, index=_plain_index(index))
 
 
-def concatenate(tensors, axis=0):
+def cat(tensors, dim=0, *, axis=None):
+    """Join tensors along an existing dimension ``dim`` (torch.cat; NumPy's ``concatenate`` with ``axis``)."""
+    dim = numpy_alias("cat", "dim", dim, 0, "axis", axis)
     tensors = list(tensors)
     if not tensors:
-        raise ValueError("concatenate needs at least one tensor")
-    return Concatenate.apply(*tensors, axis=axis % tensors[0].ndim)
+        raise ValueError("cat needs at least one tensor")
+    return Concatenate.apply(*tensors, axis=normalize_dim(dim, tensors[0].ndim))
 
 
-def stack(tensors, axis=0):
-    """Join tensors of one shape along a new axis."""
+concatenate = cat
+
+
+def stack(tensors, dim=0, *, axis=None):
+    """Join tensors of one shape along a new dimension ``dim`` (NumPy's ``axis``)."""
+    dim = numpy_alias("stack", "dim", dim, 0, "axis", axis)
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")
     if any(t.shape != tensors[0].shape for t in tensors):
         raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
-    return concatenate([unsqueeze(t, axis) for t in tensors], axis=axis % (tensors[0].ndim + 1))
+    dim = normalize_dim(dim, tensors[0].ndim + 1)
+    return cat([unsqueeze(t, dim) for t in tensors], dim=dim)

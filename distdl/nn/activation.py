@@ -1,6 +1,7 @@
 """Activation layers over the fused functional activations."""
 
 from distdl import functional as F
+from distdl.functional._util import numpy_alias
 from distdl.nn.module import Module
 
 
@@ -44,19 +45,19 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    """Softmax along ``axis`` (NumPy's name for torch's ``dim``)."""
+    """Softmax along ``dim`` (NumPy's ``axis`` is accepted too); torch's implicit ``dim=None`` means -1 here."""
 
-    def __init__(self, axis=-1):
+    def __init__(self, dim=-1, *, axis=None):
         super().__init__()
-        self.axis = axis
+        self.dim = numpy_alias(type(self).__name__, "dim", dim, -1, "axis", axis)
 
     def forward(self, input):
-        return F.softmax(input, self.axis)
+        return F.softmax(input, self.dim)
 
     def extra_repr(self):
-        return f"axis={self.axis}"
+        return f"dim={self.dim}"
 
 
 class LogSoftmax(Softmax):
     def forward(self, input):
-        return F.log_softmax(input, self.axis)
+        return F.log_softmax(input, self.dim)

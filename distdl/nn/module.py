@@ -147,7 +147,7 @@ class Module:
 
     def num_parameters(self, trainable_only=False):
         """How many numbers the parameters hold (only those requiring a gradient, if asked)."""
-        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---- modes and gradients ----------------------------------------------
     def train(self, mode=True):

@@ -58,7 +58,7 @@ class _RNNBase(Module):
         """input (T, N, input_size), or (N, T, input_size) with batch_first; returns (output, h_n) and for
         LSTM (output, (h_n, c_n)); ``hx`` is h_0 (for LSTM the pair (h_0, c_0)) or None for zeros."""
         self.check_input(input, self.input_size, "features", axis=2, ndims=(3,))
-        x = input.transpose(1, 0, 2) if self.batch_first else input
+        x = input.transpose(0, 1) if self.batch_first else input
         initial = hx if isinstance(hx, tuple) else (hx,)
         for state in initial:
             self._check_state(state, x.shape[1])
@@ -72,11 +72,11 @@ class _RNNBase(Module):
                 output, *final = self._layer(x, states, self._weights(layer, suffix), reverse=d == 1)
                 outputs.append(output)
                 finals.append(final)
-            x = outputs[0] if len(outputs) == 1 else F.concatenate(outputs, axis=2)
+            x = outputs[0] if len(outputs) == 1 else F.cat(outputs, dim=2)
             if self.dropout and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, self.training)
-        output = x.transpose(1, 0, 2) if self.batch_first else x
-        stacked = tuple(F.stack([f[k] for f in finals], axis=0) for k in range(len(finals[0])))
+        output = x.transpose(0, 1) if self.batch_first else x
+        stacked = tuple(F.stack([f[k] for f in finals], dim=0) for k in range(len(finals[0])))
         return output, stacked if len(stacked) > 1 else stacked[0]
 
     def extra_repr(self):
