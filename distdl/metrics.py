@@ -335,11 +335,7 @@ class ROCAUC(Metric):
 
 def _gather_ragged(comm, values):
     """Concatenate every rank's 1-D float64 array, whatever their lengths."""
-    lengths = comm.allgather(np.array([len(values)], np.int64))[:, 0]
-    padded = np.zeros(int(lengths.max()), np.float64)
-    padded[:len(values)] = values
-    gathered = comm.allgather(padded)
-    return np.concatenate([row[:n] for row, n in zip(gathered, lengths)])
+    return np.concatenate(comm.allgather_ragged(np.ascontiguousarray(values, np.float64)))
 
 
 class LogLoss(Metric):

@@ -280,13 +280,9 @@ class Trainer:
 
 def _interleave(comm, mine, total):
     """Every rank's rows of an unpadded strided shard (rank r holds rows r, r+W, ...), back in dataset order."""
-    lengths = comm.allgather(np.array([len(mine)], np.int64))[:, 0]
-    padded = np.zeros((int(lengths.max()),) + mine.shape[1:], mine.dtype)
-    padded[:len(mine)] = mine
-    gathered = comm.allgather(padded)
     out = np.empty((total,) + mine.shape[1:], mine.dtype)
-    for rank in range(comm.size):
-        out[rank::comm.size] = gathered[rank, :lengths[rank]]
+    for rank, rows in enumerate(comm.allgather_ragged(mine)):
+        out[rank::comm.size] = rows
     return out
 
 

@@ -38,6 +38,9 @@ def test_local_world_is_the_identity_with_the_same_checks():
         assert comm.reduce_scatter(x).tolist() == x.ravel().tolist()
         assert comm.broadcast_json({"a": [1, 2]}) == {"a": [1, 2]}
         assert comm.allgather_json("x") == ["x"]
+        assert [rows.tolist() for rows in comm.allgather_ragged(x)] == [x.tolist()]
+        with pytest.raises(ValueError, match="at least one dimension"):
+            comm.allgather_ragged(np.float32(1.0).reshape(()))
         comm.barrier()
         with pytest.raises(TypeError, match="does not support dtype uint8"):
             comm.allreduce(np.zeros(3, np.uint8))

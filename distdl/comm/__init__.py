@@ -4,10 +4,12 @@
 ZeroMQ backends (and mpi4py, pyzmq) are imported only when ``init`` picks them.
 """
 
-from distdl.comm.base import REDUCE_OPS, Communicator, Request
+from distdl.comm.base import Communicator
 from distdl.comm.errors import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError,
                                 RendezvousError)
 from distdl.comm.local import LocalCommunicator
+from distdl.comm.ordering import Request
+from distdl.comm.signature import REDUCE_OPS
 from distdl.comm.world import choose_backend, get_comm, init, launched_world_size, local_rank, rank, shutdown, world_size
 
 __all__ = [

@@ -1,82 +1,25 @@
-"""The one interface every backend implements: collectives on contiguous arrays.
+"""The one interface every backend implements: collectives on contiguous arrays, with their argument checks.
 
 Collectives work in place on the caller's array where the result has its shape
 (allreduce, broadcast) and return new arrays otherwise (allgather, gather,
 reduce_scatter). Metadata travels as JSON, never as pickles.
 
-``iallreduce`` runs the collective on a communication thread, so it progresses
-while the caller computes (MPI libraries often make no progress in the background
-otherwise). Collectives run one at a time and in the order they were called: a
+``iallreduce`` runs on the communication thread (``ordering.CommThread``); a
 blocking collective first waits for the non-blocking ones issued before it, so
-every rank sees the same sequence.
+every rank sees the same sequence of calls.
 """
 
+import functools
 import json
-import queue
-import threading
-import time
 
 import numpy as np
 
 from distdl.comm.errors import DistError
+from distdl.comm.ordering import CommThread
+from distdl.comm.signature import OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES
 
-REDUCE_OPS = ("sum", "mean", "max", "min", "prod")
-SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))
 _SUPPORTED = frozenset(SUPPORTED_DTYPES)  # dtype lookups by hash: the checks run on every collective
-# Small integer codes of collectives, ops and dtypes: what a signature check compares across ranks.
-COLLECTIVES = ("allreduce", "broadcast", "allgather", "gather", "reduce_scatter", "barrier", "json")
-OP_CODES = {op: i for i, op in enumerate(REDUCE_OPS)}
-DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED_DTYPES + (np.dtype(np.uint8),))}  # uint8: JSON bytes
 FLOAT16_MAX = 60000.0  # a little under float16's largest finite value, 65504
-UFUNCS = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
-
-
-def describe(collective, op=None, dtype=None, count=None, seq=None):
-    """'allreduce #12 (sum, float32, 1000 elements)': how errors name a call."""
-    details = [str(x) for x in (op, dtype) if x is not None]
-    if count is not None:
-        details.append(f"{count} elements")
-    numbered = collective if seq is None else f"{collective} #{seq}"
-    return f"{numbered} ({', '.join(details)})" if details else numbered
-
-
-def finish_mean(array, size):
-    """Turn a sum into the mean in place; integer means round down, as floor division does."""
-    if array.dtype.kind == "f":
-        array /= array.dtype.type(size)
-    else:
-        np.floor_divide(array, size, out=array)
-
-
-class Request:
-    """The handle of a non-blocking collective: ``wait()`` until it is done, ``done()`` to ask."""
-
-    def __init__(self):
-        self._event = threading.Event()
-        self._error = None
-        self.started_at = time.time()  # wall-clock stamps, for timelines
-        self.finished_at = None
-
-    def _finish(self, error=None):
-        self._error = error
-        self.finished_at = time.time()
-        self._event.set()
-
-    def done(self):
-        return self._event.is_set()
-
-    def wait(self):
-        self._event.wait()
-        if self._error is not None:
-            raise self._error
-
-
-class CompletedRequest(Request):
-    """The handle of a collective that finished before it was returned."""
-
-    def __init__(self):
-        super().__init__()
-        self._finish()
 
 
 class Communicator:
@@ -91,10 +34,7 @@ class Communicator:
     def __init__(self, rank=0, size=1, local_rank=0, local_size=1):
         self.rank, self.size = rank, size
         self.local_rank, self.local_size = local_rank, local_size
-        self._jobs = None  # the communication thread's queue, once it runs
-        self._thread = None
-        self._pending = []
-        self._failure = None  # a collective that failed leaves the communicator unusable
+        self._calls = CommThread(rank)  # runs iallreduce; its first failure leaves the communicator unusable
         self._closed = False
 
     # -- collectives ---------------------------------------------------------------------------------------------
@@ -105,7 +45,8 @@ class Communicator:
             check_array(array, "allreduce")
         if op not in OP_CODES:
             check_op(op, "allreduce")
-        if self._pending or self._closed or self._failure is not None:
+        calls = self._calls
+        if calls.pending or self._closed or calls.failure is not None:
             self._before_collective()
         self._allreduce(array, op, check)
         return array
@@ -125,14 +66,8 @@ class Communicator:
         if compression and (op not in ("sum", "mean") or array.dtype.kind != "f"):
             raise ValueError(f"fp16 compression reduces float arrays by sum or mean, not {op} of {array.dtype}")
         self._check_usable()
-        request = Request()
-        if self._thread is None:
-            self._jobs = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._serve, name=f"distdl-comm-{self.rank}", daemon=True)
-            self._thread.start()
-        self._pending.append(request)
-        self._jobs.put((request, array, op, check, compression))
-        return request
+        run = self._allreduce_fp16 if compression else self._allreduce
+        return self._calls.submit(functools.partial(run, array, op, check))
 
     def broadcast(self, array, root=0):
         check_array(array, "broadcast")
@@ -176,17 +111,36 @@ class Communicator:
         self._broadcast(data, root)
         return json.loads(data.tobytes().decode())
 
+    def allgather_ragged(self, array):
+        """Every rank's ``array`` in rank order, as a list; their lengths along axis 0 may differ.
+
+        The dtype and the shape beyond axis 0 must be the same on every rank.
+        """
+        check_array(array, "allgather_ragged")
+        if array.ndim == 0:
+            raise ValueError("allgather_ragged needs an array of at least one dimension; pass array.reshape(1)")
+        return self._allgather_ragged(array)
+
     def allgather_json(self, value):
         """The list of every rank's JSON-serialisable ``value``, in rank order."""
-        payload = json.dumps(value).encode()
-        lengths = self.allgather(np.array([len(payload)], np.int64))[:, 0]
-        padded = np.zeros(int(lengths.max()), np.uint8)
-        padded[:len(payload)] = np.frombuffer(payload, np.uint8)
+        payload = np.frombuffer(json.dumps(value).encode(), np.uint8)
+        return [json.loads(row.tobytes().decode()) for row in self._allgather_ragged(payload)]
+
+    def _allgather_ragged(self, array):
+        """``allgather_ragged`` without the dtype check (JSON travels as uint8): pad to the longest, cut back."""
+        lengths = self.allgather(np.array([len(array)], np.int64))[:, 0]
+        padded = np.zeros((int(lengths.max()),) + array.shape[1:], array.dtype)
+        padded[:len(array)] = array
         self._before_collective()
         rows = self._allgather(padded)
-        return [json.loads(row[:n].tobytes().decode()) for row, n in zip(rows, lengths)]
+        return [row[:n] for row, n in zip(rows, lengths)]
 
-    # -- order and the communication thread ------------------------------------------------------------------------
+    # -- order ----------------------------------------------------------------------------------------------------
+    @property
+    def _failure(self):
+        """The exception of a non-blocking collective that failed, else None."""
+        return self._calls.failure
+
     def _check_usable(self):
         if self._closed:
             raise DistError(f"rank {self.rank}: the {self.backend} communicator is closed")
@@ -198,30 +152,8 @@ class Communicator:
         """Wait for the non-blocking collectives issued before this one: every rank keeps one order."""
         if self._closed or self._failure is not None:
             self._check_usable()
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        for request in pending:
-            request.wait()
-
-    def _serve(self):
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            request, array, op, check, compression = job
-            if self._failure is not None:
-                request._finish(DistError(f"rank {self.rank}: not started, an earlier collective failed"))
-                continue
-            try:
-                if compression:
-                    self._allreduce_fp16(array, op, check)
-                else:
-                    self._allreduce(array, op, check)
-                request._finish()
-            except BaseException as exc:  # handed to whoever waits on the request
-                self._failure = exc
-                request._finish(exc)
+        if self._calls.pending:
+            self._calls.wait_pending()
 
     def _allreduce_fp16(self, array, op, check):
         largest = np.array([float(np.abs(array).max()) if array.size else 0.0])
@@ -240,9 +172,7 @@ class Communicator:
             if self._failure is None:
                 self._before_collective()
         finally:
-            if self._thread is not None:
-                self._jobs.put(None)
-                self._thread.join()
+            self._calls.stop()
             self._closed = True
             self._release()
 
@@ -298,8 +228,3 @@ def check_root(root, size, collective):
     if not 0 <= root < size:
         raise ValueError(f"{collective}: root {root} is not a rank of this world of {size}")
 
-
-def split_counts(count, parts):
-    """Element counts of ``count`` cut into ``parts`` near-equal parts (the first ones one larger)."""
-    base, extra = divmod(count, parts)
-    return [base + (i < extra) for i in range(parts)]

@@ -1,7 +1,8 @@
 """A world of one process: every collective is the identity, with the same argument checks."""
 
 from distdl.backend import xp_of
-from distdl.comm.base import Communicator, CompletedRequest
+from distdl.comm.base import Communicator
+from distdl.comm.ordering import CompletedRequest
 
 
 class LocalCommunicator(Communicator):

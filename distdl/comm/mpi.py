@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 
-from distdl.comm.base import (COLLECTIVES, DTYPE_CODES, OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES, Communicator,
-                              describe, finish_mean, split_counts)
+from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError
+from distdl.comm.reduction import finish_mean, split_counts
+from distdl.comm.signature import describe, describe_signature, signature
 
 SPIN_SECONDS = 1e-3  # poll without sleeping this long before backing off: a sleep costs a wake-up
 
@@ -49,14 +50,11 @@ class MPICommunicator(Communicator):
     def _agree(self, collective, op=None, array=None, root=-1):
         """Bump the sequence number and verify that every rank makes the same call."""
         self._seq += 1
-        dtype = DTYPE_CODES[array.dtype] if array is not None else -1
-        count = array.size if array is not None else -1
-        mine = np.array([self._seq, COLLECTIVES.index(collective), OP_CODES.get(op, -1), dtype, count, root],
-                        np.int64)
+        mine = np.array(signature(self._seq, collective, op, array, root), np.int64)
         everyone = np.empty((self.size, len(mine)), np.int64)
         self._wait(self._comm.Iallgather(mine, everyone), collective, op, array)
         if not (everyone == mine).all():
-            calls = "; ".join(f"rank {r}: {_describe_signature(row)}" for r, row in enumerate(everyone))
+            calls = "; ".join(f"rank {r}: {describe_signature(row)}" for r, row in enumerate(everyone))
             raise CollectiveMismatchError(
                 f"rank {self.rank}: ranks made different collective calls ({calls}); every rank must call the "
                 "same collectives in the same order with the same op, dtype and size")
@@ -127,14 +125,6 @@ class MPICommunicator(Communicator):
 
     def _release(self):
         self._comm.Free()
-
-
-def _describe_signature(row):
-    seq, collective, op, dtype, count, root = (int(v) for v in row)
-    dtypes = SUPPORTED_DTYPES + (np.dtype(np.uint8),)
-    text = describe(COLLECTIVES[collective], REDUCE_OPS[op] if op >= 0 else None,
-                    dtypes[dtype] if dtype >= 0 else None, count if count >= 0 else None, seq)
-    return text + (f" root {root}" if root >= 0 else "")
 
 
 def abort_on_uncaught_exception():

@@ -22,9 +22,7 @@ element is reduced in one fixed order, so every rank ends bit-identical.
 
 import os
 import socket
-import struct
 import tempfile
-import threading
 import time
 from collections import deque
 
@@ -33,18 +31,17 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from distdl.comm import rendezvous
-from distdl.comm.base import (COLLECTIVES, DTYPE_CODES, OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES, UFUNCS,
-                              Communicator, describe, finish_mean, split_counts)
+from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError
+from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
+from distdl.comm.signature import HEADER, describe_signature, pack_header, signature, unpack_header
 
-HEADER = struct.Struct("<QIBBBxQI")  # seq, sender, collective, op, dtype, count, tag
 SPIN_SECONDS = 200e-6
 POLL_MS = 50  # a blocked receive wakes this often to check deadlines and lost peers
 LOST_GRACE_SECONDS = 0.2  # messages a dead peer sent just before dying may still be on their way
 ZERO_COPY_BYTES = 64 * 1024
 SMALL_BYTES = int(os.environ.get("DISTDL_ZMQ_SMALL_BYTES", 64 * 1024))
 SEGMENT_BYTES = int(os.environ.get("DISTDL_ZMQ_SEGMENT_BYTES", 512 * 1024))
-DTYPES = SUPPORTED_DTYPES + (np.dtype(np.uint8),)
 
 
 def reachable_address(master_addr):
@@ -114,7 +111,7 @@ class ZMQCommunicator(Communicator):
     # -- point to point ------------------------------------------------------------------------------------------------
     def _send(self, peer, call, tag, payload):
         """Send ``payload`` (an array) to ``peer`` as part of ``call``; large ones without a copy, tracked."""
-        header = HEADER.pack(call[0], self.rank, call[1], call[2], call[3], call[4], tag)
+        header = pack_header(call, self.rank, tag)
         if payload.nbytes >= ZERO_COPY_BYTES:
             self._trackers.append(self._outbox[peer].send_multipart([header, payload], copy=False, track=True))
         else:
@@ -124,18 +121,18 @@ class ZMQCommunicator(Communicator):
         """The payload ``peer`` sent for ``call`` and ``tag``, as a read-only array over ZeroMQ's buffer."""
         stash = self._stash[peer]
         frames = stash.popleft() if stash else self._wait_for(peer, call)
-        seq, sender, collective, op, dtype_code, count, got_tag = HEADER.unpack(frames[0].bytes)
-        if (seq, collective, op, dtype_code, count, got_tag) != (call[0], call[1], call[2], call[3], call[4], tag):
+        got, _, got_tag = unpack_header(frames[0].bytes)
+        if got != call or got_tag != tag:
             raise CollectiveMismatchError(
-                f"rank {self.rank} called {_describe_call(call)} but rank {peer} sent its part of "
-                f"{_describe_call((seq, collective, op, dtype_code, count))}"
+                f"rank {self.rank} called {describe_signature(call)} but rank {peer} sent its part of "
+                f"{describe_signature(got)}"
                 + (f" (step tag {got_tag}, expected {tag})" if got_tag != tag else "")
                 + "; every rank must call the same collectives in the same order with the same op, dtype and size")
         return np.frombuffer(frames[1].buffer, dtype)
 
     def _wait_for(self, peer, call):
         start = time.monotonic()
-        spin_until = start + (SPIN_SECONDS if threading.current_thread() is not self._thread else 0)
+        spin_until = start + (0 if self._calls.is_current() else SPIN_SECONDS)
         while True:
             try:
                 frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -157,11 +154,11 @@ class ZMQCommunicator(Communicator):
     def _check_peer(self, peer, call, waited):
         lost_at = self._lost.get(peer)
         if lost_at is not None and time.monotonic() - lost_at > LOST_GRACE_SECONDS:
-            raise PeerLostError(f"rank {self.rank}: rank {peer} went away during {_describe_call(call)}: its "
+            raise PeerLostError(f"rank {self.rank}: rank {peer} went away during {describe_signature(call)}: its "
                                 "process died or closed its communicator; its own output says why")
         if waited > self.timeout:
             raise CollectiveTimeoutError(
-                f"rank {self.rank}: {_describe_call(call)} waited {self.timeout:g} s for rank {peer}; check that "
+                f"rank {self.rank}: {describe_signature(call)} waited {self.timeout:g} s for rank {peer}; check that "
                 f"rank {peer} is alive and calls the same collectives in the same order (DISTDL_TIMEOUT sets the limit)")
 
     def _flush(self, call):
@@ -170,16 +167,15 @@ class ZMQCommunicator(Communicator):
         for tracker in self._trackers:
             while not tracker.done:
                 if time.monotonic() > deadline:
-                    raise CollectiveTimeoutError(f"rank {self.rank}: {_describe_call(call)} could not deliver its "
+                    raise CollectiveTimeoutError(f"rank {self.rank}: {describe_signature(call)} could not deliver its "
                                                  f"data within {self.timeout:g} s: a peer stopped receiving")
                 tracker.wait(0.05)
         self._trackers.clear()
 
     def _call(self, collective, op, array):
-        """Start a call: the (seq, collective, op, dtype, count) every message of it carries."""
+        """Start a call: the signature every message of it carries."""
         self._seq += 1
-        return (self._seq, COLLECTIVES.index(collective), OP_CODES.get(op, 255), DTYPE_CODES[array.dtype],
-                array.size)
+        return signature(self._seq, collective, op, array)
 
     # -- algorithms ----------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
@@ -318,8 +314,3 @@ class ZMQCommunicator(Communicator):
                 monitor.close(linger=0)
             self._context.term()
 
-
-def _describe_call(call):
-    seq, collective, op, dtype, count = call[:5]
-    return describe(COLLECTIVES[collective], REDUCE_OPS[op] if op < len(REDUCE_OPS) else None,
-                    DTYPES[dtype], count, seq)

@@ -88,6 +88,8 @@ def main():
         same_everywhere(comm, values, "fp16 allreduce")
     assert comm.broadcast_json({"from": rank, "text": "é"}, root=size - 1) == {"from": size - 1, "text": "é"}
     assert comm.allgather_json([rank]) == [[r] for r in range(size)]
+    ragged = comm.allgather_ragged(np.full((rank, 2), rank, np.int64))  # rank 0 sends no rows at all
+    assert [rows.tolist() for rows in ragged] == [[[r, r]] * r for r in range(size)]
     comm.barrier()
     dl.shutdown()
     print(f"rank {rank}: collectives ok")
