@@ -110,6 +110,9 @@ CASES = {
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [away(2, 2, 4, 4)]),
     "avg_pool2d_pad_exclude": (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False),
                                [away(1, 2, 5, 5)]),
+    "avg_pool2d_ceil_mode": (lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True), [away(1, 2, 6, 5)]),
+    "avg_pool2d_divisor_override": (lambda x: F.avg_pool2d(x, 2, divisor_override=3), [away(1, 1, 4, 4)]),
+    "max_pool2d_ceil_mode": (lambda x: F.max_pool2d(x, 2, ceil_mode=True), [distinct(1, 2, 5, 5)]),
     # normalisation and lookup
     "batch_norm_train_2d": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
                             [away(6, 3), positive(3), away(3)]),

@@ -43,6 +43,62 @@ def test_pooling_layers():
     module_gradcheck(nn.AvgPool2d(2), x)
 
 
+def torch_pool_formula(x, k, s, p, ceil_mode, reduce, count_include_pad=True):
+    """Pooling as torch's CPU kernels define it: window [i*s - p, min(i*s - p + k, H + p)), clamped to the input."""
+    n, c, h, w = x.shape
+
+    def size(length):
+        span = length + 2 * p - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        return out - 1 if ceil_mode and (out - 1) * s >= length + p else out
+
+    out = np.zeros((n, c, size(h), size(w)))
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            h0, w0 = i * s - p, j * s - p
+            h1, w1 = min(h0 + k, h + p), min(w0 + k, w + p)
+            area = (h1 - h0) * (w1 - w0)
+            h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, h), min(w1, w)
+            window = x[:, :, h0:h1, w0:w1]
+            if reduce == "max":
+                out[:, :, i, j] = window.max(axis=(2, 3))
+            elif reduce == "sum":
+                out[:, :, i, j] = window.sum(axis=(2, 3))
+            else:
+                out[:, :, i, j] = window.sum(axis=(2, 3)) / (area if count_include_pad else window[0, 0].size)
+    return out
+
+
+@pytest.mark.parametrize("shape, k, s, p", [((6, 6), 2, 2, 0), ((5, 7), 3, 2, 1), ((5, 5), 2, 2, 0), ((6, 5), 3, 2, 0),
+                                            ((7, 7), 3, 3, 1), ((6, 6), 3, 2, 1)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pooling_ceil_mode_and_padding_match_torchs_formula(shape, k, s, p, ceil_mode):
+    x = rng.standard_normal((2, 3) + shape)
+    np.testing.assert_allclose(forward(nn.MaxPool2d(k, s, p, 1, False, ceil_mode), x),
+                               torch_pool_formula(x, k, s, p, ceil_mode, "max"))
+    for include in (True, False):
+        # positional order as torch's: kernel_size, stride, padding, ceil_mode, count_include_pad
+        np.testing.assert_allclose(forward(nn.AvgPool2d(k, s, p, ceil_mode, include), x),
+                                   torch_pool_formula(x, k, s, p, ceil_mode, "avg", include), rtol=1e-12)
+    np.testing.assert_allclose(forward(nn.AvgPool2d(k, s, p, ceil_mode, True, 5), x),
+                               torch_pool_formula(x, k, s, p, ceil_mode, "sum") / 5, rtol=1e-12)
+
+
+def test_pooling_against_torch_itself():
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 7, 6))
+    for args in [(3, 2, 1, True), (2, 2, 0, True), (3, 2, 1, False, False), (3, 1, 1, True, False, 4)]:
+        np.testing.assert_allclose(forward(nn.AvgPool2d(*args), x),
+                                   torch.nn.AvgPool2d(*args)(torch.tensor(x)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(forward(nn.MaxPool2d(3, 2, 1, ceil_mode=True), x),
+                               torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)(torch.tensor(x)).numpy())
+
+
+def test_max_pool_return_indices_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="return_indices"):
+        nn.MaxPool2d(2, return_indices=True)
+
+
 @pytest.mark.parametrize("size,out", [((6, 6), 3), ((7, 5), (3, 2)), ((5, 5), (None, 1)), ((4, 4), 1)])
 def test_adaptive_avg_pool2d(size, out):
     x = rng.standard_normal((2, 3) + size)

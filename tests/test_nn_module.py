@@ -156,3 +156,41 @@ def test_state_dict_loads_into_torch_and_back():
     lstm.load_state_dict({k: v.detach().numpy() for k, v in peer.state_dict().items()})
     seq = np.random.default_rng(1).standard_normal((6, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(lstm(dl.tensor(seq))[0].numpy(), peer(torch.from_numpy(seq))[0].detach().numpy(), atol=1e-5)
+
+
+def test_layers_take_numpy_arrays_as_constant_tensors_without_a_copy():
+    """The DataLoader yields NumPy arrays: the README's loop passes them straight to the model."""
+    dl.seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    x = np.random.default_rng(0).standard_normal((4, 1, 4, 4)).astype(np.float32)
+    out = model(x)
+    np.testing.assert_array_equal(out.numpy(), model(dl.tensor(x)).numpy())
+    nn.CrossEntropyLoss()(out, np.array([0, 1, 2, 0])).backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.shape == (2, 1, 3, 3)
+    seen = []
+    probe = type("Probe", (nn.Module,), {"forward": lambda self, a: seen.append(a) or a})()
+    probe(x)
+    assert isinstance(seen[0], dl.Tensor) and seen[0].data is x and not seen[0].requires_grad
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: nn.Linear(3, 2), (4, 3)),
+    (lambda: nn.Conv2d(1, 2, 3), (2, 1, 5, 5)),
+    (lambda: nn.LSTM(3, 4, batch_first=True), (2, 5, 3)),
+    (lambda: nn.GRU(3, 4), (5, 2, 3)),
+    (lambda: nn.RNNCell(3, 4), (2, 3)),
+    (lambda: nn.BatchNorm1d(3), (4, 3)),
+    (lambda: nn.LayerNorm(3), (4, 3)),
+])
+def test_a_float64_batch_into_a_float32_layer_is_refused_with_the_cast(layer, shape):
+    x = np.random.default_rng(1).standard_normal(shape)
+    with pytest.raises(TypeError, match=r"input is float64 but the weights are float32.*x\.astype\(np\.float32\)"
+                                         r".*model\.to\(np\.float64\)"):
+        layer()(x)
+    layer()(x.astype(np.float32))  # cast, it runs
+    layer().to(np.float64)(x)  # or the model converted
+
+
+def test_an_integer_batch_into_a_float_layer_says_to_cast_it():
+    with pytest.raises(TypeError, match=r"input is int64 but the weights are float32.*dtype=np\.float32\)$"):
+        nn.Linear(3, 2)(np.ones((2, 3), np.int64))

@@ -45,6 +45,21 @@ def binary_operands(a, b, op):
     return a, b
 
 
+def check_same_dtype(op, input, weight):
+    """Refuse an input whose dtype differs from the weights', as torch does: no silent promotion.
+
+    A float64 batch into a float32 model would otherwise compute in float64 and hand float64
+    gradients to float32 parameters, at twice the memory and time, without a word.
+    """
+    if weight is None or input.dtype == weight.dtype:
+        return
+    cast = f"cast the input, e.g. x.astype(np.{weight.dtype}) or dl.tensor(x, dtype=np.{weight.dtype})"
+    if input.dtype.kind == "f":
+        cast += f", or convert the model to the input's dtype with model.to(np.{input.dtype})"
+    raise TypeError(f"{op}: the input is {input.dtype} but the weights are {weight.dtype}; "
+                    f"distdl (like torch) does not mix dtypes silently: {cast}")
+
+
 def numpy_alias(op, name, value, default, alias, alias_value):
     """torch's argument ``name`` or its NumPy alias (``axis`` for ``dim``, ``keepdims`` for ``keepdim``).
 

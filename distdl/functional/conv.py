@@ -1,6 +1,7 @@
 """2-d convolution as im2col + GEMM per sample: no Python loop over pixels, one batched matmul."""
 
 from distdl.autograd.function import Function
+from distdl.functional._util import check_same_dtype
 from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
 
 
@@ -64,6 +65,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             f"conv2d: input of shape {input.shape} has {input.shape[1]} channels but weight of shape "
             f"{weight.shape} expects {weight.shape[1]} (weight is out_channels x in_channels x kh x kw)"
         )
+    check_same_dtype("conv2d", input, weight)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = _conv_padding(padding, weight.shape[2:], dilation, stride)
     inputs = (input, weight) if bias is None else (input, weight, bias)

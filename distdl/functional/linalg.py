@@ -1,7 +1,7 @@
 """Matrix products: matmul with NumPy semantics, and the fused linear layer."""
 
 from distdl.autograd.function import Function
-from distdl.functional._util import binary_operands, unbroadcast
+from distdl.functional._util import binary_operands, check_same_dtype, unbroadcast
 from distdl.functional.shape import reshape
 
 
@@ -68,6 +68,7 @@ def linear(input, weight, bias=None):
             f"linear: input of shape {input.shape} does not fit weight of shape {weight.shape}: "
             f"the input's last axis must equal in_features = weight.shape[1]"
         )
+    check_same_dtype("linear", input, weight)
     if bias is None:
         return Linear.apply(input, weight)
     return Linear.apply(input, weight, bias)

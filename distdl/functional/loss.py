@@ -237,17 +237,19 @@ class BCEWithLogits(PointwiseLoss):
 
 def _pointwise(cls, name, input, target, reduction, differentiable_target):
     _check_reduction(reduction, name)
-    if not isinstance(target, Tensor):
-        target = Tensor._from_op(xp_of(input.data).asarray(target, dtype=input.dtype), None, 0)
+    if isinstance(target, Tensor) and target.requires_grad:
+        if not differentiable_target:
+            raise ValueError(f"{name}: the target is treated as a constant; pass target.detach()")
+    else:  # a constant target (an array, a number, a Tensor outside the graph) takes the input's dtype
+        values = target.data if isinstance(target, Tensor) else xp_of(input.data).asarray(target)
+        if values.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: target must hold numbers, got dtype {values.dtype}")
+        target = Tensor._from_op(values.astype(input.dtype, copy=False), None, 0)
     if target.shape != input.shape:
         raise ValueError(
             f"{name}: input shape {input.shape} and target shape {target.shape} differ; reshape the target "
             f"(broadcasting here is almost always a bug)"
         )
-    if target.dtype.kind != "f":
-        raise TypeError(f"{name}: target must be floating point, got {target.dtype}; cast it with astype(np.float32)")
-    if target.requires_grad and not differentiable_target:
-        raise ValueError(f"{name}: the target is treated as a constant; pass target.detach()")
     return cls.apply(input, target, reduction=reduction)
 
 

@@ -3,6 +3,7 @@
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
+from distdl.functional._util import check_same_dtype
 
 
 class BatchNorm(Function):
@@ -50,6 +51,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     channels = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     running_mean, running_var = _array(running_mean), _array(running_var)
+    check_same_dtype("batch_norm", input, weight if weight is not None else running_mean)
     if training:
         count = x.size // channels
         if count < 2:
@@ -110,5 +112,6 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         raise ValueError(f"layer_norm: input of shape {input.shape} does not end in normalized_shape {normalized_shape}")
     if bias is not None and weight is None:
         raise ValueError("layer_norm: a bias needs a weight (pass weight=ones)")
+    check_same_dtype("layer_norm", input, weight)
     affine = tuple(t for t in (weight, bias) if t is not None)
     return LayerNorm.apply(input, *affine, ndim=len(normalized_shape), eps=eps)

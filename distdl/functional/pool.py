@@ -7,20 +7,32 @@ from distdl.functional.linalg import matmul
 from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
 
 
-def _geometry(x_shape, kernel_size, stride, padding, dilation, name):
+def _ceil_output_size(size, kernel, stride, dilation, pad):
+    """torch's ceil_mode: one more window for a partial one, unless it would start in the right padding."""
+    out = -(-(size + 2 * pad - dilation * (kernel - 1) - 1) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
+
+
+def _geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, name):
+    """Kernel, stride, padding ((top, bottom), (left, right)), dilation and output size of a pooling.
+
+    With ``ceil_mode`` the bottom and right padding grow so that the last, partial window fits.
+    """
     kernel = pair(kernel_size, "kernel_size")
     stride = pair(stride if stride is not None else kernel, "stride")
-    ph, pw = pair(padding, "padding")
+    pads = pair(padding, "padding")
     dilation = pair(dilation, "dilation")
     if len(x_shape) != 4:
         raise ValueError(f"{name}: expects a 4-d NCHW input, got shape {x_shape}")
-    if ph * 2 > kernel[0] or pw * 2 > kernel[1]:
-        raise ValueError(f"{name}: padding {(ph, pw)} must be at most half the kernel size {kernel}")
-    out = (output_size(x_shape[2] + 2 * ph, kernel[0], stride[0], dilation[0]),
-           output_size(x_shape[3] + 2 * pw, kernel[1], stride[1], dilation[1]))
+    if pads[0] * 2 > kernel[0] or pads[1] * 2 > kernel[1]:
+        raise ValueError(f"{name}: padding {pads} must be at most half the kernel size {kernel}")
+    size = _ceil_output_size if ceil_mode else lambda n, k, s, d, p: output_size(n + 2 * p, k, s, d)
+    out = tuple(size(n, k, s, d, p) for n, k, s, d, p in zip(x_shape[2:], kernel, stride, dilation, pads))
     if out[0] <= 0 or out[1] <= 0:
         raise ValueError(f"{name}: kernel {kernel} is larger than the padded input {x_shape[2:]}")
-    return kernel, stride, ((ph, ph), (pw, pw)), dilation, out
+    extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+             for o, s, d, k, n, p in zip(out, stride, dilation, kernel, x_shape[2:], pads)]
+    return kernel, stride, tuple((p, p + e) for p, e in zip(pads, extra)), dilation, out
 
 
 class MaxPool2d(Function):
@@ -68,15 +80,24 @@ class MaxPool2d(Function):
 
 
 class AvgPool2d(Function):
-    def forward(self, x, kernel, stride, padding, out_hw, count_include_pad):
+    def forward(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor_override):
         padded = pad2d(x, padding)
         ones = (1, 1)
         total = window_view(padded, kernel, stride, ones, out_hw).sum(axis=(2, 3))
-        if count_include_pad or padding == ((0, 0), (0, 0)):
+        (top, bottom), (left, right) = padding
+        overhang = bottom != top or right != left  # ceil_mode's partial windows
+        if divisor_override:
+            divisor = x.dtype.type(divisor_override)
+        elif not overhang and (count_include_pad or not (top or left)):
             divisor = x.dtype.type(kernel[0] * kernel[1])
-        else:  # count only the real pixels in each window
+        else:  # count the pixels each window covers: real ones, and padding if asked, never the overhang
             xp = xp_of(x)
-            mask = pad2d(xp.ones((1, 1) + x.shape[2:], x.dtype), padding)
+            mask = xp.ones((1, 1) + x.shape[2:], x.dtype)
+            if count_include_pad:
+                mask = pad2d(mask, ((top, top), (left, left)), value=1)
+                mask = pad2d(mask, ((0, bottom - top), (0, right - left)))
+            else:
+                mask = pad2d(mask, padding)
             divisor = window_view(mask, kernel, stride, ones, out_hw).sum(axis=(2, 3))
         self.divisor = divisor
         self.geometry = padded.shape, kernel, stride, padding
@@ -88,17 +109,23 @@ class AvgPool2d(Function):
         return unpad2d(scatter_windows(lambda i, j: share, g, padded_shape, kernel, stride, (1, 1)), padding)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1):
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over each window (stride defaults to the kernel size), as torch.nn.functional.max_pool2d."""
-    kernel, stride, padding, dilation, out = _geometry(input.shape, kernel_size, stride, padding, dilation, "max_pool2d")
+    if return_indices:
+        raise NotImplementedError("max_pool2d: return_indices=True (for max_unpool2d) is not supported")
+    kernel, stride, padding, dilation, out = _geometry(input.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                                                       "max_pool2d")
     return MaxPool2d.apply(input, kernel=kernel, stride=stride, padding=padding, dilation=dilation, out_hw=out)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad=True):
-    """Mean over each window, as torch.nn.functional.avg_pool2d."""
-    kernel, stride, padding, _, out = _geometry(input.shape, kernel_size, stride, padding, 1, "avg_pool2d")
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Mean over each window, as torch.nn.functional.avg_pool2d (same arguments, same order)."""
+    kernel, stride, padding, _, out = _geometry(input.shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    if divisor_override is not None and divisor_override <= 0:
+        raise ValueError(f"avg_pool2d: divisor_override must be a positive number, got {divisor_override}")
     return AvgPool2d.apply(input, kernel=kernel, stride=stride, padding=padding, out_hw=out,
-                           count_include_pad=count_include_pad)
+                           count_include_pad=count_include_pad, divisor_override=divisor_override)
 
 
 def _averaging_matrix(size, out_size, dtype, xp):

@@ -11,6 +11,7 @@ torch's: LSTM (i, f, g, o), GRU (r, z, n).
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
+from distdl.functional._util import check_same_dtype
 from distdl.functional.elementwise import add
 from distdl.functional.linalg import linear
 from distdl.functional.shape import reshape
@@ -192,6 +193,7 @@ def _recurrent_weight_grad(d_pre, hs):
 
 
 def _check(name, input, state, weight_ih, weight_hh, gates):
+    check_same_dtype(name, input, weight_ih)
     hidden = weight_hh.shape[1]
     if input.ndim != 3:
         raise ValueError(f"{name}: expects time-major input (T, N, features), got shape {input.shape}")

@@ -39,7 +39,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        """``forward``, with NumPy (or CuPy) array arguments wrapped as constant Tensors without a copy.
+
+        A DataLoader yields arrays; torch users pass tensors, and accepting both is the friendly choice.
+        """
+        return self.forward(*[_as_input(a) for a in args], **kwargs)
 
     # ---- registration -----------------------------------------------------
     def __setattr__(self, name, value):
@@ -258,6 +262,12 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         extra = [self.extra_repr()] if self.extra_repr() else []
         return f"{type(self).__name__}(\n  " + "\n  ".join(extra + lines) + "\n)"
+
+
+def _as_input(value):
+    if isinstance(value, np.ndarray) or backend.is_gpu_array(value):
+        return Tensor._from_op(value, None, 0)
+    return value
 
 
 def _indent(text):
