@@ -7,6 +7,7 @@ import pytest
 
 import distdl as dl
 from distdl import functional as F
+from distdl import nn
 from distdl.functional._special import erfc
 from references import naive_conv2d, naive_pool
 
@@ -85,6 +86,52 @@ def test_cross_entropy_options_match_formula():
     q = rng.dirichlet(np.ones(4), 6)
     np.testing.assert_allclose(F.cross_entropy(t(x), q).item(), -(q * logp).sum(1).mean())
     np.testing.assert_allclose(F.nll_loss(t(logp), y).item(), nll.mean())
+
+
+def test_class_weights_follow_torchs_weighted_mean():
+    """torch: l_i = -w[y_i] log p[i, y_i], the mean divides by the sum of w[y_i] over the rows that count."""
+    x, y, w = rng.standard_normal((6, 4)), np.array([0, 3, 3, 1, -100, 2]), rng.uniform(0.5, 2.0, 4)
+    logp = x - np.log(np.exp(x).sum(1, keepdims=True))
+    keep = y != -100
+    rows = np.flatnonzero(keep)
+    picked = -w[y[keep]] * logp[rows, y[keep]]
+    np.testing.assert_allclose(F.cross_entropy(t(x), y, w).item(), picked.sum() / w[y[keep]].sum())
+    np.testing.assert_allclose(nn.CrossEntropyLoss(w, reduction="sum")(t(x), y).item(), picked.sum())
+    np.testing.assert_allclose(F.nll_loss(t(logp), y, weight=w).item(), picked.sum() / w[y[keep]].sum())
+    none = nn.NLLLoss(w, reduction="none")(t(logp), y).numpy()
+    np.testing.assert_allclose(none[keep], picked)
+    assert none[~keep] == 0
+    eps = 0.2  # smoothing spreads eps/C of each row over the classes, each weighted by its class
+    smooth = (1 - eps) * picked - eps / 4 * (logp[rows] * w).sum(1)
+    np.testing.assert_allclose(F.cross_entropy(t(x), y, w, label_smoothing=eps).item(), smooth.sum() / w[y[keep]].sum())
+    q = rng.dirichlet(np.ones(4), 6)  # class probabilities: weighted, but the mean is over the rows
+    np.testing.assert_allclose(F.cross_entropy(t(x), q, w).item(), -(q * w * logp).sum() / 6)
+    assert "weight" in nn.CrossEntropyLoss(w).state_dict()  # a buffer, as torch's
+    with pytest.raises(ValueError, match=r"one number per class, shape \(4,\)"):
+        F.cross_entropy(t(x), y, w[:3])
+
+
+def test_binary_losses_take_element_and_positive_weights():
+    x, bits, w, pw = rng.standard_normal((5, 3)), (rng.random((5, 3)) > 0.5) * 1.0, rng.uniform(0.5, 2, 3), rng.uniform(0.5, 3, 3)
+    s = 1 / (1 + np.exp(-x))
+    expected = -(pw * bits * np.log(s) + (1 - bits) * np.log(1 - s)) * w
+    np.testing.assert_allclose(F.binary_cross_entropy_with_logits(t(x), bits, w, pos_weight=pw).item(), expected.mean())
+    np.testing.assert_allclose(nn.BCELoss(w, reduction="sum")(t(s), bits).item(),
+                               -(w * (bits * np.log(s) + (1 - bits) * np.log(1 - s))).sum())
+
+
+def test_losses_against_torch_itself():
+    torch = pytest.importorskip("torch")
+    x, y, w = rng.standard_normal((6, 4)), np.array([0, 3, 3, 1, -100, 2]), rng.uniform(0.5, 2.0, 4)
+    for kwargs in ({}, {"label_smoothing": 0.2}, {"reduction": "sum"}, {"reduction": "none", "label_smoothing": 0.1}):
+        ours = nn.CrossEntropyLoss(w, **kwargs)(t(x), y).numpy()
+        theirs = torch.nn.CrossEntropyLoss(torch.tensor(w), **kwargs)(torch.tensor(x), torch.tensor(y)).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    bits = (rng.random((6, 4)) > 0.5).astype(np.float64)
+    ours = nn.BCEWithLogitsLoss(w[:1], pos_weight=w)(t(x), bits).item()
+    theirs = torch.nn.BCEWithLogitsLoss(torch.tensor(w[:1]), pos_weight=torch.tensor(w))(torch.tensor(x),
+                                                                                         torch.tensor(bits)).item()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
 def test_regression_and_binary_losses_match_formulas():

@@ -29,6 +29,8 @@ labels = rng.integers(0, 5, size=6)
 labels_ignored = np.where(np.arange(6) % 3 == 0, -100, labels)
 labels_2d = rng.integers(0, 4, size=(3, 5))
 soft_targets = rng.dirichlet(np.ones(5), size=6)
+class_weight = positive(5)
+element_weight = positive(4, 3)
 bits = rng.integers(0, 2, size=(4, 3)).astype(np.float64)
 index = np.array([0, 2, 2, 1])
 mask = np.array([True, False, True, True])
@@ -132,13 +134,26 @@ CASES = {
     "cross_entropy_smoothing": (lambda x: F.cross_entropy(x, labels, label_smoothing=0.2), [away(6, 5)]),
     "cross_entropy_probs": (lambda x: F.cross_entropy(x, soft_targets, label_smoothing=0.1), [away(6, 5)]),
     "cross_entropy_spatial": (lambda x: F.cross_entropy(x, labels_2d), [away(3, 4, 5)]),
+    "cross_entropy_weight": (lambda x: F.cross_entropy(x, labels, class_weight), [away(6, 5)]),
+    "cross_entropy_weight_ignore_smoothing": (lambda x: F.cross_entropy(x, labels_ignored, class_weight,
+                                                                        label_smoothing=0.2), [away(6, 5)]),
+    "cross_entropy_weight_none": (lambda x: F.cross_entropy(x, labels_ignored, class_weight, reduction="none",
+                                                            label_smoothing=0.1), [away(6, 5)]),
+    "cross_entropy_weight_spatial": (lambda x: F.cross_entropy(x, labels_2d, class_weight[:4]), [away(3, 4, 5)]),
+    "cross_entropy_weight_probs": (lambda x: F.cross_entropy(x, soft_targets, class_weight, label_smoothing=0.1),
+                                   [away(6, 5)]),
     "nll_loss": (lambda x: F.nll_loss(F.log_softmax(x, axis=1), labels_ignored), [away(6, 5)]),
+    "nll_loss_weight": (lambda x: F.nll_loss(F.log_softmax(x, dim=1), labels_ignored, class_weight), [away(6, 5)]),
+    "nll_loss_weight_sum": (lambda x: F.nll_loss(x, labels, class_weight, reduction="sum"), [away(6, 5)]),
     "nll_loss_none": (lambda x: F.nll_loss(x, labels, reduction="none"), [away(6, 5)]),
     "mse_loss": (F.mse_loss, [away(4, 3), away(4, 3)]),
     "mse_loss_none": (lambda a, b: F.mse_loss(a, b, reduction="none"), [away(4, 3), away(4, 3)]),
     "l1_loss": (lambda a, b: F.l1_loss(a, b, reduction="sum"), [away(4, 3), away(4, 3) * 0.1]),
     "bce": (lambda p: F.binary_cross_entropy(p, bits), [rng.uniform(0.1, 0.9, size=(4, 3))]),
     "bce_with_logits": (lambda x: F.binary_cross_entropy_with_logits(x, bits), [away(4, 3) * 5]),
+    "bce_weight": (lambda p: F.binary_cross_entropy(p, bits, element_weight[0]), [rng.uniform(0.1, 0.9, size=(4, 3))]),
+    "bce_with_logits_weights": (lambda x: F.binary_cross_entropy_with_logits(x, bits, element_weight[:, :1],
+                                                                             pos_weight=element_weight[1]), [away(4, 3) * 3]),
 }
 
 

@@ -63,10 +63,21 @@ def _class_targets(input, target, name, ignore_index):
 
 
 def _safe_targets(target, valid):
-    """Targets with ignored rows pointed at class 0 (their loss is masked out), and the row count."""
-    if valid is None:
-        return target, target.size
-    return xp_of(target).where(valid, target, 0), int(valid.sum())
+    """Targets with ignored rows pointed at class 0 (their loss is masked out)."""
+    return target if valid is None else xp_of(target).where(valid, target, 0)
+
+
+def _row_weights(safe, valid, weight, dtype):
+    """Each row's class weight w[target] (0 where ignored), or None when no weights and no row is ignored."""
+    if weight is None:
+        return None if valid is None else valid.astype(dtype)
+    picked = weight[safe]
+    return picked if valid is None else picked * valid
+
+
+def _mean_divisor(row_weight, rows):
+    """torch's weighted mean divides by the sum of the counted rows' class weights (by their count without)."""
+    return rows if row_weight is None else float(row_weight.sum())
 
 
 def _reduce_rows(loss_rows, reduction, count, out_shape):
@@ -81,9 +92,12 @@ def _reduce_rows(loss_rows, reduction, count, out_shape):
 
 
 class CrossEntropy(Function):
-    """Softmax cross-entropy from logits; the gradient is softmax(x) - q, q the (smoothed) target distribution."""
+    """Softmax cross-entropy from logits as -sum_c q_c log p_c, q the (weighted, smoothed) target distribution.
 
-    def forward(self, logits, *, target, valid, probabilities, smoothing, reduction):
+    The gradient is p * sum_c q_c - q, which is p - q when q sums to one (no class weights).
+    """
+
+    def forward(self, logits, *, target, valid, weight, probabilities, smoothing, reduction):
         xp = xp_of(logits)
         rows = _rows(logits)
         m, classes = rows.shape
@@ -92,16 +106,23 @@ class CrossEntropy(Function):
             q = _rows(target).astype(logp.dtype, copy=False)
             if smoothing:
                 q = q * (1 - smoothing) + smoothing / classes
-            loss, count = -(q * logp).sum(axis=1), m
+            if weight is not None:
+                q = q * weight
+            loss, count = -(q * logp).sum(axis=1), m  # torch: the mean is over rows, weighted or not
             self.q = q
         else:
-            safe, count = _safe_targets(target, valid)
+            safe = _safe_targets(target, valid)
+            row_weight = _row_weights(safe, valid, weight, logp.dtype)
             loss = logp[xp.arange(m), safe] * -(1 - smoothing)
+            if weight is not None:
+                loss *= weight[safe]
             if smoothing:
-                loss -= (smoothing / classes) * logp.sum(axis=1)
+                spread = logp.sum(axis=1) if weight is None else logp @ weight
+                loss -= (smoothing / classes) * spread
             if valid is not None:
                 loss *= valid
-            self.safe, self.valid = safe, valid
+            count = _mean_divisor(row_weight, m)
+            self.safe, self.valid, self.weight = safe, valid, weight
         out, self.scale = _reduce_rows(loss, reduction, count, logits.shape[:1] + logits.shape[2:])
         self.save_for_backward(logp)
         self.shape, self.probabilities, self.smoothing = logits.shape, probabilities, smoothing
@@ -115,9 +136,13 @@ class CrossEntropy(Function):
             grad *= self.q.sum(axis=1, keepdims=True)
             grad -= self.q
         else:
-            if self.smoothing:
-                grad -= self.smoothing / logp.shape[1]
-            grad[xp.arange(logp.shape[0]), self.safe] -= 1 - self.smoothing
+            rows, classes = logp.shape
+            weight, smoothing = self.weight, self.smoothing
+            if weight is not None:  # sum_c q_c = (1 - e) w[target] + e/C sum(w)
+                grad *= ((1 - smoothing) * weight[self.safe] + (smoothing / classes) * weight.sum())[:, None]
+            if smoothing:
+                grad -= (smoothing / classes) * (1 if weight is None else weight)
+            grad[xp.arange(rows), self.safe] -= (1 - smoothing) * (1 if weight is None else weight[self.safe])
             if self.valid is not None:  # ignored rows get no gradient
                 grad *= self.valid[:, None]
         grad *= g.reshape(-1, 1) if self.scale is None else g * self.scale
@@ -125,39 +150,65 @@ class CrossEntropy(Function):
 
 
 class NLLLoss(Function):
-    def forward(self, logp, *, target, valid, reduction):
+    def forward(self, logp, *, target, valid, weight, reduction):
         xp = xp_of(logp)
         rows = _rows(logp)
-        safe, count = _safe_targets(target, valid)
+        safe = _safe_targets(target, valid)
+        row_weight = _row_weights(safe, valid, weight, logp.dtype)
         loss = -rows[xp.arange(rows.shape[0]), safe]
-        if valid is not None:
-            loss *= valid
-        out, self.scale = _reduce_rows(loss, reduction, count, logp.shape[:1] + logp.shape[2:])
-        self.safe, self.valid, self.shape, self.rows_shape = safe, valid, logp.shape, rows.shape
+        if row_weight is not None:
+            loss *= row_weight
+        out, self.scale = _reduce_rows(loss, reduction, _mean_divisor(row_weight, rows.shape[0]),
+                                       logp.shape[:1] + logp.shape[2:])
+        self.safe, self.row_weight, self.shape, self.rows_shape = safe, row_weight, logp.shape, rows.shape
         return xp.asarray(out, dtype=logp.dtype)
 
     def backward(self, g):
         xp = xp_of(g)
         grad = xp.zeros(self.rows_shape, g.dtype)
-        weight = -(g.reshape(-1) if self.scale is None else g * self.scale)
-        if self.valid is not None:
-            weight = weight * self.valid
-        grad[xp.arange(self.rows_shape[0]), self.safe] = weight
+        scale = -(g.reshape(-1) if self.scale is None else g * self.scale)
+        if self.row_weight is not None:
+            scale = scale * self.row_weight
+        grad[xp.arange(self.rows_shape[0]), self.safe] = scale
         return _unrows(grad, self.shape)
 
 
-def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def legacy_reduction(size_average, reduce, reduction):
+    """torch's deprecated ``size_average``/``reduce`` pair as a ``reduction``; kept for torch's positional order."""
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _class_weights(weight, input, name):
+    """The class weights as a constant array of the input's dtype, one per class, or None."""
+    if weight is None:
+        return None
+    values = weight.data if isinstance(weight, Tensor) else xp_of(input.data).asarray(weight)
+    if values.shape != (input.shape[1],):
+        raise ValueError(f"{name}: weight must hold one number per class, shape ({input.shape[1]},), "
+                         f"got shape {values.shape}")
+    return values.astype(input.dtype, copy=False)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0):
     """Cross-entropy from logits (N, C) or (N, C, d1, ...), as torch.nn.functional.cross_entropy.
 
     ``target`` holds class indices (N, d1, ...) or class probabilities shaped like
-    ``input``. With 'mean', index targets average over the rows not equal to ``ignore_index``.
+    ``input``. ``weight`` (C,) rescales each class; with 'mean', index targets then divide by
+    the sum of the counted rows' weights (rows equal to ``ignore_index`` do not count), as torch.
     """
+    reduction = legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction, "cross_entropy")
     if not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     if input.ndim < 2:
         raise ValueError(f"cross_entropy: expects logits of shape (N, C, ...), got {input.shape}")
     target = _constant(target, input, "cross_entropy")
+    weight = _class_weights(weight, input, "cross_entropy")
     probabilities = target.dtype.kind not in "iu"
     if not probabilities:
         target, valid = _class_targets(input, target, "cross_entropy", ignore_index)
@@ -168,25 +219,33 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
             f"cross_entropy: target must hold class indices (integer dtype, shape {input.shape[:1] + input.shape[2:]}) "
             f"or class probabilities (shape {input.shape}), got dtype {target.dtype} shape {target.shape}"
         )
-    return CrossEntropy.apply(input, target=target, valid=valid, probabilities=probabilities,
+    return CrossEntropy.apply(input, target=target, valid=valid, weight=weight, probabilities=probabilities,
                               smoothing=label_smoothing, reduction=reduction)
 
 
-def nll_loss(input, target, ignore_index=-100, reduction="mean"):
-    """Negative log-likelihood of log-probabilities (N, C, ...) at integer class targets."""
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """Negative log-likelihood of log-probabilities (N, C, ...) at integer class targets, optionally weighted."""
+    reduction = legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction, "nll_loss")
     target = _constant(target, input, "nll_loss")
     if target.dtype.kind not in "iu":
         raise TypeError(f"nll_loss: target must hold integer class indices, got dtype {target.dtype}")
     flat, valid = _class_targets(input, target, "nll_loss", ignore_index)
-    return NLLLoss.apply(input, target=flat, valid=valid, reduction=reduction)
+    return NLLLoss.apply(input, target=flat, valid=valid, weight=_class_weights(weight, input, "nll_loss"),
+                         reduction=reduction)
 
 
 class PointwiseLoss(Function):
-    """A loss summed over matching elements: subclasses give the per-element value and derivatives."""
+    """A loss summed over matching elements: subclasses give the per-element value and derivatives.
 
-    def forward(self, input, target, *, reduction):
-        loss, self.d_input, self.d_target = self.pointwise(input, target)
+    ``weight`` (broadcast against the input) rescales each element's loss, as torch's BCE ``weight``.
+    """
+
+    def forward(self, input, target, *, reduction, weight=None, **options):
+        loss, self.d_input, self.d_target = self.pointwise(input, target, **options)
+        if weight is not None:
+            loss = loss * weight
+            self.d_input = self.d_input * weight
         self.shape = input.shape
         if reduction == "none":
             self.scale = None
@@ -227,15 +286,33 @@ class BCE(PointwiseLoss):
 
 
 class BCEWithLogits(PointwiseLoss):
-    """max(x, 0) - x t + log(1 + exp(-|x|)): finite for any logit."""
+    """pos_weight t softplus(-x) + (1 - t) softplus(x), softplus(x) = max(x, 0) + log(1 + exp(-|x|)): finite for any logit."""
 
-    def pointwise(self, x, t):
+    def pointwise(self, x, t, pos_weight=None):
         xp = xp_of(x)
-        loss = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
-        return loss, stable_sigmoid(x) - t, None
+        softplus = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+        if pos_weight is None:
+            return softplus - x * t, stable_sigmoid(x) - t, None
+        positive = pos_weight * t
+        loss = positive * (softplus - x) + (1 - t) * softplus
+        sigmoid = stable_sigmoid(x)
+        return loss, positive * (sigmoid - 1) + (1 - t) * sigmoid, None
 
 
-def _pointwise(cls, name, input, target, reduction, differentiable_target):
+def _constant_like(value, input, name, what):
+    """An optional constant (a class or element weight) as an array of the input's dtype."""
+    if value is None:
+        return None
+    values = value.data if isinstance(value, Tensor) else xp_of(input.data).asarray(value)
+    try:
+        np.broadcast_shapes(values.shape, input.shape)
+    except ValueError:
+        raise ValueError(f"{name}: {what} of shape {values.shape} does not broadcast against the input's "
+                         f"shape {input.shape}") from None
+    return values.astype(input.dtype, copy=False)
+
+
+def _pointwise(cls, name, input, target, reduction, differentiable_target, weight=None, **options):
     _check_reduction(reduction, name)
     if isinstance(target, Tensor) and target.requires_grad:
         if not differentiable_target:
@@ -250,28 +327,36 @@ def _pointwise(cls, name, input, target, reduction, differentiable_target):
             f"{name}: input shape {input.shape} and target shape {target.shape} differ; reshape the target "
             f"(broadcasting here is almost always a bug)"
         )
-    return cls.apply(input, target, reduction=reduction)
+    return cls.apply(input, target, reduction=reduction, weight=_constant_like(weight, input, name, "weight"),
+                     **options)
 
 
-def mse_loss(input, target, reduction="mean"):
-    return _pointwise(MSE, "mse_loss", input, target, reduction, differentiable_target=True)
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    return _pointwise(MSE, "mse_loss", input, target, legacy_reduction(size_average, reduce, reduction),
+                      differentiable_target=True)
 
 
-def l1_loss(input, target, reduction="mean"):
-    return _pointwise(L1, "l1_loss", input, target, reduction, differentiable_target=True)
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    return _pointwise(L1, "l1_loss", input, target, legacy_reduction(size_average, reduce, reduction),
+                      differentiable_target=True)
 
 
-def binary_cross_entropy(input, target, reduction="mean"):
-    """BCE of probabilities in [0, 1]; for logits use ``binary_cross_entropy_with_logits``."""
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    """BCE of probabilities in [0, 1], each element's loss times ``weight``; for logits use the ``_with_logits`` form."""
     lo, hi = (float(input.data.min()), float(input.data.max())) if input.numel() else (0.0, 1.0)
     if lo < 0 or hi > 1:
         raise ValueError(
             f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {lo} to {hi}; "
             "for raw scores use binary_cross_entropy_with_logits"
         )
-    return _pointwise(BCE, "binary_cross_entropy", input, target, reduction, differentiable_target=False)
+    return _pointwise(BCE, "binary_cross_entropy", input, target, legacy_reduction(size_average, reduce, reduction),
+                      differentiable_target=False, weight=weight)
 
 
-def binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    return _pointwise(BCEWithLogits, "binary_cross_entropy_with_logits", input, target, reduction,
-                      differentiable_target=False)
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
+                                     pos_weight=None):
+    """BCE of logits; ``pos_weight`` (broadcast, usually one per class) weighs the positive term, as torch."""
+    name = "binary_cross_entropy_with_logits"
+    return _pointwise(BCEWithLogits, name, input, target, legacy_reduction(size_average, reduce, reduction),
+                      differentiable_target=False, weight=weight,
+                      pos_weight=_constant_like(pos_weight, input, name, "pos_weight"))
