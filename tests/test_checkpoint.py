@@ -1,12 +1,20 @@
-"""Checkpoints: exact round trips, bit-identical resume, atomic writes, and named errors for bad files."""
+"""Checkpoints: exact round trips, bit-identical resume, atomic writes, named errors for bad files, and hostile
+conditions: writers killed at random, hostile files beside intact ones, a damaged newest checkpoint under
+distdl-run, two jobs on one directory."""
 
 import json
 import os
+import random
+import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +23,8 @@ import distdl as dl
 from distdl import nn, optim
 from distdl.checkpoint import read_checkpoint
 from distdl.data import DataLoader, DistributedSampler, TensorDataset
+from multiproc import WORKERS, run_zmq
+from workers.checkpoint_damage import flip_array_byte
 
 
 def build():
@@ -147,33 +157,297 @@ def test_manager_keeps_the_newest_and_skips_damaged_and_temporary_files(tmp_path
         dl.CheckpointManager()
 
 
-WRITER = """
-import sys, numpy as np, distdl as dl
-from distdl import nn
-model = nn.Linear(2000, 2000)
-manager = dl.CheckpointManager(sys.argv[1], keep=2)
-step = 0
-while True:
-    step += 1
-    model.weight.data[...] = step
-    manager.save(step, model=model)
-    print(step, flush=True)
-"""
+
+def repack(source, target, meta=None, raw_meta=None, added=()):
+    """A copy of checkpoint ``source`` at ``target`` with its meta.json replaced (and members ``added``), all stored."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["meta.json"] = raw_meta if raw_meta is not None else json.dumps(meta).encode()
+    members.update(dict.fromkeys(added, b"x"))
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
 
 
-def test_a_writer_killed_mid_write_leaves_a_complete_checkpoint(tmp_path):
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+def deep(levels):
+    return b'{"format": "distdl-checkpoint", "format_version": 1, "extra": ' + b"[" * levels + b"]" * levels + b"}"
+
+
+def mutated(change):
+    def apply(meta):
+        change(meta)
+        return meta
+    return apply
+
+
+MALFORMED = [  # (what, new meta.json from the genuine one's, the reason the error must give)
+    ("bad JSON", lambda meta: b"{not json", "is not valid JSON"),
+    ("200,000 levels of nesting", lambda meta: deep(200_000), "nests deeper"),
+    ("100 levels of nesting", lambda meta: deep(100), "nests deeper than 64 levels"),
+    ("a list as manifest", mutated(lambda m: m.update(manifest=[])), "has manifest of type list"),
+    ("a missing member", mutated(lambda m: m.pop("rng")), r"has missing members \['rng'\]"),
+    ("an extra member", mutated(lambda m: m.update(hidden=1)), r"has unexpected members \['hidden'\]"),
+    ("a step that is text", mutated(lambda m: m.update(step="3")), "has step '3'"),
+    ("no RNG state per rank", mutated(lambda m: m.update(world_size=2)), "one RNG state .* per rank"),
+    ("a manifest entry that is a number", mutated(lambda m: m["manifest"].update({"model/0.bias": 7})),
+     "manifest entry 'model/0.bias' of type int"),
+    ("an object dtype", mutated(lambda m: m["manifest"]["model/0.bias"].update(dtype="|O")), "dtype '|O'"),
+    ("a shape the member does not have", mutated(lambda m: m["manifest"]["model/0.bias"].update(shape=[17])),
+     "'model/0.bias' has 192 bytes in the zip directory, but its shape \\[17\\] and dtype <f4 need 196"),
+    ("a reference to no array", mutated(lambda m: m["model"].update({"0.bias": {"__array__": "nowhere"}})),
+     "refers to array 'nowhere'"),
+    ("a member path outside arrays/", mutated(lambda m: m["manifest"]["model/0.bias"].update(member="../x")),
+     "names member '../x'"),
+]
+
+
+@pytest.mark.parametrize("what, change, reason", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_every_malformed_meta_json_is_a_corrupt_error_naming_file_and_reason(tmp_path, what, change, reason):
+    path, model = saved(tmp_path)
+    meta, _ = read_checkpoint(path)
+    new = change(json.loads(json.dumps(meta)))
+    bad = tmp_path / "bad.npz"
+    repack(path, bad, raw_meta=new if isinstance(new, bytes) else json.dumps(new).encode())
+    with pytest.raises(dl.CheckpointCorruptError, match=f"bad.npz: .*{reason}"):
+        dl.load_checkpoint(bad, model=model)
+
+
+def test_zip_members_must_match_the_manifest(tmp_path):
+    path, model = saved(tmp_path)
+    meta, _ = read_checkpoint(path)
+    repack(path, tmp_path / "extra.npz", meta, added=["arrays/999999.npy"])
+    with pytest.raises(dl.CheckpointCorruptError, match=r"extra.npz: .*not listed \['arrays/999999.npy'\]"):
+        dl.load_checkpoint(tmp_path / "extra.npz", model=model)
+    meta["manifest"]["model/9.weight"] = dict(meta["manifest"]["model/0.bias"], member="arrays/000099.npy")
+    repack(path, tmp_path / "missing.npz", meta)
+    with pytest.raises(dl.CheckpointCorruptError, match=r"missing.npz: .*missing \['arrays/000099.npy'\]"):
+        dl.load_checkpoint(tmp_path / "missing.npz", model=model)
+
+
+def test_a_meta_json_over_the_limit_is_refused_before_it_is_read(tmp_path):
+    from distdl.checkpoint.archive import META_LIMIT
+    path = tmp_path / "checkpoint-000000001.npz"
+    with zipfile.ZipFile(path, "w") as archive, archive.open("meta.json", "w") as member:
+        for _ in range(META_LIMIT // (1 << 20) + 1):
+            member.write(b" " * (1 << 20))
+    tracemalloc.start()
+    with pytest.raises(dl.CheckpointCorruptError, match=f"its meta.json is {META_LIMIT + (1 << 20)} bytes, over"):
+        dl.load_checkpoint(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_zip_directory_of_a_million_members_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "many.npz"
+    record = b"PK\x06\x06" + struct.pack("<QHHIIQQQQ", 44, 45, 45, 0, 0, 10**6, 10**6, 0, 0)
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, 0, 1)
+    path.write_bytes(record + locator + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                                                                   0xFFFFFFFF, 0))
+    with pytest.raises(dl.CheckpointCorruptError, match="many.npz: its zip directory lists 1000000 members, more than the 100000"):
+        dl.load_checkpoint(path)
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from distdl.checkpoint.files import HOST
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for _ in range(3):
-            writer.stdout.readline()  # a few checkpoints are in place
-        time.sleep(0.05)
-        os.kill(writer.pid, signal.SIGKILL)
+        names = {"dead": f".checkpoint-000000002.npz.tmp-{HOST}-{dead_pid}-0123abcd",
+                 "live": f".checkpoint-000000003.npz.tmp-{HOST}-{live.pid}-0123abcd",
+                 "elsewhere": f".checkpoint-000000004.npz.tmp-other-host-{dead_pid}-0123abcd",
+                 "mine": f".checkpoint-000000005.npz.tmp-{HOST}-{os.getpid()}-0123abcd"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"partial")
+        with dl.CheckpointManager(tmp_path) as manager:
+            manager.save(1, model=nn.Linear(2, 2))
+        left = set(os.listdir(tmp_path))
+        assert names["dead"] not in left
+        assert {names["live"], names["elsewhere"], names["mine"]} <= left
     finally:
-        writer.kill()
-        writer.wait(timeout=30)
-    manager = dl.CheckpointManager(tmp_path)
-    model = nn.Linear(2000, 2000)
-    extra = manager.restore_latest(model=model)
-    assert extra["step"] >= 3 and np.all(model.weight.data == extra["step"])
-    for name in os.listdir(tmp_path):
-        assert manager._pattern.match(name) or ".tmp-" in name, name
+        live.kill()
+        live.wait(timeout=30)
+
+
+def test_names_like_checkpoints_that_are_not_files_are_skipped_by_latest_and_rotation(tmp_path):
+    (tmp_path / "checkpoint-5.npz").mkdir()
+    with dl.CheckpointManager(tmp_path, keep=2) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, model=nn.Linear(2, 2))
+        assert sorted(os.listdir(tmp_path)) == [".distdl-checkpoint.lock", "checkpoint-000000002.npz",
+                                                "checkpoint-000000003.npz", "checkpoint-5.npz"]
+        assert manager.latest() == manager.path(3)
+
+
+def test_twenty_kills_at_random_moments_of_20_mb_saves_never_lose_the_previous_checkpoint(tmp_path):
+    """The issue's 200 MB saves made smaller (20 MB) to fit the suite; the writer dies anywhere in the save."""
+    def write(step):
+        return subprocess.Popen([sys.executable, str(WORKERS / "checkpoint_writer.py"), str(tmp_path), str(step)],
+                                stdout=subprocess.PIPE, text=True)
+
+    start = time.monotonic()
+    writer = write(0)
+    assert writer.stdout.readline() == "saving\n"
+    begun = time.monotonic()
+    assert writer.wait(timeout=60) == 0
+    duration = time.monotonic() - begun
+    model, good, interrupted = nn.Linear(2500, 2000), 0, 0
+    rng = random.Random(16)
+    for step in range(1, 21):
+        writer = write(step)
+        try:
+            assert writer.stdout.readline() == "saving\n"
+            time.sleep(rng.uniform(0, duration))
+            writer.send_signal(signal.SIGKILL)
+        finally:
+            writer.kill()
+            writer.wait(timeout=30)
+        interrupted += any(".tmp-" in name for name in os.listdir(tmp_path))
+        with dl.CheckpointManager(tmp_path) as manager:
+            state = manager.restore_latest(model=model)
+        assert state["step"] in (good, step)  # the previous one, or the new one if the kill came after its rename
+        good = state["step"]
+        assert np.all(model.weight.data == good)
+        assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]  # the dead writer's file is gone
+    assert interrupted >= 5, f"only {interrupted} of 20 kills landed mid-write"
+    writer = write(21)
+    assert writer.wait(timeout=60) == 0
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+    assert dl.CheckpointManager(tmp_path).steps()[-1] == 21
+    assert time.monotonic() - start < 120
+
+
+def deflated_zip(path, members):
+    """A zip of deflated members, each ``chunk`` repeated ``count`` times, written by hand so a 4 GiB member
+    costs no compression: after a full flush, deflate emits the same bytes for the same chunk."""
+    with open(path, "wb") as f:
+        directory = b""
+        for name, chunk, count in members:
+            deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+            block = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+            tail = deflate.flush()
+            size, packed = len(chunk) * count, len(block) * count + len(tail)
+            offset, name = f.tell(), name.encode()
+            sizes = struct.pack("<HHQQ", 1, 16, size, packed)  # the zip64 extra field holds both sizes
+            fields = struct.pack("<HHHHHI", 45, 0, 8, 0, 0, 0) + struct.pack("<II", 0xFFFFFFFF, 0xFFFFFFFF)
+            f.write(b"PK\x03\x04" + fields + struct.pack("<HH", len(name), len(sizes)) + name + sizes)
+            for _ in range(count):
+                f.write(block)
+            f.write(tail)
+            directory += (b"PK\x01\x02" + struct.pack("<H", 45) + fields + struct.pack("<HHHHHII", len(name),
+                          len(sizes), 0, 0, 0, 0, offset) + name + sizes)
+        start = f.tell()
+        f.write(directory + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(members), len(members),
+                                                         len(directory), start, 0))
+
+
+def hostile_files(directory, outside, genuine_model):
+    """Every hostile file of issue 16, at steps 2 to 9 of ``directory``."""
+    dl.save_checkpoint(directory / "checkpoint-000000002.npz", model=genuine_model)
+    flip_array_byte(directory / "checkpoint-000000002.npz")
+    meta, _ = read_checkpoint(outside)
+    with zipfile.ZipFile(directory / "checkpoint-000000003.npz", "w") as archive:
+        archive.writestr("meta.json", deep(200_000))
+    repack(outside, directory / "checkpoint-000000004.npz", dict(meta, manifest=[]))
+    (directory / "checkpoint-5.npz").mkdir()
+    os.mkfifo(directory / "checkpoint-000000006.npz")
+    os.symlink(outside, directory / "checkpoint-000000007.npz")
+    bomb = dict(meta, manifest={"model/weight": dict(meta["manifest"]["model/weight"], shape=[1 << 30])})
+    deflated_zip(directory / "checkpoint-000000008.npz", [("meta.json", json.dumps(bomb).encode(), 1),
+                                                          ("arrays/000000.npy", bytes(1 << 20), 4096)])
+    deflated_zip(directory / "checkpoint-000000009.npz", [("meta.json", b" " * (1 << 20), 500)])
+    return {2: "array 'model/weight' cannot be read .*CRC", 3: "nests deeper", 4: "has manifest of type list",
+            5: "a directory, not a regular file", 6: "a FIFO, not a regular file",
+            7: "a symbolic link leading out of", 8: "is compressed",
+            9: "member meta.json is compressed"}
+
+
+def test_hostile_files_are_skipped_with_reasons_without_blocking_or_allocating_beyond_the_genuine(tmp_path):
+    genuine = nn.Linear(2000, 2000)
+    genuine.weight.data[...] = 1
+    with_intact, without = tmp_path / "with-intact", tmp_path / "without"
+    with_intact.mkdir(), without.mkdir()
+    outside = tmp_path / "outside.npz"
+    dl.save_checkpoint(outside, model=genuine)
+    dl.save_checkpoint(with_intact / "checkpoint-000000001.npz", model=genuine, step=1)
+    reasons = hostile_files(with_intact, outside, genuine)
+    hostile_files(without, outside, genuine)
+    assert os.path.getsize(with_intact / "checkpoint-000000008.npz") < 8 << 20  # a 4 GiB member in a few MB
+    result = subprocess.run([sys.executable, str(WORKERS / "checkpoint_restore.py"), str(with_intact),
+                             str(without)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    restored, nothing = map(json.loads, result.stdout.splitlines())
+    assert restored["step"] == 1 and nothing["step"] is None
+    for run, directory in ((restored, with_intact), (nothing, without)):
+        for step, reason in reasons.items():
+            name = f"checkpoint-{step:09d}.npz" if step != 5 else "checkpoint-5.npz"
+            assert any(re.search(f"{directory / name}: .*{reason}", line) for line in run["warnings"]), \
+                (name, run["warnings"])
+        assert run["seconds"] < 20
+    assert f"no intact checkpoint in {without}" in nothing["warnings"]
+    largest = os.path.getsize(outside)
+    for run in (restored, nothing):
+        assert run["allocated"] < 2 * largest and run["rss_growth"] < 2 * largest, (run, largest)
+
+
+def distdl_run(*args):
+    return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_job_whose_newest_checkpoint_is_damaged_resumes_from_the_one_before(tmp_path):
+    plain = distdl_run("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path / "a", WORKERS / "resume.py")
+    assert plain.returncode == 0, plain.stderr
+    damaged = distdl_run("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path / "b", "--max-restarts", 1,
+                         WORKERS / "checkpoint_corrupt_resume.py", "--crash-at", 7)
+    assert damaged.returncode == 0, damaged.stderr
+    assert re.search(r"\[rank 0\] skipped a checkpoint: \S+checkpoint-000000006.npz: array '\S+' cannot be read",
+                     damaged.stdout)
+    assert "resumed at step 4" in damaged.stdout
+    digest = re.compile(r"final digest (\w+)")
+    assert digest.search(damaged.stdout).group(1) == digest.search(plain.stdout).group(1)
+
+
+def test_a_second_job_on_the_same_directory_fails_at_once_naming_the_first(tmp_path):
+    def job(mark, token):
+        return subprocess.Popen([sys.executable, str(WORKERS / "checkpoint_job.py"), str(tmp_path), str(mark)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, DISTDL_RUN_ID=token))
+
+    first = job(1.0, "first-token")
+    try:
+        assert first.stdout.readline() == "saved 1\n"
+        start = time.monotonic()
+        second = job(2.0, "second-token")
+        out, err = second.communicate(timeout=60)
+        assert time.monotonic() - start < 15
+        assert second.returncode != 0 and "saved" not in out
+        holder = (f"CheckpointDirectoryInUseError: checkpoint directory {tmp_path} is in use by another job: "
+                  f"PID {first.pid} on {socket.gethostname()} since ")
+        assert holder in err, err
+        assert "first-token" not in err  # the run token is a secret: only a digest of it names the job
+        out, _ = first.communicate("go\n", timeout=60)
+        assert first.returncode == 0 and out == "saved 2\n"
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    for step in (1, 2):  # both written by the first job, untouched by the second
+        meta, arrays = read_checkpoint(dl.CheckpointManager(tmp_path).path(step))
+        assert np.all(arrays["model/weight"] == 1.0)
+    third = job(3.0, "third-token")  # the directory is free again once its job ended
+    out, err = third.communicate("go\n", timeout=60)
+    assert third.returncode == 0, err
+
+
+def test_ranks_that_read_different_files_agree_on_the_newest_every_rank_reads_whole(tmp_path):
+    for rank in (0, 1):
+        for step in (2, 4):
+            model = nn.Linear(2, 2)
+            model.weight.data[...] = step
+            dl.save_checkpoint(tmp_path / f"rank-{rank}" / f"checkpoint-{step:09d}.npz", model=model, step=step)
+    flip_array_byte(tmp_path / "rank-1" / "checkpoint-000000004.npz")  # rank 0 reads step 4 whole, rank 1 cannot
+    result = run_zmq(2, "checkpoint_agree.py", tmp_path, timeout=60)
+    assert result.ok(), result
+    for rank in (0, 1):
+        assert f"rank {rank} restored step 2 weight 2.0" in result.outputs[rank], result

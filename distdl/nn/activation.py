@@ -6,14 +6,20 @@ from distdl.nn.module import Module
 
 
 class ReLU(Module):
+    """``inplace`` is accepted for torch's signature; the result is the same, computed out of place."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, input):
         return F.relu(input)
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope, self.inplace = negative_slope, inplace
 
     def forward(self, input):
         return F.leaky_relu(input, self.negative_slope)

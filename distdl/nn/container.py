@@ -6,9 +6,9 @@ from distdl.nn.module import Module
 class ModuleList(Module):
     """A list of modules, registered under the names "0", "1", ..."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules=None):
         super().__init__()
-        for module in modules:
+        for module in modules or ():
             self.append(module)
 
     def append(self, module):

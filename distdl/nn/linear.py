@@ -24,6 +24,11 @@ def init_fan_in_uniform(weight, bias):
 
 
 class Identity(Module):
+    """Returns its input; takes and ignores any arguments, as torch's, so that it can stand in for any layer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
     def forward(self, input):
         return input
 

@@ -1,0 +1,128 @@
+"""Layer, loss and optimizer signatures against a stored copy of torch's (torch 2.5; no torch needed).
+
+A torch user's positional call must mean the same here. Every difference is listed
+in MEANT with its reason; anything else (a parameter out of order, a default that
+differs, a torch name missing) fails the test and names the parameter.
+"""
+
+import inspect
+
+import pytest
+
+from distdl import nn, optim
+
+TORCH = {
+    "nn.Linear": "in_features, out_features, bias=True, device=None, dtype=None",
+    "nn.Conv2d": "in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True, "
+                 "padding_mode='zeros', device=None, dtype=None",
+    "nn.MaxPool2d": "kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False",
+    "nn.AvgPool2d": "kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, "
+                    "divisor_override=None",
+    "nn.AdaptiveAvgPool2d": "output_size",
+    "nn.Flatten": "start_dim=1, end_dim=-1",
+    "nn.Identity": "*args, **kwargs",
+    "nn.Dropout": "p=0.5, inplace=False",
+    "nn.Embedding": "num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0, "
+                    "scale_grad_by_freq=False, sparse=False, _weight=None, _freeze=False, device=None, dtype=None",
+    "nn.BatchNorm1d": "num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, device=None, "
+                      "dtype=None",
+    "nn.BatchNorm2d": "num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, device=None, "
+                      "dtype=None",
+    "nn.LayerNorm": "normalized_shape, eps=1e-05, elementwise_affine=True, bias=True, device=None, dtype=None",
+    "nn.RNN": "input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False, "
+              "dropout=0.0, bidirectional=False, device=None, dtype=None",
+    "nn.LSTM": "input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, "
+               "bidirectional=False, proj_size=0, device=None, dtype=None",
+    "nn.GRU": "input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, "
+              "bidirectional=False, device=None, dtype=None",
+    "nn.RNNCell": "input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None",
+    "nn.LSTMCell": "input_size, hidden_size, bias=True, device=None, dtype=None",
+    "nn.GRUCell": "input_size, hidden_size, bias=True, device=None, dtype=None",
+    "nn.ReLU": "inplace=False",
+    "nn.LeakyReLU": "negative_slope=0.01, inplace=False",
+    "nn.Sigmoid": "",
+    "nn.Tanh": "",
+    "nn.GELU": "approximate='none'",
+    "nn.Softmax": "dim=None",
+    "nn.LogSoftmax": "dim=None",
+    "nn.Sequential": "*args",
+    "nn.ModuleList": "modules=None",
+    "nn.MSELoss": "size_average=None, reduce=None, reduction='mean'",
+    "nn.L1Loss": "size_average=None, reduce=None, reduction='mean'",
+    "nn.BCELoss": "weight=None, size_average=None, reduce=None, reduction='mean'",
+    "nn.BCEWithLogitsLoss": "weight=None, size_average=None, reduce=None, reduction='mean', pos_weight=None",
+    "nn.CrossEntropyLoss": "weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean', "
+                           "label_smoothing=0.0",
+    "nn.NLLLoss": "weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean'",
+    "optim.SGD": "params, lr=0.001, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False, "
+                 "foreach=None, differentiable=False, fused=None",
+    "optim.Adam": "params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, amsgrad=False, *, foreach=None, "
+                  "maximize=False, capturable=False, differentiable=False, fused=None",
+    "optim.AdamW": "params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False, *, "
+                   "maximize=False, foreach=None, capturable=False, differentiable=False, fused=None",
+    "optim.RMSprop": "params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0, momentum=0, centered=False, "
+                     "capturable=False, foreach=None, maximize=False, differentiable=False",
+    "optim.Adagrad": "params, lr=0.01, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, "
+                     "foreach=None, *, maximize=False, differentiable=False, fused=None",
+}
+
+_FACTORY = {"device", "dtype"}  # layers are made in float32 on the CPU: model.to(np.float64) / model.to("cuda")
+_TORCH_KERNELS = {"foreach", "fused", "capturable", "differentiable"}  # choices of torch's kernels, not of the maths
+MEANT = {
+    "nn.Linear": {"missing": _FACTORY},
+    "nn.Conv2d": {"missing": _FACTORY | {"padding_mode"}},  # zero padding only
+    "nn.Embedding": {"missing": _FACTORY | {"max_norm", "norm_type", "scale_grad_by_freq", "sparse", "_weight",
+                                            "_freeze"}},
+    "nn.BatchNorm1d": {"missing": _FACTORY}, "nn.BatchNorm2d": {"missing": _FACTORY},
+    "nn.LayerNorm": {"missing": _FACTORY},
+    "nn.RNN": {"missing": _FACTORY}, "nn.GRU": {"missing": _FACTORY},
+    "nn.LSTM": {"missing": _FACTORY | {"proj_size"}},  # no projected LSTM
+    "nn.RNNCell": {"missing": _FACTORY}, "nn.LSTMCell": {"missing": _FACTORY}, "nn.GRUCell": {"missing": _FACTORY},
+    # torch's dim=None picks a dimension by the input's rank, with a deprecation warning; here it is the last one
+    "nn.Softmax": {"defaults": {"dim": -1}, "extra": {"axis"}},
+    "nn.LogSoftmax": {"defaults": {"dim": -1}, "extra": {"axis"}},
+    "optim.SGD": {"missing": _TORCH_KERNELS | {"maximize"}},
+    "optim.Adam": {"missing": _TORCH_KERNELS | {"maximize"}},
+    "optim.AdamW": {"missing": _TORCH_KERNELS | {"maximize"}},
+    "optim.RMSprop": {"missing": _TORCH_KERNELS | {"maximize"}},
+    "optim.Adagrad": {"missing": _TORCH_KERNELS | {"maximize"}},
+}
+
+
+def _parameters(signature):
+    """(name, kind, default) of each parameter, ``self`` left out."""
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values() if p.name != "self"]
+
+
+def _torch(text):
+    return _parameters(inspect.signature(eval(f"lambda {text}: None")))  # noqa: S307 (our own constant text)
+
+
+def _ours(name):
+    module, cls = name.split(".")
+    return _parameters(inspect.signature(getattr({"nn": nn, "optim": optim}[module], cls).__init__))
+
+
+def _shape(params):
+    """Variadic parameters compare by kind only: their names are nobody's API."""
+    return [("*" if kind == inspect.Parameter.VAR_POSITIONAL else "**" if kind == inspect.Parameter.VAR_KEYWORD
+             else name, kind, default) for name, kind, default in params]
+
+
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_signature_matches_torch_but_for_the_listed_differences(name):
+    meant = MEANT.get(name, {})
+    missing, extra, defaults = meant.get("missing", set()), meant.get("extra", set()), meant.get("defaults", {})
+    theirs = [(n, k, defaults.get(n, d)) for n, k, d in _torch(TORCH[name]) if n not in missing]
+    ours = [p for p in _ours(name) if p[0] not in extra]
+    assert not {n for n, _, _ in _ours(name)} & missing, f"{name}: listed as missing but present: update MEANT"
+    if name.startswith("optim."):  # the kernel switches come after the maths; ours need not be keyword-only
+        theirs = [(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, d) for n, _, d in theirs]
+    assert _shape(ours) == _shape(theirs), (
+        f"{name}: ours {[(n, d) for n, _, d in ours]} differs from torch's {[(n, d) for n, _, d in theirs]}")
+
+
+def test_every_documented_layer_loss_and_optimizer_is_compared():
+    names = {f"nn.{n}" for n in nn.__all__ if n[0].isupper() and n not in ("Module", "Parameter")}
+    names |= {f"optim.{n}" for n in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")}
+    assert names <= set(TORCH), f"not compared with torch: {sorted(names - set(TORCH))}"
