@@ -4,7 +4,8 @@ from distdl.nn import init, utils
 from distdl.nn.activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from distdl.nn.container import ModuleList, Sequential
 from distdl.nn.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
-from distdl.nn.dropout import Dropout, Embedding
+from distdl.nn.dropout import Dropout
+from distdl.nn.embedding import Embedding
 from distdl.nn.linear import Flatten, Identity, Linear
 from distdl.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from distdl.nn.module import Module, Parameter

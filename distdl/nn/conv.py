@@ -2,7 +2,7 @@
 
 from distdl import functional as F
 from distdl.functional._windows import pair
-from distdl.nn.linear import empty_parameter, init_fan_in_uniform
+from distdl.nn.init import empty_parameter, init_fan_in_uniform
 from distdl.nn.module import Module
 
 

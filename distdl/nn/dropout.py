@@ -1,8 +1,6 @@
-"""Dropout and Embedding: layers whose forward depends on the mode or on integer input."""
+"""Dropout: zero random elements in training, the identity in evaluation."""
 
 from distdl import functional as F
-from distdl.nn import init
-from distdl.nn.linear import empty_parameter
 from distdl.nn.module import Module
 
 
@@ -20,21 +18,3 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
-
-
-class Embedding(Module):
-    """A (num_embeddings, embedding_dim) table looked up by integer indices; N(0, 1) rows, as torch."""
-
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
-        self.weight = init.normal_(empty_parameter(num_embeddings, embedding_dim))
-        if padding_idx is not None:
-            self.weight.data[padding_idx] = 0
-
-    def forward(self, input):
-        return F.embedding(input, self.weight, self.padding_idx)
-
-    def extra_repr(self):
-        padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
-        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"

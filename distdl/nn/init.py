@@ -1,4 +1,4 @@
-"""Weight initialisation, in place, with torch.nn.init's formulas and names.
+"""Weight initialisation, in place, with torch.nn.init's formulas and names; the layers' default initialisers.
 
 Samples come from the generator ``dl.seed`` seeds, drawn in float64 and cast to the tensor's dtype.
 """
@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from distdl import backend
+from distdl.nn.module import Parameter
 
 
 def _fill(tensor, values):
@@ -85,6 +86,19 @@ def kaiming_uniform_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu"):
 
 def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu"):
     return normal_(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity))
+
+
+def empty_parameter(*shape):
+    """A Parameter of the default dtype, to be filled by an initialiser."""
+    return Parameter(np.empty(shape, backend.get_default_dtype()))
+
+
+def init_fan_in_uniform(weight, bias):
+    """torch's default for Linear and Conv: kaiming_uniform(a=sqrt(5)) weights, i.e. U(+-1/sqrt(fan_in)), and such biases."""
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(fan_in_and_fan_out(weight)[0])
+        uniform_(bias, -bound, bound)
 
 
 glorot_uniform_, glorot_normal_ = xavier_uniform_, xavier_normal_

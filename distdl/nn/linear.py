@@ -1,26 +1,8 @@
 """Fully connected layers and shape adapters."""
 
-import math
-
-import numpy as np
-
 from distdl import functional as F
-from distdl.backend import get_default_dtype
-from distdl.nn import init
-from distdl.nn.module import Module, Parameter
-
-
-def empty_parameter(*shape):
-    """A Parameter of the default dtype, to be filled by an initialiser."""
-    return Parameter(np.empty(shape, get_default_dtype()))
-
-
-def init_fan_in_uniform(weight, bias):
-    """torch's default for Linear and Conv: kaiming_uniform(a=sqrt(5)) weights, i.e. U(+-1/sqrt(fan_in)), and such biases."""
-    init.kaiming_uniform_(weight, a=math.sqrt(5))
-    if bias is not None:
-        bound = 1 / math.sqrt(init.fan_in_and_fan_out(weight)[0])
-        init.uniform_(bias, -bound, bound)
+from distdl.nn.init import empty_parameter, init_fan_in_uniform
+from distdl.nn.module import Module
 
 
 class Identity(Module):

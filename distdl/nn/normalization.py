@@ -5,7 +5,7 @@ import numpy as np
 from distdl import functional as F
 from distdl.backend import get_default_dtype
 from distdl.nn import init
-from distdl.nn.linear import empty_parameter
+from distdl.nn.init import empty_parameter
 from distdl.nn.module import Module
 
 

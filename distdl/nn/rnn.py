@@ -4,7 +4,7 @@ import math
 
 from distdl import functional as F
 from distdl.nn import init
-from distdl.nn.linear import empty_parameter
+from distdl.nn.init import empty_parameter
 from distdl.nn.module import Module
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}

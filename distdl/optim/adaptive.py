@@ -3,8 +3,7 @@
 import math
 
 from distdl.backend import xp_of
-from distdl.optim.optimizer import Optimizer
-from distdl.optim.sgd import decayed
+from distdl.optim.optimizer import Optimizer, decayed
 
 
 def _check(name, lr, eps, weight_decay):

@@ -106,3 +106,8 @@ def _like(value, param):
     if array.shape != param.shape:
         raise ValueError(f"optimizer state of shape {array.shape} does not fit a parameter of shape {param.shape}")
     return xp.asarray(array, dtype=param.dtype).copy()
+
+
+def decayed(grad, param, weight_decay):
+    """The gradient of loss + weight_decay/2 * |param|^2 (L2 regularisation), a new array only when needed."""
+    return grad + weight_decay * param if weight_decay else grad

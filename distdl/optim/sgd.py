@@ -1,11 +1,6 @@
 """Stochastic gradient descent with momentum, dampening, Nesterov momentum and weight decay."""
 
-from distdl.optim.optimizer import Optimizer
-
-
-def decayed(grad, param, weight_decay):
-    """The gradient of loss + weight_decay/2 * |param|^2 (L2 regularisation), a new array only when needed."""
-    return grad + weight_decay * param if weight_decay else grad
+from distdl.optim.optimizer import Optimizer, decayed
 
 
 class SGD(Optimizer):
