@@ -3,8 +3,8 @@
 from distdl import _errorfile, callbacks, data, functional, metrics, nn, optim
 from distdl.autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, tensor
 from distdl.backend import get_default_dtype, gpu_available, seed, set_default_dtype
-from distdl.checkpoint import (CheckpointCorruptError, CheckpointError, CheckpointManager, load_checkpoint,
-                               save_checkpoint)
+from distdl.checkpoint import (CheckpointCorruptError, CheckpointDirectoryInUseError, CheckpointError,
+                               CheckpointManager, load_checkpoint, save_checkpoint)
 from distdl.comm import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError, RendezvousError,
                          get_comm, init, local_rank, rank, shutdown, world_size)
 from distdl.functional import cat, concatenate, stack, where
@@ -20,4 +20,5 @@ __all__ = [
     "functional", "get_comm", "get_default_dtype", "gpu_available", "History", "init", "is_grad_enabled", "load_checkpoint",
     "local_rank", "metrics", "nn", "no_grad", "optim", "PeerLostError", "rank", "RendezvousError", "save_checkpoint",
     "seed", "set_default_dtype", "set_grad_enabled", "shutdown", "stack", "Tensor", "tensor", "Trainer", "where", "world_size",
+    "CheckpointDirectoryInUseError",
 ]

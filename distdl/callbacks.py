@@ -59,6 +59,9 @@ class Checkpoint(Callback):
         if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
             self.manager.save(trainer.global_step, **trainer.checkpoint_state(epoch_done=True))
 
+    def on_train_end(self, trainer):
+        self.manager.close()  # the directory is free for another job once this fit is over
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
