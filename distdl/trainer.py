@@ -64,10 +64,12 @@ def as_dataset(data):
 class Trainer:
     """``Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy"], scheduler=None)``."""
 
-    def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_mb=25):
+    def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_cap_mb=25,
+                 nonfinite="error"):
         self.comm = comm if comm is not None else get_comm()
         self.model = model
-        self.ddp = DistributedDataParallel(model, comm=self.comm, bucket_mb=bucket_mb) if self.comm.size > 1 else None
+        self.ddp = (DistributedDataParallel(model, self.comm, bucket_cap_mb, nonfinite=nonfinite)
+                    if self.comm.size > 1 else None)
         self.optimizer, self.loss, self.scheduler = optimizer, loss, scheduler
         self.metric_names = list(metrics)
         self._fresh_metrics()  # an unknown metric name fails here, not after the first epoch

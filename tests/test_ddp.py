@@ -5,6 +5,7 @@ import pytest
 
 import distdl as dl
 from distdl import nn, optim
+from distdl.parallel import fp16_compress_hook
 from distdl.parallel.buckets import plan_buckets
 from gradcheck import module_gradcheck
 from multiproc import run
@@ -53,13 +54,13 @@ def test_buckets_follow_reverse_parameter_order_and_their_size():
     params = list(mlp().parameters())
     buckets = plan_buckets(params, bucket_bytes=100)
     assert [p for b in buckets for p in b.params] == params[::-1]
-    assert all(b.nbytes <= 100 or len(b.params) == 1 for b in buckets)
+    assert all(b.grads.nbytes <= 100 or len(b.params) == 1 for b in buckets)
     assert len(plan_buckets(params, 1 << 20)) == 1
 
 
 def test_grads_are_views_into_the_buckets_across_steps_and_zero_grad():
     model = mlp()
-    ddp = dl.DistributedDataParallel(model, bucket_mb=0.0002)
+    ddp = dl.DistributedDataParallel(model, bucket_cap_mb=0.0002)
     optimizer = optim.SGD(ddp.parameters(), lr=0.1)
     x, y = dl.tensor(np.random.default_rng(0).random((8, 6), np.float32)), np.arange(8) % 3
     for set_to_none in (True, False, True):
@@ -122,6 +123,12 @@ def test_sync_batchnorm_alone_is_batchnorm_and_its_gradients_check(float64):
     np.testing.assert_allclose(sync(dl.tensor(x)).data, bn.eval()(dl.tensor(x)).data, rtol=1e-12)
 
 
-def test_bad_compression_is_refused():
-    with pytest.raises(ValueError, match="unknown compression 'int8'"):
-        dl.DistributedDataParallel(mlp(), compression="int8")
+def test_bad_arguments_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="nonfinite='ignore': use 'error'"):
+        dl.DistributedDataParallel(mlp(), nonfinite="ignore")
+    ddp = dl.DistributedDataParallel(mlp())
+    with pytest.raises(TypeError, match="takes a callable hook"):
+        ddp.register_comm_hook(None, "fp16")
+    ddp.register_comm_hook(None, fp16_compress_hook)
+    with pytest.raises(RuntimeError, match="already registered"):
+        ddp.register_comm_hook(None, fp16_compress_hook)

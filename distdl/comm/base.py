@@ -19,7 +19,6 @@ from distdl.comm.ordering import CommThread
 from distdl.comm.signature import OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES
 
 _SUPPORTED = frozenset(SUPPORTED_DTYPES)  # dtype lookups by hash: the checks run on every collective
-FLOAT16_MAX = 60000.0  # a little under float16's largest finite value, 65504
 
 
 class Communicator:
@@ -51,23 +50,12 @@ class Communicator:
         self._allreduce(array, op, check)
         return array
 
-    def iallreduce(self, array, op="sum", check=True, compression=None):
-        """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns.
-
-        ``compression="fp16"`` (sum and mean of float32/float64 only) sends float16: the
-        ranks agree on a power-of-two scale that brings the largest |value| x world
-        size close to float16's maximum, so that small values do not underflow and the
-        sum cannot overflow; the result is unscaled back into ``array``'s dtype.
-        """
+    def iallreduce(self, array, op="sum", check=True):
+        """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns."""
         check_array(array, "iallreduce")
         check_op(op, "iallreduce")
-        if compression not in (None, "fp16"):
-            raise ValueError(f"unknown compression {compression!r}: use None or 'fp16'")
-        if compression and (op not in ("sum", "mean") or array.dtype.kind != "f"):
-            raise ValueError(f"fp16 compression reduces float arrays by sum or mean, not {op} of {array.dtype}")
         self._check_usable()
-        run = self._allreduce_fp16 if compression else self._allreduce
-        return self._calls.submit(functools.partial(run, array, op, check))
+        return self._calls.submit(functools.partial(self._allreduce, array, op, check))
 
     def broadcast(self, array, root=0):
         check_array(array, "broadcast")
@@ -154,15 +142,6 @@ class Communicator:
             self._check_usable()
         if self._calls.pending:
             self._calls.wait_pending()
-
-    def _allreduce_fp16(self, array, op, check):
-        largest = np.array([float(np.abs(array).max()) if array.size else 0.0])
-        self._allreduce(largest, "max", check=False)
-        headroom = FLOAT16_MAX / (largest[0] * self.size) if largest[0] > 0 else 1.0
-        scale = 2.0 ** np.floor(np.log2(headroom)) if np.isfinite(headroom) else 1.0
-        wire = (array * scale).astype(np.float16)
-        self._allreduce(wire, "sum", check)
-        np.multiply(wire, 1 / (scale * (self.size if op == "mean" else 1)), out=array, dtype=array.dtype)
 
     def close(self):
         """Finish pending collectives, stop the communication thread, release the backend's resources."""

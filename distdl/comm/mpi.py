@@ -1,11 +1,15 @@
 """Collectives over MPI (mpi4py): buffer-based, in place, on distdl's own duplicate of COMM_WORLD.
 
 Before each collective (unless ``check=False``) the ranks exchange its signature
-(sequence number, collective, op, dtype, count, root) in one small allgather,
-waited for with a deadline: ranks that call different collectives get a
-CollectiveMismatchError naming every rank's call instead of a hang or garbage,
-and a rank that never arrives a CollectiveTimeoutError. DDP's steady state checks
-its bucket layout once and then runs unchecked.
+(sequence number, collective, op, dtype, count, root) in one small allgather:
+ranks that call different collectives get a CollectiveMismatchError naming every
+rank's call instead of a hang or garbage. DDP checks the first bucket of each step
+and runs the others unchecked.
+
+Every wait is bounded: the data moves by MPI's non-blocking collectives (Iallreduce,
+Ibcast, ...) polled against the deadline (DISTDL_TIMEOUT), so a rank that never
+arrives (dead, stopped, or in a loop of its own) gives a CollectiveTimeoutError
+naming the call; uncaught, it ends the job through MPI_Abort.
 """
 
 import sys
@@ -18,7 +22,9 @@ from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError
 from distdl.comm.reduction import finish_mean, split_counts
 from distdl.comm.signature import describe, describe_signature, signature
 
-SPIN_SECONDS = 1e-3  # poll without sleeping this long before backing off: a sleep costs a wake-up
+SPIN_SECONDS = 1e-3  # poll without yielding this long: a late peer is usually only a few microseconds late
+YIELD_SECONDS = 1.0  # then yield the interpreter between polls; past this, sleep between them (a peer that late
+# is not a question of speed, and a poll is what moves MPI's data: sleeping earlier would cost bandwidth)
 
 
 def mpi():
@@ -71,7 +77,7 @@ class MPICommunicator(Communicator):
                     f"rank {self.rank}: {what} waited {self.timeout:g} s for the other ranks; MPI does not say "
                     "which rank is missing: check that every rank is alive and calls the same collectives")
             if elapsed > SPIN_SECONDS:
-                time.sleep(min(elapsed / 10, 1e-3))
+                time.sleep(0 if elapsed < YIELD_SECONDS else 1e-3)
 
     # -- collectives -------------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
@@ -81,30 +87,30 @@ class MPICommunicator(Communicator):
             self._seq += 1
         if array.itemsize == 2 and not self._native_half:  # float16 (the only 2-byte dtype), reduced in float32
             wide = array.astype(np.float32)
-            self._comm.Allreduce(self._in_place, wide, op=self._ops[op])
+            self._wait(self._comm.Iallreduce(self._in_place, wide, op=self._ops[op]), "allreduce", op, array)
             array[...] = wide
         elif array.size:
-            self._comm.Allreduce(self._in_place, array, op=self._ops[op])
+            self._wait(self._comm.Iallreduce(self._in_place, array, op=self._ops[op]), "allreduce", op, array)
         if op == "mean":
             finish_mean(array, self.size)
 
     def _broadcast(self, array, root):
         self._agree("broadcast", None, array, root)
         if array.size:
-            self._comm.Bcast(array, root=root)
+            self._wait(self._comm.Ibcast(array, root=root), "broadcast", None, array)
 
     def _allgather(self, array):
         self._agree("allgather", None, array)
         out = np.empty((self.size,) + array.shape, array.dtype)
         if array.size:
-            self._comm.Allgather(array, out)
+            self._wait(self._comm.Iallgather(array, out), "allgather", None, array)
         return out
 
     def _gather(self, array, root):
         self._agree("gather", None, array, root)
         out = np.empty((self.size,) + array.shape, array.dtype) if self.rank == root else None
         if array.size:
-            self._comm.Gather(array, out, root=root)
+            self._wait(self._comm.Igather(array, out, root=root), "gather", None, array)
         return out
 
     def _reduce_scatter(self, array, op):
@@ -114,7 +120,8 @@ class MPICommunicator(Communicator):
         source = array.reshape(-1).astype(np.float32) if wide else array.reshape(-1)
         out = np.empty(counts[self.rank], source.dtype)
         if array.size:
-            self._comm.Reduce_scatter(source, out, recvcounts=counts, op=self._ops[op])
+            self._wait(self._comm.Ireduce_scatter(source, out, recvcounts=counts, op=self._ops[op]), "reduce_scatter",
+                       op, array)
         if op == "mean":
             finish_mean(out, self.size)
         return out.astype(array.dtype, copy=False)

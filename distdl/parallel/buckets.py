@@ -1,15 +1,31 @@
-"""Flat gradient buckets: each parameter's ``.grad`` is a view into one, so the allreduce copies nothing."""
+"""Flat gradient buckets: each parameter's ``.grad`` is a view into one, so the allreduce copies nothing.
+
+After the gradients, every bucket carries a few control elements that travel in the
+same reduction (see ``control.py``): whether this rank's gradients were finite, whether
+it had a batch, and the bits of its step and bucket layout, so the ranks check that
+they agree without a message of their own.
+"""
 
 from distdl.backend import xp_of
+from distdl.parallel.control import CONTROL_SIZE
 
 
 class Bucket:
-    """One flat array holding the gradients of ``params`` (a run of parameters of one dtype and device)."""
+    """One flat array holding the gradients of ``params`` (a run of parameters of one dtype and device).
 
-    def __init__(self, params):
+    What a communication hook gets, with torch's ``GradBucket`` names: ``index()``,
+    ``buffer()`` (the whole flat array, control elements included: a hook averages all
+    of it), ``parameters()``, ``is_last()``; ``grads`` and ``control`` are views of its
+    two parts.
+    """
+
+    def __init__(self, index, params, last):
         self.params = params
+        self._index, self._last = index, last
         xp = xp_of(params[0].data)
-        self.flat = xp.zeros(sum(p.data.size for p in params), params[0].data.dtype)
+        size = sum(p.data.size for p in params)
+        self.flat = xp.zeros(size + CONTROL_SIZE, params[0].data.dtype)
+        self.grads, self.control = self.flat[:size], self.flat[size:]
         self.views = {}
         offset = 0
         for p in params:
@@ -17,6 +33,18 @@ class Bucket:
             offset += p.data.size
         self.pending = len(params)  # gradients not yet final in the current backward pass
         self.request = None
+
+    def index(self):
+        return self._index
+
+    def buffer(self):
+        return self.flat
+
+    def parameters(self):
+        return list(self.params)
+
+    def is_last(self):
+        return self._last
 
     @property
     def nbytes(self):
@@ -28,16 +56,21 @@ def plan_buckets(params, bucket_bytes):
 
     A bucket closes when it reaches ``bucket_bytes`` or the dtype or device changes.
     """
-    buckets, current, size = [], [], 0
+    groups, current, size = [], [], 0
     for p in reversed(params):
         if current and (size + p.data.nbytes > bucket_bytes or _kind(p) != _kind(current[0])):
-            buckets.append(Bucket(current))
+            groups.append(current)
             current, size = [], 0
         current.append(p)
         size += p.data.nbytes
     if current:
-        buckets.append(Bucket(current))
-    return buckets
+        groups.append(current)
+    return [Bucket(i, group, i == len(groups) - 1) for i, group in enumerate(groups)]
+
+
+def layout_of(buckets):
+    """The bucket layout as one line of text: element counts and dtypes, what every rank must share."""
+    return ";".join(f"{b.flat.size}:{b.flat.dtype}" for b in buckets)
 
 
 def _kind(p):

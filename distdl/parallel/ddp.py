@@ -9,55 +9,85 @@ same order even when some parameters get no gradient on some ranks. When backwar
 ends, the buckets not yet launched (those holding unused parameters, whose zeroed
 gradients then count as zeros) are launched, and every bucket is waited for: the
 optimizer reads averaged gradients.
+
+The path is checked, always: the first bucket of each step goes through the
+communicator's signature check (a rank in another collective is named at once), and
+the control elements at the end of every bucket (``control.py``) carry each rank's
+step, bucket layout, finiteness and whether it had a batch, reduced with the
+gradients themselves.
 """
 
 import time
 import weakref
 from contextlib import contextmanager
+from functools import partial
+
+import numpy as np
 
 from distdl.autograd.engine import register_backward_end_callback
-from distdl.comm import get_comm
-from distdl.parallel.buckets import coalesced, plan_buckets
+from distdl.comm import CollectiveMismatchError, get_comm
+from distdl.comm.ordering import CommThread
+from distdl.parallel import control
+from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
+from distdl.parallel.errors import NonFiniteGradientError, StepMismatchError
+
+NONFINITE_POLICIES = ("error", "skip")
 
 
 class DistributedDataParallel:
-    """Wrap ``module`` so that ``backward()`` averages its gradients over the ranks of ``comm``.
+    """Wrap ``module`` so that ``backward()`` averages its gradients over the ranks of ``process_group``.
 
-    - On construction, every rank must hold the same parameter and buffer names,
-      shapes and dtypes; then rank 0's values are broadcast to all.
-    - ``bucket_mb``: the size of the gradient buckets (one allreduce each).
-    - ``broadcast_buffers``: before each training forward, rank 0's buffers (BatchNorm's
-      running statistics) are broadcast, as PyTorch does; SyncBatchNorm instead
-      reduces the batch statistics themselves.
-    - ``compression="fp16"``: gradients travel as scaled float16, half the bytes.
-    - ``no_sync()``: accumulate gradients locally; the next synced backward averages the sum.
+    Args:
+        module: the model, already on its device and in its dtype (the buckets are
+            allocated for the parameters as they are then).
+        process_group: the communicator (default ``dl.get_comm()``).
+        bucket_cap_mb: the size of the gradient buckets (one allreduce each).
+        broadcast_buffers: before each training forward, rank 0's buffers (BatchNorm's
+            running statistics) are broadcast, as PyTorch does; SyncBatchNorm instead
+            reduces the batch statistics themselves.
+        nonfinite: what a NaN or Inf gradient on any rank does. ``"error"`` (default):
+            every rank raises NonFiniteGradientError naming the step, a parameter and the
+            ranks whose gradient was not finite. ``"skip"``: every rank skips that step
+            alike, as AMP's GradScaler does: the gradients become None, so
+            ``optimizer.step()`` moves nothing; ``step_skipped`` says so and
+            ``skipped_steps`` counts.
 
-    Move the model to its device and dtype before wrapping it: the buckets are
-    allocated for the parameters as they are then. Call the wrapper, not
+    On construction, every rank must hold the same parameter and buffer names, shapes
+    and dtypes; then rank 0's values are broadcast to all. Call the wrapper, not
     ``ddp.module``, for the forward pass: that is what arms the gradient sync.
+    ``no_sync()`` accumulates locally; ``join()`` takes uneven inputs;
+    ``register_comm_hook(state, hook)`` changes how buckets travel (fp16 compression).
     """
 
-    def __init__(self, module, comm=None, bucket_mb=25, broadcast_buffers=True, compression=None):
-        if compression not in (None, "fp16"):
-            raise ValueError(f"unknown compression {compression!r}: use None or 'fp16'")
+    def __init__(self, module, process_group=None, bucket_cap_mb=25, broadcast_buffers=True, nonfinite="error"):
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite={nonfinite!r}: use 'error' (stop with the step, parameter and ranks) or "
+                             "'skip' (skip that step on every rank)")
         self.module = module
-        self.comm = comm if comm is not None else get_comm()
+        self.comm = process_group if process_group is not None else get_comm()
         self.broadcast_buffers = broadcast_buffers
-        self.compression = compression
+        self.nonfinite = nonfinite
         self._check_same_model()
         self._broadcast(list(module.parameters()) + list(module.buffers()))
         self._params = [p for p in module.parameters() if p.requires_grad]
-        self.buckets = plan_buckets(self._params, int(bucket_mb * 1024 * 1024))
+        self._names = {p: name for name, p in module.named_parameters()}
+        self.buckets = plan_buckets(self._params, int(bucket_cap_mb * 1024 * 1024))
+        self._layout = control.layout_code(layout_of(self.buckets))
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
         for p in self._params:
             if p.grad is not None:
                 self._bucket_of[p].views[p][...] = p.grad
             p.grad = self._bucket_of[p].views[p]
         self._sync = True
+        self.steps = 0  # synced backward passes, on this rank
+        self.skipped_steps = 0  # of them, skipped for non-finite gradients (nonfinite="skip")
+        self.step_skipped = False  # the last one was
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
         self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
+        self._hook = self._hook_state = self._hook_thread = None
         self._armed = False  # a forward ran: the next backward must average
         self._next_bucket = 0
+        self._local_nonfinite = None  # the first parameter whose gradient was not finite here, this step
         for p in self._params:
             p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
         end = register_backward_end_callback(_weak(self, "_on_backward_end"))
@@ -75,24 +105,43 @@ class DistributedDataParallel:
                                  f"{_first_difference(everyone[0], theirs, rank)}; every rank must build the same "
                                  "model")
 
-    def _broadcast(self, tensors):
-        """Rank 0's values of ``tensors`` into every rank's, one coalesced broadcast per dtype."""
+    def _broadcast(self, tensors, root=0):
+        """``root``'s values of ``tensors`` into every rank's, one coalesced broadcast per dtype."""
         arrays = [t.data for t in tensors]
         for group, flat in coalesced(arrays):
-            self.comm.broadcast(flat, root=0)
+            self.comm.broadcast(flat, root=root)
             offset = 0
             for array in group:
                 array[...] = flat[offset:offset + array.size].reshape(array.shape)
                 offset += array.size
 
+    def register_comm_hook(self, state, hook):
+        """Average the buckets with ``hook(state, bucket)`` (see ``comm_hooks``), e.g. ``fp16_compress_hook``.
+
+        Register it once, before the first backward, on every rank alike.
+        """
+        if not callable(hook):
+            raise TypeError(f"register_comm_hook takes a callable hook(state, bucket), not {type(hook).__name__}")
+        if self._hook is not None:
+            raise RuntimeError("register_comm_hook: a communication hook is already registered; register one only")
+        if self.steps:
+            raise RuntimeError("register_comm_hook: register the hook before the first backward pass")
+        self._hook, self._hook_state = hook, state
+        self._hook_thread = CommThread(self.comm.rank)
+        weakref.finalize(self, self._hook_thread.stop)
+
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if self.module.training and self.broadcast_buffers and self.comm.size > 1:
-            buffers = [b for b in self.module.buffers() if b is not None]
-            if buffers:
-                self._broadcast(buffers)
+        if self._broadcasts_buffers():
+            self._broadcast(self._buffers())
         self._prepare_for_backward()
         return self.module(*args, **kwargs)
+
+    def _buffers(self):
+        return [b for b in self.module.buffers() if b is not None]
+
+    def _broadcasts_buffers(self):
+        return self.module.training and self.broadcast_buffers and self.comm.size > 1 and bool(self._buffers())
 
     def _prepare_for_backward(self):
         """Arm the sync for the next backward; every bucket waits for all its gradients again."""
@@ -100,6 +149,8 @@ class DistributedDataParallel:
             bucket.pending = len(bucket.params)
         self._next_bucket = 0
         self._armed = self._sync
+        self.step_skipped = False
+        self._local_nonfinite = None
         self.last_allreduces = []
 
     def _on_grad_ready(self, param):
@@ -112,24 +163,45 @@ class DistributedDataParallel:
             self._launch(ready_only=True)
 
     def _launch(self, ready_only):
-        """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``).
-
-        The last bucket is left to the end of backward, which reduces it in its own
-        thread: nothing is left to overlap it with, and handing it to the
-        communication thread would only add two thread wake-ups to the step.
-        """
+        """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``)."""
         last = len(self.buckets) - 1
         while self._next_bucket < last or (self._next_bucket == last and not ready_only):
             bucket = self.buckets[self._next_bucket]
             if ready_only and bucket.pending:
                 return
-            if self._next_bucket == last and not self.compression:
-                start = time.time()
-                self.comm.allreduce(bucket.flat, "mean", check=False)  # in this thread: see above
-                self.last_allreduces.append((self._next_bucket, start, time.time(), bucket.nbytes))
-            else:
-                bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=False, compression=self.compression)
+            control.fill(bucket.control, True, self._locally_nonfinite(bucket), self.steps + 1, self._layout)
+            self._start(bucket)
             self._next_bucket += 1
+
+    def _locally_nonfinite(self, bucket):
+        """Whether this rank's gradients in ``bucket`` hold a NaN or Inf; the first such parameter is remembered.
+
+        One BLAS dot product: NaN and Inf make it non-finite. Only then (or when it
+        overflowed) are the parameters looked at one by one.
+        """
+        if np.isfinite(bucket.grads.dot(bucket.grads)):
+            return False
+        bad = [p for p in bucket.params if not np.isfinite(bucket.views[p]).all()]
+        if bad and self._local_nonfinite is None:
+            self._local_nonfinite = self._names[bad[0]]
+        return bool(bad)
+
+    def _start(self, bucket):
+        """Average ``bucket`` over the ranks: the hook on its thread, else an allreduce.
+
+        Without a hook the last bucket is reduced in the caller's thread: nothing is
+        left to overlap it with, and the communication thread would only add two
+        thread wake-ups to the step.
+        """
+        check = bucket.index() == 0  # the signature check of the step: a rank in another collective is named
+        if self._hook is not None:
+            bucket.request = self._hook_thread.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
+        elif bucket.is_last():
+            start = time.time()
+            self.comm.allreduce(bucket.flat, "mean", check=check)
+            self.last_allreduces.append((bucket.index(), start, time.time(), bucket.nbytes))
+        else:
+            bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=check)
 
     def _on_backward_end(self):
         if not self._armed:
@@ -144,13 +216,72 @@ class DistributedDataParallel:
                     _home(p, bucket)
         start = time.perf_counter()
         self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
-        for index, bucket in enumerate(self.buckets):
-            if bucket.request is not None:
-                bucket.request.wait()
-                self.last_allreduces.append((index, bucket.request.started_at, bucket.request.finished_at,
-                                             bucket.nbytes))
-                bucket.request = None
+        self._wait_all()
         self.last_sync_wait = time.perf_counter() - start
+        self._settle(had_batch=True)
+
+    def _wait_all(self):
+        try:
+            for bucket in self.buckets:
+                if bucket.request is not None:
+                    request, bucket.request = bucket.request, None
+                    request.wait()
+                    self.last_allreduces.append((bucket.index(), request.started_at, request.finished_at,
+                                                 bucket.nbytes))
+        except CollectiveMismatchError as exc:
+            raise type(exc)(f"{exc} [in DistributedDataParallel's gradient allreduce of step {self.steps + 1}: a "
+                            "rank that ran out of data, skipped or added a step, or evaluates while the others "
+                            "train; for uneven inputs use `with ddp.join():`]") from exc
+        finally:
+            if self._hook_thread is not None:
+                self._hook_thread.wait_pending()  # waited for above; this forgets them
+
+    def _settle(self, had_batch):
+        """Read the reduced control elements: check the step, average over the ranks that had a batch, non-finite.
+
+        ``had_batch`` is false on a rank that answers the others' step inside ``join()``.
+        """
+        size = self.comm.size
+        first = control.counts(self.buckets[0].control, size)
+        differ = control.agreement(first)
+        if differ:
+            self._raise_step_mismatch(differ, had_batch)
+        active = int(first[control.ACTIVE])
+        if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
+            for bucket in self.buckets:
+                bucket.grads *= bucket.grads.dtype.type(size / active)
+        self.steps += had_batch
+        if any(control.counts(b.control[:1], size)[0] for b in self.buckets):
+            self._on_nonfinite(had_batch)
+
+    def _raise_step_mismatch(self, differ, had_batch):
+        """Every rank's step and layout, gathered (one extra collective, only now) to name them."""
+        everyone = self.comm.allgather_json({"step": self.steps + 1 if had_batch else None,
+                                             "layout": layout_of(self.buckets)})
+        described = "; ".join(f"rank {r}: " + (f"step {e['step']}, buckets {e['layout']}" if e["step"] is not None
+                                               else "out of data (in join())") for r, e in enumerate(everyone))
+        raise StepMismatchError(
+            f"rank {self.comm.rank}: DistributedDataParallel: the ranks averaged gradients of different "
+            f"{' and '.join(differ)}s ({described}); every rank must run the same synced steps with the same "
+            "bucket_cap_mb: a rank skipped or added a step (for uneven inputs use `with ddp.join():`)")
+
+    def _on_nonfinite(self, had_batch):
+        """Some rank's gradient was NaN or Inf: stop every rank, naming them, or skip the step on every rank."""
+        if self.nonfinite == "skip":
+            for p in self._params:
+                p.grad = None  # optimizers skip parameters without a gradient: nothing moves
+            self.skipped_steps += 1
+            self.step_skipped = True
+            return
+        culprits = self.comm.allgather_json(self._local_nonfinite)  # one extra collective, only now
+        ranks = [r for r, name in enumerate(culprits) if name is not None]
+        named = ", ".join(f"rank {r} ({culprits[r]})" for r in ranks)
+        step = f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
+        raise NonFiniteGradientError(
+            f"rank {self.comm.rank}: {step}: a NaN or Inf gradient of parameter {culprits[ranks[0]]} "
+            f"on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} (first non-finite parameter: "
+            f"{named}); averaged, it would reach every replica, so every rank stops here. Look at those ranks' "
+            "inputs of this step and the learning rate, or pass nonfinite='skip' to skip such steps")
 
     @contextmanager
     def no_sync(self):
@@ -160,6 +291,49 @@ class DistributedDataParallel:
             yield
         finally:
             self._sync = previous
+
+    # -- uneven inputs -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def join(self):
+        """Uneven inputs: a rank whose loop ends early answers the others' steps with zeros until all are done.
+
+        Wrap the training loop on every rank::
+
+            with ddp.join():
+                for x, y in loader:          # some ranks have more batches than others
+                    ...forward, backward, optimizer.step()
+
+        Each step's gradient is the mean over the ranks that had a batch in it, so the
+        result equals one process trained on the same batches. At the end every rank
+        gets the parameters and buffers of a rank that trained to the last step (the
+        optimizer state of a rank that left early stays its own, as in PyTorch). Inside
+        the block only DDP may communicate (no SyncBatchNorm, no collective callbacks),
+        as with PyTorch's ``Join``.
+        """
+        first = self.steps
+        yield self
+        while self._shadow_step():
+            pass
+        done = self.comm.allgather(np.array([self.steps - first], np.int64))[:, 0]
+        if (done != done.max()).any():
+            self._broadcast(list(self.module.parameters()) + self._buffers(), root=int(np.argmax(done)))
+
+    def _shadow_step(self):
+        """Answer one step of the ranks still training with zeros; False once every rank has joined."""
+        if self._broadcasts_buffers():
+            self._broadcast(self._buffers())
+        for bucket in self.buckets:
+            bucket.flat[...] = 0  # zero gradients, and control elements that say "no batch here"
+        self.last_allreduces = []
+        self._start(self.buckets[0])
+        self._wait_all()
+        if control.counts(self.buckets[0].control, self.comm.size)[control.ACTIVE] == 0:
+            return False
+        for bucket in self.buckets[1:]:
+            self._start(bucket)
+        self._wait_all()
+        self._settle(had_batch=False)
+        return True
 
     # -- the wrapped module ------------------------------------------------------------------------------------------
     def parameters(self):
@@ -192,8 +366,15 @@ class DistributedDataParallel:
 
     def __repr__(self):
         sizes = ", ".join(f"{b.nbytes / 2 ** 20:.2f}" for b in self.buckets)
+        hook = getattr(self._hook, "__name__", repr(self._hook)) if self._hook is not None else None
         return (f"DistributedDataParallel(rank {self.comm.rank} of {self.comm.size}, buckets MiB [{sizes}], "
-                f"compression={self.compression})\n  {self.module!r}")
+                f"comm hook {hook}, nonfinite={self.nonfinite!r})\n  {self.module!r}")
+
+
+def _run_hook(hook, state, bucket):
+    handle = hook(state, bucket)
+    if handle is not None:
+        handle.wait()
 
 
 def _home(param, bucket):

@@ -79,13 +79,6 @@ def main():
     for request in requests:
         request.wait()
         assert request.done()
-    for dtype in (np.float32, np.float64):  # float16 on the wire: within float16's precision of the mean
-        values = input_of(rank, 10_000, dtype, "sum") * 1e-6
-        want = np.mean([input_of(r, 10_000, dtype, "sum") * 1e-6 for r in range(size)], axis=0)
-        comm.iallreduce(values, "mean", compression="fp16").wait()
-        assert values.dtype == dtype
-        np.testing.assert_allclose(values, want, rtol=0, atol=2e-3 * np.abs(want).max())
-        same_everywhere(comm, values, "fp16 allreduce")
     assert comm.broadcast_json({"from": rank, "text": "é"}, root=size - 1) == {"from": size - 1, "text": "é"}
     assert comm.allgather_json([rank]) == [[r] for r in range(size)]
     ragged = comm.allgather_ragged(np.full((rank, 2), rank, np.int64))  # rank 0 sends no rows at all
