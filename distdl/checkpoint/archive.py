@@ -1,4 +1,4 @@
-"""The checkpoint file: a zip of stored ``.npy`` members and meta.json, written atomically, read with every size bounded.
+"""The checkpoint file: a zip of stored ``.npy`` members and meta.json, written atomically, read bounded.
 
 Reading never trusts a size before checking it against another: the zip's end record
 against the file's length, every member against the file (stored, never compressed,
