@@ -188,7 +188,8 @@ MALFORMED = [  # (what, new meta.json from the genuine one's, the reason the err
     ("a missing member", mutated(lambda m: m.pop("rng")), r"has missing members \['rng'\]"),
     ("an extra member", mutated(lambda m: m.update(hidden=1)), r"has unexpected members \['hidden'\]"),
     ("a step that is text", mutated(lambda m: m.update(step="3")), "has step '3'"),
-    ("no RNG state per rank", mutated(lambda m: m.update(world_size=2)), "one RNG state .* per rank"),
+    ("no RNG state per rank", mutated(lambda m: m.update(world_size=2)), "one RNG state per rank"),
+    ("an RNG state of nothing", mutated(lambda m: m["rng"][0].update(state="x")), "RNG state for rank 0 that does not"),
     ("a manifest entry that is a number", mutated(lambda m: m["manifest"].update({"model/0.bias": 7})),
      "manifest entry 'model/0.bias' of type int"),
     ("an object dtype", mutated(lambda m: m["manifest"]["model/0.bias"].update(dtype="|O")), "dtype '|O'"),
@@ -210,6 +211,16 @@ def test_every_malformed_meta_json_is_a_corrupt_error_naming_file_and_reason(tmp
     repack(path, bad, raw_meta=new if isinstance(new, bytes) else json.dumps(new).encode())
     with pytest.raises(dl.CheckpointCorruptError, match=f"bad.npz: .*{reason}"):
         dl.load_checkpoint(bad, model=model)
+
+
+def test_a_sampler_state_that_does_not_fit_is_a_checkpoint_error(tmp_path):
+    model, optimizer, scheduler, sampler, loader = build()
+    path = tmp_path / "c.npz"
+    dl.save_checkpoint(path, model=model, sampler=sampler)
+    meta, _ = read_checkpoint(path)
+    repack(path, tmp_path / "bad.npz", dict(meta, sampler={"seed": "x"}))
+    with pytest.raises(dl.CheckpointError, match="bad.npz: does not fit the sampler: invalid literal for int"):
+        dl.load_checkpoint(tmp_path / "bad.npz", model=model, sampler=sampler)
 
 
 def test_zip_members_must_match_the_manifest(tmp_path):
@@ -412,6 +423,8 @@ def test_a_job_whose_newest_checkpoint_is_damaged_resumes_from_the_one_before(tm
     assert "resumed at step 4" in damaged.stdout
     digest = re.compile(r"final digest (\w+)")
     assert digest.search(damaged.stdout).group(1) == digest.search(plain.stdout).group(1)
+    pids = [int(pid) for pid in re.findall(r"pid (\d+) rank", damaged.stdout)]
+    assert len(pids) == 4 and not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # 2 ranks, 2 attempts
 
 
 def test_a_second_job_on_the_same_directory_fails_at_once_naming_the_first(tmp_path):

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from distdl import backend
 from distdl.checkpoint.errors import CheckpointCorruptError, CheckpointError
 from distdl.version import __version__
 
@@ -69,8 +70,10 @@ def _check(path, meta):
             _fail(path, f"has {name} of type {type(meta[name]).__name__}, neither an object nor null")
     if not _is_int(meta["world_size"]) or meta["world_size"] < 1:
         _fail(path, f"has world_size {meta['world_size']!r}")
-    if len(meta["rng"]) != meta["world_size"] or not all(isinstance(s, dict) for s in meta["rng"]):
-        _fail(path, f"does not hold one RNG state (an object) per rank of its world of {meta['world_size']}")
+    if len(meta["rng"]) != meta["world_size"]:
+        _fail(path, f"does not hold one RNG state per rank of its world of {meta['world_size']}")
+    for rank, state in enumerate(meta["rng"]):
+        _rng_state(path, rank, state)
     members = set()
     for name, entry in meta["manifest"].items():
         _entry(path, name, entry)
@@ -81,6 +84,17 @@ def _check(path, meta):
         for reference in _references(meta[part]):
             if reference not in meta["manifest"]:
                 _fail(path, f"refers to array {reference!r}, which its manifest does not list")
+
+
+def _rng_state(path, rank, state):
+    """Refuse an RNG state that the generator distdl uses would not take (tried on a scratch generator)."""
+    kind = backend.rng_state()["bit_generator"]
+    try:
+        if state.get("bit_generator") != kind:
+            raise ValueError(f"not a state of {kind}")
+        getattr(np.random, kind)().state = state
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
+        _fail(path, f"has an RNG state for rank {rank} that does not fit ({exc})")
 
 
 def _exact_members(path, value, names, where):

@@ -22,7 +22,8 @@ def _split(tree, prefix, arrays):
     if isinstance(tree, (list, tuple)):
         return [_split(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
     if hasattr(tree, "shape") or isinstance(tree, np.generic):
-        host = np.asarray(tree) if isinstance(tree, np.generic) else backend.to_device(getattr(tree, "data", tree), "cpu")
+        data = getattr(tree, "data", tree)
+        host = np.asarray(tree) if isinstance(tree, np.generic) else backend.to_device(data, "cpu")
         arrays[prefix] = np.asarray(host, order="C")  # keeps 0-d arrays 0-d, as ascontiguousarray would not
         return {"__array__": prefix}
     return tree
@@ -86,24 +87,19 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, sampler=No
 def restore(path, meta, arrays, model=None, optimizer=None, scheduler=None, sampler=None, comm=None, strict=True):
     """Put a read checkpoint's state into the objects given; the fields ``load_checkpoint`` returns."""
     comm = comm if comm is not None else get_comm()
-    if model is not None:
-        if meta["model"] is None:
-            raise CheckpointError(f"{path}: holds no model state")
-        try:
-            model.load_state_dict(_join(meta["model"], arrays), strict=strict)
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: does not fit the model: {exc.args[0]}") from exc
-    if optimizer is not None:
-        if meta["optimizer"] is None:
-            raise CheckpointError(f"{path}: holds no optimizer state")
-        try:
-            optimizer.load_state_dict(_join(meta["optimizer"], arrays))
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: does not fit the optimizer: {exc.args[0]}") from exc
-    if scheduler is not None and meta["scheduler"] is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    if sampler is not None and meta["sampler"] is not None:
-        sampler.load_state_dict(meta["sampler"])
+    for part, target in (("model", model), ("optimizer", optimizer)):
+        if target is not None and meta[part] is None:
+            raise CheckpointError(f"{path}: holds no {part} state")
+    parts = [("model", model, lambda: model.load_state_dict(_join(meta["model"], arrays), strict=strict)),
+             ("optimizer", optimizer, lambda: optimizer.load_state_dict(_join(meta["optimizer"], arrays))),
+             ("scheduler", scheduler, lambda: scheduler.load_state_dict(meta["scheduler"])),
+             ("sampler", sampler, lambda: sampler.load_state_dict(meta["sampler"]))]
+    for part, target, load in parts:
+        if target is not None and meta[part] is not None:
+            try:
+                load()
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                raise CheckpointError(f"{path}: does not fit the {part}: {exc.args[0] if exc.args else exc}") from exc
     if meta["world_size"] == comm.size:
         backend.set_rng_state(meta["rng"][comm.rank])
     return {"step": meta["step"], "epoch": meta["epoch"], "world_size": meta["world_size"],

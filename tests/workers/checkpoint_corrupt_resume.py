@@ -23,4 +23,5 @@ def save_then_damage(self, step, **state):
 
 
 dl.CheckpointManager.save = save_then_damage
+print(f"pid {os.getpid()} rank {os.environ['DISTDL_RANK']}", flush=True)
 runpy.run_path(str(Path(__file__).with_name("resume.py")), run_name="__main__")
