@@ -291,6 +291,12 @@ def test_names_like_checkpoints_that_are_not_files_are_skipped_by_latest_and_rot
         assert manager.latest() == manager.path(3)
 
 
+def test_a_lock_file_that_is_not_a_file_is_named(tmp_path):
+    os.mkfifo(tmp_path / ".distdl-checkpoint.lock")
+    with pytest.raises(dl.CheckpointError, match="lock file is not a regular file: remove it"):
+        dl.CheckpointManager(tmp_path).save(1, model=nn.Linear(2, 2))
+
+
 def test_twenty_kills_at_random_moments_of_20_mb_saves_never_lose_the_previous_checkpoint(tmp_path):
     """The issue's 200 MB saves made smaller (20 MB) to fit the suite; the writer dies anywhere in the save."""
     def write(step):

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import sys
 import time
 
-from distdl.checkpoint.errors import CheckpointDirectoryInUseError
+from distdl.checkpoint.errors import CheckpointDirectoryInUseError, CheckpointError
 
 LOCK_NAME = ".distdl-checkpoint.lock"
 _held = {}  # (pid, device, inode) of a directory -> [descriptor, claims]
@@ -50,7 +51,14 @@ def claim(directory):
         _held[key][1] += 1
         return key
     path = os.path.join(directory, LOCK_NAME)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: the lock file cannot be opened ({exc.strerror}); if it is a link or "
+                              "not a file, remove it") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise CheckpointError(f"{path}: the lock file is not a regular file: remove it")
     try:
         fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
