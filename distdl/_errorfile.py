@@ -1,10 +1,18 @@
-"""Report an uncaught exception to the launcher: its traceback goes to an error file, no decorator needed.
+"""The worker's side of the launcher's records: who started, who ended normally, who raised what.
 
-distdl-run sets DISTDL_ERROR_DIR; importing distdl installs this hook, which
-writes ``rank-<r>.json`` there (rank, host, time, exception, traceback) before the
-usual traceback is printed. The launcher names the earliest one as the root cause.
+distdl-run sets DISTDL_ERROR_DIR; importing distdl calls ``install()``, which writes
+there (each file JSON, written whole by rename, named by rank and PID):
+
+- ``start-<r>-<pid>.json`` at once: rank, PID, host, time. The launcher maps a PID
+  to a rank with it, and knows this worker promises a completion record;
+- ``done-<r>-<pid>.json`` at a normal interpreter exit (atexit): a worker that
+  ended without it (``os._exit``, a signal, a crash of the interpreter) did not
+  complete, whatever its exit code;
+- ``error-<r>-<pid>.json`` on an uncaught exception (before the usual traceback):
+  the exception and its traceback; the launcher names the earliest as the root cause.
 """
 
+import atexit
 import json
 import os
 import socket
@@ -22,24 +30,35 @@ def _rank():
     return 0
 
 
+def _write(directory, kind, **fields):
+    """Best effort: a record that cannot be written must never hide the worker's own outcome."""
+    try:
+        record = {"rank": _rank(), "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), **fields}
+        path = os.path.join(directory, f"{kind}-{record['rank']}-{record['pid']}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+    except Exception:
+        pass
+
+
 def install():
     directory = os.environ.get("DISTDL_ERROR_DIR")
     if not directory or getattr(sys.excepthook, "_distdl_error_file", False):
         return
     previous = sys.excepthook
+    pid = os.getpid()
 
     def hook(kind, value, tb):
-        try:
-            record = {"rank": _rank(), "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-                      "exception": kind.__name__, "message": str(value),
-                      "traceback": "".join(traceback.format_exception(kind, value, tb))}
-            path = os.path.join(directory, f"rank-{record['rank']}.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(record, f)
-            os.replace(path + ".tmp", path)
-        except Exception:  # the report is best effort: never hide the original error
-            pass
+        _write(directory, "error", exception=kind.__name__, message=str(value),
+               traceback="".join(traceback.format_exception(kind, value, tb)))
         previous(kind, value, tb)
+
+    def completed():
+        if os.getpid() == pid:  # not in a forked child that happens to run the atexit handlers
+            _write(directory, "done")
 
     hook._distdl_error_file = True
     sys.excepthook = hook
+    _write(directory, "start")
+    atexit.register(completed)

@@ -3,13 +3,14 @@
 import argparse
 import hashlib
 import os
-import signal
 import sys
 from importlib import metadata
 
-from launcher.job import Attempt, restart_note
-from launcher.nodes import NodeError, NodeLink
-from launcher.spec import JobSpec, find_mpiexec, mpi_works, new_run_id, reserve_port
+from launcher.agent import Agent, Solo, say
+from launcher.keeper import become_subreaper
+from launcher.nodes import Coordinator, Member, NodeError
+from launcher.secret import SecretError, job_secret
+from launcher.spec import JobSpec, find_mpiexec, mpi_works
 
 
 def parse_args(argv):
@@ -23,7 +24,10 @@ def parse_args(argv):
     parser.add_argument("--master-port", type=int, default=0, help="0: a free port (single node only)")
     parser.add_argument("--backend", choices=["auto", "mpi", "zmq"], default="auto",
                         help="auto: MPI when its runtime works here, else ZeroMQ (always ZeroMQ across nodes)")
-    parser.add_argument("--max-restarts", type=int, default=0)
+    parser.add_argument("--max-restarts", type=int, default=0, help="restart the whole job (every node) from the "
+                        "newest checkpoint up to this many times")
+    parser.add_argument("--secret-file", help="the job secret every node shares (else $DISTDL_JOB_SECRET; "
+                        "generated for a single node): nodes prove it to each other, run tokens derive from it")
     parser.add_argument("--checkpoint-dir", help="sets DISTDL_CHECKPOINT_DIR for the workers")
     parser.add_argument("--timeout", type=float, help="seconds a collective may wait for a peer (DISTDL_TIMEOUT)")
     parser.add_argument("--log-dir", help="each rank's full output in LOG_DIR/rank-<r>.log")
@@ -47,11 +51,6 @@ def parse_args(argv):
     if args.nnodes > 1 and args.backend == "mpi":
         parser.error("across nodes distdl-run uses ZeroMQ; for MPI across nodes run mpirun with a hostfile")
     return args
-
-
-def say(text):
-    sys.stderr.write(f"distdl-run: {text}\n")
-    sys.stderr.flush()
 
 
 def resolve_backend(args):
@@ -81,7 +80,7 @@ def identity(spec):
     script = spec.target[0] if spec.target[0] != "-m" else None
     digest = hashlib.sha256(open(script, "rb").read()).hexdigest() if script and os.path.exists(script) else None
     return {"version": metadata.version("distdl"), "script": digest or " ".join(spec.target[:2]),
-            "nproc": spec.nproc, "nnodes": spec.nnodes}
+            "nproc": spec.nproc, "nnodes": spec.nnodes, "max_restarts": spec.max_restarts}
 
 
 def dry_run(spec, reason):
@@ -97,67 +96,28 @@ def dry_run(spec, reason):
     return 0
 
 
-class Signals:
-    """SIGINT and SIGTERM to the launcher: stop every worker, then exit with 128 + the signal."""
+def make_link(spec, job_secret):
+    """How this node takes part: alone, as node 0 coordinating the others, or following node 0."""
+    if spec.nnodes == 1:
+        return Solo(spec, job_secret)
+    role = Coordinator if spec.node_rank == 0 else Member
+    link = role(spec, identity(spec), job_secret, timeout=spec.timeout or 300, say=say)
+    try:
+        link.join()
+    except NodeError:
+        link.close()
+        raise
+    return link
 
-    def __init__(self):
-        self.received = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __call__(self):
-        return self.received is not None
-
-
-def run(spec):
-    signals = Signals()
-    link = NodeLink(spec, identity(spec), timeout=spec.timeout or 300) if spec.nnodes > 1 else None
-    for attempt in range(spec.max_restarts + 1):
-        listener = None
-        if spec.backend == "zmq" and spec.node_rank == 0 and (spec.master_port == 0 or link):
-            listener = reserve_port(spec.master_addr)
-        plan = {"run_id": new_run_id(), "port": listener.getsockname()[1] if listener else spec.master_port}
-        if link:
-            try:
-                plan = link.establish(plan)
-            except NodeError as exc:
-                say(f"the nodes could not form the job: {exc}")
-                return 1
-        environments = spec.environments(attempt, plan["run_id"], plan["port"],
-                                         listener.fileno() if listener else None)
-        job = Attempt(spec, environments, attempt)
-        job.start()
-        if listener:
-            listener.close()  # rank 0 holds its own copy of the listening socket now
-        failure = job.watch(signals, link.failure if link else lambda: None)
-        if failure is None:
-            job.close()
-            if link:
-                link.close(succeeded=True)
-            return 0
-        job.stop()
-        if signals():
-            say(f"received {signal.Signals(signals.received).name}: stopped every worker")
-            job.close()
-            return 128 + signals.received
-        if failure.elsewhere:  # another node failed or was lost
-            say(f"stopping this node's workers: {link.failure()}")
-            job.close()
-            link.close(succeeded=False)
-            return 1
-        job.report(failure)
-        if link:
-            link.announce_failure(f"rank {failure.rank} failed")
-            link.close(succeeded=False)
-        job.close()
-        if attempt < spec.max_restarts and not link:
-            restart_note(attempt + 1, spec.max_restarts, failure)
-            continue
-        return failure.code if failure.code > 0 else 128 - failure.code
-    return 1
+def run(spec, secret_file=None):
+    become_subreaper()  # a worker's process whose keeper was killed comes to us, never to init
+    try:
+        link = make_link(spec, job_secret(spec.nnodes, secret_file))
+    except (NodeError, SecretError, OSError) as exc:
+        say(f"the nodes could not form the job: {exc}")
+        return 1
+    return Agent(spec, link).run()
 
 
 def main(argv=None):
@@ -172,6 +132,4 @@ def main(argv=None):
         return dry_run(spec, reason)
     if args.backend == "auto":
         say(f"backend {backend} ({reason})")
-    if spec.max_restarts and spec.nnodes > 1:
-        say("--max-restarts is not supported across nodes yet: a failure ends the job")
-    return run(spec)
+    return run(spec, args.secret_file)

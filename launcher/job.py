@@ -2,46 +2,43 @@
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
-from launcher import procs
+from launcher import procs, records
+from launcher.failure import Failure, Kind, of_exit
 from launcher.output import Output
-from launcher.report import read_error_files, report_failure
+from launcher.report import report_failure
 
 POLL_SECONDS = 0.05
-GRACE_SECONDS = 3.0
-
-
-@dataclass
-class Failure:
-    rank: int  # None: a worker under mpiexec that died without an error file
-    code: int
-    elsewhere: bool = False  # the launcher was interrupted, or another node failed
+GRACE_SECONDS = procs.KEEPER_GRACE + 2.0  # the keepers stop their own trees first
+SWEEP_GRACE = 1.0
 
 
 class Attempt:
-    """The workers of this node for one attempt; ``run()`` returns None on success or the first Failure."""
+    """The workers of this node for one attempt; ``watch()`` returns None on success or the first Failure."""
 
     def __init__(self, spec, environments, attempt):
         self.spec, self.environments, self.attempt = spec, environments, attempt
         self.error_dir = tempfile.mkdtemp(prefix="distdl-errors-")
         self.output = Output(spec.tag_output, spec.log_dir, attempt)
-        self.processes = {}  # rank -> Popen (one mpiexec under rank 0 for the MPI backend)
+        self.processes = {}  # rank -> Popen of its keeper (one keeper of mpiexec, as rank 0, for the MPI backend)
         self.pumps = []
         self.stopped = set()
         self._finished = threading.Event()  # the workers are gone: output followers read to the end and stop
 
+    @property
+    def mpi(self):
+        return self.spec.backend == "mpi"
+
     def start(self):
         for env in self.environments:
             env["DISTDL_ERROR_DIR"] = self.error_dir
-        if self.spec.backend == "mpi":
+        if self.mpi:
             output_dir = os.path.join(self.error_dir, "output")
             os.mkdir(output_dir)
-            process = procs.start(self.spec.mpi_command(output_dir), self.environments[0])
+            process = procs.start(self.spec.mpi_command(output_dir, procs.kept), self.environments[0])
             self.processes[0] = process
             self.pumps.append(self.output.pump(process.stdout, "mpiexec"))
             self.pumps.append(self.output.follow(output_dir, self._finished))
@@ -53,54 +50,78 @@ class Attempt:
                 self.processes[rank] = process
                 self.pumps.append(self.output.pump(process.stdout, rank))
 
-    def watch(self, interrupted, peer_failed=lambda: None):
-        """Wait until all workers succeed (None), one fails (its Failure), or the launcher is told to stop."""
+    def watch(self, interrupted, peer_problem=lambda: None):
+        """Wait until all workers succeed (None), one fails (its Failure), the launcher is told to stop, or another
+        node has a problem (``peer_problem()`` returns why)."""
         while True:
-            running = False
-            for rank, process in self.processes.items():
-                code = process.poll()
-                if code is None:
-                    running = True
-                elif code != 0:
-                    return Failure(self._failed_rank(rank), code)
-            if not running:
-                return None
-            if interrupted() or peer_failed():
-                return Failure(None, 0, elsewhere=True)
+            ended = {rank: p.poll() for rank, p in self.processes.items()}
+            seen = records.read(self.error_dir)
+            failure = self._first_failure(seen, ended)
+            if failure is not None:
+                self.stopped = self._still_running(seen, ended) - {failure.rank}
+                return failure
+            if all(code is not None for code in ended.values()):
+                return self._incomplete(seen)
+            if interrupted():
+                return Failure(Kind.INTERRUPTED, code=interrupted())
+            problem = peer_problem()
+            if problem:
+                return Failure(Kind.PEER_NODE_FAILED, detail=problem)
             time.sleep(POLL_SECONDS)
 
-    def _failed_rank(self, rank):
-        """Under mpiexec the failed rank is the first to write an error file (else it is unknown: None)."""
-        if self.spec.backend != "mpi":
-            return rank
-        records = read_error_files(self.error_dir)
-        return records[0]["rank"] if records else None
+    def _first_failure(self, seen, ended):
+        """The earliest worker that ended badly, by its keeper's record; a keeper that left none, by its code."""
+        for record in seen.exits:
+            failure = of_exit(record["rank"], record["code"], seen.completed(record["pid"]))
+            if failure is not None:
+                return failure
+        for rank, code in ended.items():
+            failure = None
+            if code is None or (not self.mpi and seen.exit_of(rank)):
+                continue
+            if not self.mpi:
+                failure = of_exit(rank, code, True)
+            elif code:
+                error = seen.errors[0] if seen.errors else None
+                failure = (Failure(Kind.WORKER_FAILED, error["rank"], code) if error
+                           else Failure(Kind.MPIEXEC_FAILED, code=code))
+            if failure is not None:
+                return failure
+        return None
+
+    def _incomplete(self, seen):
+        """All ended well by their codes: still a failure if a worker that started never completed."""
+        for pid, start in sorted(seen.starts.items(), key=lambda item: item[1]["rank"]):
+            if not seen.completed(pid):
+                exit_record = next((e for e in seen.exits if e["pid"] == pid), None)
+                return Failure(Kind.WORKER_INCOMPLETE, start["rank"], exit_record["code"] if exit_record else 0)
+        return None
+
+    def _still_running(self, seen, ended):
+        if self.mpi:
+            gone = {e["pid"] for e in seen.exits}
+            return {s["rank"] for pid, s in seen.starts.items() if pid not in gone}
+        return {rank for rank, code in ended.items() if code is None}
 
     def stop(self):
-        alive = {r for r, p in self.processes.items() if p.poll() is None}
+        """Stop every worker of this attempt and every process they left; reap them all."""
         procs.stop(list(self.processes.values()), GRACE_SECONDS)
-        self._finished.set()
-        for pump in self.pumps:
-            pump.join(timeout=5)
-        self.stopped = alive if self.spec.backend != "mpi" else set()
-        return alive
+        procs.sweep(SWEEP_GRACE)
+        self._end_output()
 
     def report(self, failure):
-        report_failure(failure, self.error_dir, self.output, self.stopped)
+        report_failure(failure, records.read(self.error_dir), self.output, self.stopped)
 
-    def close(self):
+    def _end_output(self):
         self._finished.set()
         for pump in self.pumps:
             pump.join(timeout=5)
+
+    def close(self):
+        procs.sweep(SWEEP_GRACE)  # after a success too: nothing a worker started outlives the attempt
+        self._end_output()
         self.output.close()
         shutil.rmtree(self.error_dir, ignore_errors=True)
 
 
-def restart_note(attempt, max_restarts, failure):
-    who = "a worker" if failure.rank is None else f"rank {failure.rank}"
-    sys.stderr.write(f"distdl-run: restarting the job ({attempt} of {max_restarts} restarts) after {who} "
-                     "failed; the workers resume from the newest checkpoint\n")
-    sys.stderr.flush()
-
-
-__all__ = ["Attempt", "Failure"]
+__all__ = ["Attempt"]

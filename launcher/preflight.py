@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-from launcher.nodes import NodeError, NodeLink
+from launcher.nodes import Coordinator, Member, NodeError
+from launcher.secret import SecretError, job_secret
 from launcher.spec import JobSpec, find_mpiexec, mpi_works, new_run_id, reserve_port
 
 PROBE = ("import numpy as np, distdl as dl; c = dl.init('zmq'); x = np.ones(3); c.allreduce(x); "
@@ -32,20 +33,35 @@ def zmq_works(host, timeout=60):
     return True, f"2 workers met at {host} and reduced an array"
 
 
+def nodes_agree(args):
+    """Node 0 admits every other node (each proves the job secret, the identities match), then ends the check."""
+    from launcher.agent import say
+    from launcher.cli import identity
+
+    spec = JobSpec(nproc=args.nproc, target=[args.script or ""], nnodes=args.nnodes, node_rank=args.node_rank,
+                   master_addr=args.master_addr, master_port=args.master_port, max_restarts=args.max_restarts)
+    try:
+        role = Coordinator if args.node_rank == 0 else Member
+        link = role(spec, identity(spec), job_secret(args.nnodes, args.secret_file), args.timeout or 60, say)
+    except (SecretError, OSError) as exc:
+        return False, str(exc)
+    try:
+        link.join()
+        if args.node_rank == 0:
+            link.decide(0, None)
+        elif link.plan(0) is not None or not link.succeeded():
+            return False, "node 0 did not end the check"
+        return True, f"{args.nnodes} nodes"
+    except NodeError as exc:
+        return False, str(exc)
+    finally:
+        link.close()
+
+
 def preflight(args):
     checks = [("MPI runtime", *mpi_works(find_mpiexec())), ("ZeroMQ rendezvous", *zmq_works(args.master_addr))]
     if args.nnodes > 1:
-        from launcher.cli import identity
-
-        spec = JobSpec(nproc=args.nproc, target=[args.script or ""], nnodes=args.nnodes, node_rank=args.node_rank,
-                       master_addr=args.master_addr, master_port=args.master_port)
-        link = NodeLink(spec, identity(spec), timeout=args.timeout or 60)
-        try:
-            link.establish({"check": True})
-            checks.append(("nodes agree (distdl version, script, options)", True, f"{args.nnodes} nodes"))
-            link.close(succeeded=True)
-        except NodeError as exc:
-            checks.append(("nodes agree (distdl version, script, options)", False, str(exc)))
+        checks.append(("nodes agree (job secret, distdl version, script, options)", *nodes_agree(args)))
     for name, ok, detail in checks:
         print(f"[{'ok' if ok else 'FAILED'}] {name}: {detail}")
     mpi_ok, zmq_ok = checks[0][1], checks[1][1]

@@ -1,34 +1,42 @@
-"""Starting worker processes so that none outlives the launcher, and stopping them: SIGTERM, then SIGKILL."""
+"""Starting workers, each under a keeper (launcher/keeper.py), and stopping them: SIGTERM, then SIGKILL, then a sweep.
 
-import ctypes
+The launcher is itself a child subreaper: a process whose keeper was SIGKILLed
+is reparented to the launcher, and ``sweep()`` stops and reaps it at the end of
+every attempt. If the launcher dies, even by SIGKILL, each keeper gets SIGTERM
+(PR_SET_PDEATHSIG) and stops its worker and all that worker's descendants.
+"""
+
 import os
 import signal
 import subprocess
+import sys
 import time
 
-PR_SET_PDEATHSIG = 1
-_libc = None
+from launcher import keeper
+
+KEEPER_GRACE = 2.0  # the keeper's own SIGTERM-to-SIGKILL wait for its worker's processes
+KEEPER = os.path.abspath(keeper.__file__)
 
 
-def _die_with_parent():
-    """In the child, before exec: get SIGKILL if the launcher dies, even by SIGKILL (Linux only)."""
-    global _libc
-    try:
-        _libc = _libc or ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def kept(command):
+    """``command`` run under a keeper: a fresh interpreter, standard library only, no site, no user paths."""
+    return [sys.executable, "-I", "-S", KEEPER, str(KEEPER_GRACE), "--", *command]
+
+
+def _stop_with_launcher():
+    """In the keeper, before exec: SIGTERM (which it handles by stopping its tree) when the launcher dies."""
+    keeper.prctl(keeper.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start(command, env, pass_fds=()):
-    """Start ``command`` in its own process group (its children go with it), output piped as text lines."""
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True, preexec_fn=_die_with_parent, errors="replace",
+    """Start ``command`` under a keeper in its own session, output piped as text lines."""
+    return subprocess.Popen(kept(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True, preexec_fn=_stop_with_launcher, errors="replace",
                             pass_fds=pass_fds)
 
 
 def stop(processes, grace):
-    """SIGTERM every process group still running, wait up to ``grace`` seconds, then SIGKILL; reap them all."""
+    """SIGTERM every keeper's session, wait up to ``grace`` s (the keepers stop their trees), then SIGKILL; reap."""
     for p in processes:
         _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -42,9 +50,17 @@ def stop(processes, grace):
         p.wait()
 
 
+def sweep(grace):
+    """Stop and reap every process still below the launcher (orphans of keepers that were SIGKILLed).
+
+    Call it only once every Popen of the attempt has been waited for: it reaps any ended child.
+    """
+    keeper.stop_tree(grace)
+
+
 def _signal_group(process, sig):
     try:
-        os.killpg(process.pid, sig)  # the worker's session: it and anything it started
+        os.killpg(process.pid, sig)  # the keeper's session: it, its worker, and what the worker did not setsid
     except (ProcessLookupError, PermissionError):
         pass
 

@@ -1,41 +1,30 @@
-"""The root cause of a failed attempt: the earliest worker error file, else the first rank that exited badly."""
+"""The root cause of a failed attempt on stderr: the earliest worker error record, else the failure itself."""
 
 import datetime
-import glob
-import json
-import os
 import sys
 
+from launcher.failure import Kind
 from launcher.procs import describe_exit
 
-
-def read_error_files(directory):
-    records = []
-    for path in glob.glob(os.path.join(directory, "rank-*.json")):
-        try:
-            with open(path) as f:
-                records.append(json.load(f))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda r: r.get("time", 0))
+WORKER_KINDS = (Kind.WORKER_FAILED, Kind.SIGNALLED, Kind.WORKER_INCOMPLETE, Kind.MPIEXEC_FAILED)
 
 
-def report_failure(failure, error_dir, output, stopped):
-    """Print on stderr which rank failed first, how, its traceback or last output, and who was stopped."""
-    records = read_error_files(error_dir)
+def report_failure(failure, records, output, stopped):
+    """Print which rank failed first, how, its traceback or last output, and who was stopped because of it."""
     say = sys.stderr.write
-    if records:
-        first = records[0]
-        when = datetime.datetime.fromtimestamp(first["time"]).strftime("%H:%M:%S")
-        exit_note = f", {describe_exit(failure.code)}" if failure.rank == first["rank"] else ""
-        say(f"distdl-run: root cause: rank {first['rank']} on {first['host']} raised {first['exception']} at "
-            f"{when}{exit_note}:\n{first['traceback']}")
-    elif failure.rank is None:
-        say(f"distdl-run: mpiexec ended with {describe_exit(failure.code)}: a worker died without raising an "
-            "exception (killed by a signal?); mpiexec's report above names its process\n")
+    if failure.rank is not None:
+        error = records.error_of(failure.rank)
+    else:  # mpiexec failed and only the records can say which rank raised first
+        error = records.errors[0] if records.errors and failure.kind in WORKER_KINDS else None
+    if error is not None:
+        when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
+        say(f"distdl-run: root cause: rank {error['rank']} on {error.get('host')} raised {error.get('exception')} "
+            f"at {when}, {describe_exit(failure.code)}:\n{error.get('traceback', '')}")
     else:
-        say(f"distdl-run: rank {failure.rank} failed with {describe_exit(failure.code)}; its last output:\n")
-        for line in output.tails.get(failure.rank, []):
+        say(f"distdl-run: {failure.describe()}")
+        tail = output.tails.get(failure.rank, []) if failure.rank is not None else []
+        say("; its last output:\n" if tail else "\n")
+        for line in tail:
             say(f"    {line}\n")
     if stopped:
         say(f"distdl-run: stopped ranks {', '.join(map(str, sorted(stopped)))} because of it\n")

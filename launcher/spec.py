@@ -8,6 +8,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from launcher.secret import VARIABLE as SECRET_VARIABLE
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -62,14 +64,16 @@ class JobSpec:
     def worker_command(self):
         return [sys.executable, "-u", *self.target]
 
-    def mpi_command(self, output_dir):
-        """mpiexec, each rank's stdout and stderr in its own file of ``output_dir`` (whole lines, unlike -prepend-rank)."""
+    def mpi_command(self, output_dir, wrap=list):
+        """mpiexec, each rank's stdout and stderr in its own file of ``output_dir`` (whole lines, unlike -prepend-rank),
+        each rank's command passed through ``wrap`` (its keeper)."""
         return [self.mpiexec, "-n", str(self.nproc), "-outfile-pattern", os.path.join(output_dir, "rank-%r.out"),
-                "-errfile-pattern", os.path.join(output_dir, "rank-%r.err"), *self.worker_command()]
+                "-errfile-pattern", os.path.join(output_dir, "rank-%r.err"), *wrap(self.worker_command())]
 
     def environments(self, attempt, run_id, worker_port, master_fd=None):
         """One environment per local worker (one in all for mpiexec, which gives each rank its own)."""
         base = dict(os.environ)
+        base.pop(SECRET_VARIABLE, None)  # the workers get run tokens derived from it, never the job secret
         threads = str(max(1, (os.cpu_count() or 1) // self.nproc))
         for name in THREAD_VARIABLES:
             base.setdefault(name, threads)  # the user's own setting wins

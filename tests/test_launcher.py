@@ -94,6 +94,56 @@ def test_a_signal_to_the_launcher_reaches_every_worker(backend, sig):
     assert len(pids) == 2 and not [p for p in pids if alive(p)]
 
 
+def job_pids(text):
+    """Every PID a launcher_children.py worker printed: itself, its keeper, its plain and its setsid child."""
+    return [int(p) for line in re.findall(r"job pids ([\d ]+)", text) for p in line.split()]
+
+
+def survivors(pids, within):
+    """The PIDs still alive after waiting up to ``within`` seconds for them to end."""
+    deadline = time.monotonic() + within
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scenario, report", [("succeed", ""), ("raise", "raised ValueError"),
+                                              ("kill", "rank 1 failed with signal SIGKILL")])
+def test_no_process_a_worker_started_outlives_the_job(backend, scenario, report):
+    """Each worker leaves a plain and a setsid child that hold its stdout; the job ends anyway, and they with it."""
+    result = distdl_run("-n", 2, "--backend", backend, "--timeout", 20, WORKERS / "launcher_children.py", scenario,
+                        timeout=60)
+    assert (result.returncode == 0) == (scenario == "succeed"), result.stderr
+    assert report in result.stderr
+    pids = job_pids(result.stdout)
+    assert len(pids) == 8, result.stdout
+    assert not survivors(pids, within=0), "still running after distdl-run returned"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_launcher_killed_by_sigkill_takes_every_process_of_the_job_with_it(backend):
+    launcher = subprocess.Popen([sys.executable, "-m", "launcher", "-n", "2", "--backend", backend,
+                                 str(WORKERS / "launcher_children.py"), "hang"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+    pids, deadline = [], time.monotonic() + 60
+    while len(pids) < 8 and time.monotonic() < deadline:
+        pids += job_pids(launcher.stdout.readline())
+    launcher.kill()
+    launcher.wait(timeout=10)
+    assert len(pids) == 8
+    assert not survivors(pids, within=15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_that_exits_with_code_0_before_it_completes_fails_the_job(backend):
+    result = distdl_run("-n", 2, "--backend", backend, "--timeout", 20, WORKERS / "launcher_children.py", "exit0",
+                        timeout=60)
+    assert result.returncode != 0
+    assert "rank 1 ended (exit code 0) without completing" in result.stderr, result.stderr
+    assert not survivors(job_pids(result.stdout), within=0)
+
+
 def final_digest(output):
     return re.search(r"final digest (\w+)", output).group(1)
 
@@ -123,11 +173,15 @@ def test_dry_run_prints_the_plan_and_starts_nothing():
     assert "DISTDL_WORLD_SIZE=2" in result.stdout and "DISTDL_LOCAL_RANK=1" in result.stdout
 
 
-def start_node(node_rank, port, script_args, **extra):
+SECRET = "a test job secret, the same on every node"
+
+
+def start_node(node_rank, port, script_args, nproc=2, script="launched.py", options=(), secret=SECRET):
     return subprocess.Popen([sys.executable, "-m", "launcher", "--nnodes", "2", "--node-rank", str(node_rank),
-                             "--master-port", str(port), "-n", "2", "--timeout", "20",
-                             str(WORKERS / "launched.py"), *script_args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **extra)
+                             "--master-port", str(port), "-n", str(nproc), "--timeout", "20", *map(str, options),
+                             str(WORKERS / script), *map(str, script_args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, DISTDL_JOB_SECRET=secret))
 
 
 def test_two_launchers_form_one_job_across_nodes():
