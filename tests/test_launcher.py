@@ -1,9 +1,13 @@
 """distdl-run with real processes: failures end the whole job with the root cause, signals reach every worker,
 restarts resume from checkpoints bit-identically, and two launchers form one job across "nodes" on loopback."""
 
+import hashlib
+import hmac
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import loopback
 from multiproc import WORKERS, free_port
 
 BACKENDS = ["mpi", "zmq"]
@@ -215,3 +220,88 @@ def test_the_launcher_starts_without_the_engine():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.split() == ["False", "False"]
+
+
+def connect(port, deadline):
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def strangers(port):
+    """What a process without the job secret might send to node 0's port; each connection on its own."""
+    deadline = time.monotonic() + 30
+    for payload in (b"garbage\n", b"5\n", b'"hello"\n', b"[1, 2]\n", b'{"node_rank": 1}\n', b"a" * 100_000 + b"\n",
+                    b"[" * 60_000 + b"\n"):
+        with connect(port, deadline) as s:
+            try:
+                s.sendall(payload)
+                s.recv(1000)  # node 0's hello, then it closes
+            except ConnectionResetError:
+                pass  # closed with our bytes unread
+    with connect(port, deadline) as s:  # a well-formed handshake with the wrong secret
+        nonce = json.loads(s.makefile("rb").readline())["nonce"]
+        mine = "0" * 32
+        proof = hmac.new(b"not the job secret", f"node|{nonce}|{mine}|1".encode(), hashlib.sha256).hexdigest()
+        s.sendall(json.dumps({"node_rank": 1, "nonce": mine, "proof": proof}).encode() + b"\n")
+        assert s.recv(1000) == b"", "node 0 answered a wrong proof"
+
+
+@pytest.mark.skipif(not loopback.available(), reason="capturing loopback traffic needs root (AF_PACKET)")
+def test_strangers_at_the_node_port_are_refused_alone_and_the_secret_never_crosses_the_network():
+    port = free_port()
+    capture = loopback.Capture(port)
+    node0 = start_node(0, port, ["linger"])
+    strangers(port)  # while the job forms
+    node1 = start_node(1, port, ["linger"])
+    started, deadline = "", time.monotonic() + 60
+    while started.count("pid ") < 2 and time.monotonic() < deadline:  # node 0's workers run: the job is formed
+        started += node0.stdout.readline()
+    idle = [connect(port, time.monotonic() + 30) for _ in range(200)]  # held open, never a byte
+    time.sleep(5.5)  # the idle ones time out (5 s) while the job runs
+    strangers(port)  # while it runs
+    outputs = [n.communicate(timeout=90) for n in (node0, node1)]
+    for s in idle:
+        s.close()
+    wire = capture.stop()
+    assert [node0.returncode, node1.returncode] == [0, 0], outputs
+    everything = started + outputs[0][0] + outputs[1][0]
+    for rank in range(4):
+        assert f"rank {rank} sum 4 backend zmq" in everything
+    refused = outputs[0][1]
+    for reason in ("a line that is not JSON", "JSON of the wrong shape (int", "JSON of the wrong shape (str",
+                   "JSON of the wrong shape (list", "a handshake of the wrong shape", "a line longer than 64 KiB",
+                   "a wrong job secret", "no handshake within", "more than 64 connections were waiting"):
+        assert f"refused a connection from 127.0.0.1:" in refused and reason in refused, (reason, refused)
+    assert refused.count("no handshake within") == 1  # a flood from one address is logged once
+    token = re.search(r"run token (\w+)", everything).group(1)
+    assert b"distdl_node_port" in wire and b"proof" in wire  # the capture saw the launchers talk
+    assert token.encode() not in wire and SECRET.encode() not in wire
+
+
+def test_a_node_with_the_secret_but_other_options_is_an_error_naming_both():
+    port = free_port()
+    nodes = [start_node(0, port, ["ok"]), start_node(1, port, ["ok"], nproc=1)]
+    outputs = [n.communicate(timeout=60) for n in nodes]
+    assert [n.returncode for n in nodes] == [1, 1]
+    for _, err in outputs:
+        assert re.search(r"node 1 at 127\.0\.0\.1:\d+ has worker count 1 but node 0 has 2", err), err
+
+
+def test_a_two_node_job_restarts_whole_after_a_crash_on_node_1_and_ends_as_if_uninterrupted(tmp_path):
+    plain = distdl_run("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path / "a", WORKERS / "resume.py")
+    assert plain.returncode == 0, plain.stderr
+    port = free_port()
+    options = ["--max-restarts", 1, "--checkpoint-dir", tmp_path / "b"]
+    nodes = [start_node(rank, port, ["--crash-at", 7], nproc=1, script="resume.py", options=options)
+             for rank in (0, 1)]
+    outputs = [n.communicate(timeout=120) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs
+    assert "RuntimeError: crash at step 7" in outputs[1][1]
+    assert "restarting the job (1 of 1 restarts) after node 1: rank 1 failed" in outputs[0][1]
+    assert "resumed at step 6" in outputs[0][0]
+    assert final_digest(outputs[0][0]) == final_digest(plain.stdout)

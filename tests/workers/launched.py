@@ -4,6 +4,8 @@ raise   rank 1 raises an exception after init; the others wait in a collective
 kill    rank 1 kills itself with SIGKILL; the others sleep (they never finish alone)
 sleep   every rank sleeps until it is stopped
 ok      every rank reduces an array and prints its rank and world size
+linger  as ok, after 8 s of sleep (a job that is still running while a test does something to it); rank 0 also
+        prints the run token it was given
 """
 
 import os
@@ -18,7 +20,11 @@ import distdl as dl
 scenario = sys.argv[1]
 comm = dl.init()
 print(f"pid {os.getpid()} rank {comm.rank} of {comm.size} restart {os.environ.get('DISTDL_RESTART_COUNT')}", flush=True)
-if scenario == "ok":
+if scenario == "linger":
+    time.sleep(8)
+    if comm.rank == 0:
+        print(f"run token {os.environ['DISTDL_RUN_ID']}", flush=True)
+if scenario in ("ok", "linger"):
     x = np.ones(3)
     comm.allreduce(x)
     print(f"rank {comm.rank} sum {x[0]:g} backend {comm.backend}")
