@@ -1,4 +1,14 @@
-"""DistributedDataParallel: N real workers equal one worker with the N-times batch; buckets, no_sync, SyncBatchNorm."""
+"""DistributedDataParallel: N real workers equal one worker with the N-times batch; buckets, no_sync, SyncBatchNorm;
+no hang and no silent wrong result: timeouts, uneven inputs and join(), a rank in another collective, non-finite
+gradients."""
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +18,7 @@ from distdl import nn, optim
 from distdl.parallel import fp16_compress_hook
 from distdl.parallel.buckets import plan_buckets
 from gradcheck import module_gradcheck
-from multiproc import run
+from multiproc import WORKERS, run
 
 BACKENDS = ["mpi", "zmq"]
 # (model, optimizer, dtype): both models, both optimizers, both dtypes
@@ -43,6 +53,73 @@ def test_different_models_on_different_ranks_fail_at_construction(backend):
     assert not result.ok()
     assert ("rank 1's model differs from rank 0's: rank 0 has 0.weight (8, 4) float32 where rank 1 has "
             "0.weight (9, 4) float32") in "".join(result.outputs), str(result)
+
+
+def processes_with(marker):
+    """The processes whose command line holds ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_stopped_inside_a_64_mib_allreduce_ends_the_job_naming_the_timeout(backend):
+    marker = secrets.token_hex(8)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "launcher", "-n", "2", "--backend", backend,
+                             str(WORKERS / "ddp.py"), "stall", marker], capture_output=True, text=True, timeout=90,
+                            env=dict(os.environ, DISTDL_TIMEOUT="10", OMP_NUM_THREADS="1"))
+    elapsed = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert elapsed < 20, f"the job took {elapsed:.1f} s"
+    assert re.search(r"CollectiveTimeoutError: rank 0: allreduce #\d+ \(sum, float32, 16777216 elements\) waited 10 s",
+                     output), output
+    assert not processes_with(marker)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uneven_inputs_with_join_equal_one_process_on_the_same_batches(backend):
+    ran_everywhere(run(backend, 2, "ddp.py", "uneven", "join", timeout=60), 2, "uneven join")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uneven_inputs_without_join_are_a_named_error_not_a_hang(backend):
+    start = time.monotonic()
+    result = run(backend, 2, "ddp.py", "uneven", "nojoin", timeout=60, collective_timeout=20)
+    assert time.monotonic() - start < 20
+    output = "".join(result.outputs)
+    assert not result.ok()
+    assert re.search(r"CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 101 elements\).*"
+                     r"allreduce #20 \(sum, float64, 1 elements\)", output), output
+    assert "no error" not in output and "killed by the test harness" not in output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_0_evaluating_alone_while_rank_1_shuts_down_is_named_within_2_seconds(backend):
+    result = run(backend, 2, "ddp.py", "evaluate", timeout=60, collective_timeout=20)
+    output = "".join(result.outputs)
+    assert not result.ok()
+    named = re.search(r"rank 0: named after ([\d.]+) s: CollectiveMismatchError: .*allreduce #\d+ \(sum, float64, 2 "
+                      r"elements\).*barrier #\d+", output)
+    assert named and float(named.group(1)) < 2, output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skipped_alike(backend):
+    """fp16 with an Inf and a NaN: bit-identical; "skip": both ranks skip step 3, replicas bit-identical, the
+    parameters those of one process that left step 3 out; "error": every rank names rank 1 and step 3."""
+    result = run(backend, 2, "ddp.py", "nonfinite", timeout=90)
+    ran_everywhere(result, 2, "nonfinite")
+    output = "".join(result.outputs)
+    for rank in range(2):
+        assert (f"rank {rank} stopped: rank {rank}: step 3: a NaN or Inf gradient on rank 1 (first non-finite "
+                "parameter: rank 1: 4.bias)") in output, output
 
 
 def mlp():

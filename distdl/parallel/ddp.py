@@ -25,7 +25,7 @@ from functools import partial
 import numpy as np
 
 from distdl.autograd.engine import register_backward_end_callback
-from distdl.comm import CollectiveMismatchError, get_comm
+from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.ordering import CommThread
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
@@ -160,7 +160,8 @@ class DistributedDataParallel:
         _home(param, bucket)
         bucket.pending -= 1
         if bucket.pending == 0:
-            self._launch(ready_only=True)
+            with self._named_step():
+                self._launch(ready_only=True)
 
     def _launch(self, ready_only):
         """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``)."""
@@ -215,10 +216,25 @@ class DistributedDataParallel:
                 else:  # e.g. accumulated under no_sync, unused in this pass
                     _home(p, bucket)
         start = time.perf_counter()
-        self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
-        self._wait_all()
+        with self._named_step():
+            self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
+            self._wait_all()
         self.last_sync_wait = time.perf_counter() - start
         self._settle(had_batch=True)
+
+    @contextmanager
+    def _named_step(self):
+        """A mismatch met in the gradient allreduce says where it happened and what usually causes it."""
+        try:
+            yield
+        except DistError as exc:
+            cause = exc if isinstance(exc, CollectiveMismatchError) else exc.__cause__
+            if not isinstance(cause, CollectiveMismatchError):
+                raise
+            raise CollectiveMismatchError(
+                f"{cause} [in DistributedDataParallel's gradient allreduce of step {self.steps + 1}: a rank that ran "
+                "out of data, skipped or added a step, or evaluates while the others train; for uneven inputs use "
+                "`with ddp.join():`]") from exc
 
     def _wait_all(self):
         try:
@@ -228,10 +244,6 @@ class DistributedDataParallel:
                     request.wait()
                     self.last_allreduces.append((bucket.index(), request.started_at, request.finished_at,
                                                  bucket.nbytes))
-        except CollectiveMismatchError as exc:
-            raise type(exc)(f"{exc} [in DistributedDataParallel's gradient allreduce of step {self.steps + 1}: a "
-                            "rank that ran out of data, skipped or added a step, or evaluates while the others "
-                            "train; for uneven inputs use `with ddp.join():`]") from exc
         finally:
             if self._hook_thread is not None:
                 self._hook_thread.wait_pending()  # waited for above; this forgets them
@@ -275,13 +287,13 @@ class DistributedDataParallel:
             return
         culprits = self.comm.allgather_json(self._local_nonfinite)  # one extra collective, only now
         ranks = [r for r, name in enumerate(culprits) if name is not None]
-        named = ", ".join(f"rank {r} ({culprits[r]})" for r in ranks)
+        where = "; ".join(f"rank {r}: {culprits[r]}" for r in ranks)
         step = f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
         raise NonFiniteGradientError(
-            f"rank {self.comm.rank}: {step}: a NaN or Inf gradient of parameter {culprits[ranks[0]]} "
-            f"on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} (first non-finite parameter: "
-            f"{named}); averaged, it would reach every replica, so every rank stops here. Look at those ranks' "
-            "inputs of this step and the learning rate, or pass nonfinite='skip' to skip such steps")
+            f"rank {self.comm.rank}: {step}: a NaN or Inf gradient on rank{'s' * (len(ranks) > 1)} "
+            f"{', '.join(map(str, ranks))} (first non-finite parameter: {where}); averaged, it would reach every "
+            "replica, so every rank stops here. Look at those ranks' inputs of this step and the learning rate, or "
+            "pass nonfinite='skip' to skip such steps")
 
     @contextmanager
     def no_sync(self):

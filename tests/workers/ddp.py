@@ -6,17 +6,30 @@ syncbn                       SyncBatchNorm on N ranks equals BatchNorm on one wo
 unused                       each rank uses a different branch: DDP's gradient is the mean of plain local ones
 mismatch                     rank 1 builds a different model: a clear error at construction
 fp16                         the fp16_compress_hook stays close to the uncompressed reference
+stall                        rank 1 stops itself (SIGSTOP) inside a 64 MiB allreduce: the others time out
+uneven join|nojoin           rank r has 6 - 2r batches: with join() one process on the same batches is the reference;
+                             without, a named error
+evaluate                     rank 0 alone evaluates while rank 1 shuts down: a named error within 2 s
+nonfinite                    fp16 hook with an Inf and a NaN; NaN in rank 1's input at step 3 skipped alike
+                             (nonfinite="skip", with and without the fp16 hook); then the error names rank 1 and step 3
 """
 
 import copy
 import hashlib
+import os
+import signal
 import sys
+import threading
+import time
 
 import numpy as np
 
 import distdl as dl
 from distdl import nn, optim
-from distdl.parallel import fp16_compress_hook
+from distdl.comm import DistError
+from distdl.parallel import NonFiniteGradientError, fp16_compress_hook
+from distdl.parallel import control
+from distdl.parallel.buckets import Bucket
 
 STEPS, BATCH = 20, 4
 
@@ -204,11 +217,124 @@ def fp16(comm):
         np.testing.assert_allclose(p.data, q.data, rtol=0, atol=2e-3 * np.abs(q.data).max())
 
 
+def stall(comm, marker):
+    """``marker`` is only in the command line: the test looks for processes left with it."""
+    print(f"rank {comm.rank} pid {os.getpid()}", flush=True)
+    big = np.ones(16 << 20, np.float32)  # 64 MiB
+    if comm.rank == 1:  # a stopped process stops all its threads, the allreduce's included
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        comm.allreduce(big)
+    raise AssertionError("no timeout in 60 s")
+
+
+def uneven(comm, mode):
+    rank, size = comm.rank, comm.size
+    batches = [6 - 2 * r for r in range(size)]
+    model = build("mlp", np.float64, seed=rank)
+    initial = copy.deepcopy(model)  # rank 0's is what DDP broadcasts
+    ddp = dl.DistributedDataParallel(model, bucket_cap_mb=0.001)  # several buckets
+    optimizer = optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    x, y = data("mlp", np.float64, max(batches), BATCH * size)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    if mode == "nojoin":
+        for s in range(batches[rank]):
+            step(ddp, optimizer, x[s, mine], y[s, mine])
+        comm.allreduce(np.zeros(1), "sum")  # what a script reduces after its loop: the ranks still training differ
+        raise AssertionError("no error")
+    with ddp.join():
+        for s in range(batches[rank]):
+            step(ddp, optimizer, x[s, mine], y[s, mine])
+    assert ddp.steps == batches[rank]
+    assert_replicas_identical(comm, model, "after join")
+    if rank == 0:  # one process, each step on the batches of the ranks that had one
+        reference_optimizer = optim.SGD(initial.parameters(), lr=0.05, momentum=0.9)
+        for s in range(max(batches)):
+            had = [r for r in range(size) if s < batches[r]]
+            rows = np.concatenate([np.arange(r * BATCH, (r + 1) * BATCH) for r in had])
+            step(initial, reference_optimizer, x[s, rows], y[s, rows])
+        assert_close(model, initial, np.float64, "join")
+
+
+def evaluate(comm):
+    dl.seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss())
+    val = (np.ones((40, 4), np.float32), np.zeros(40, np.int64))
+    if comm.rank == 0:  # a PyTorch habit: only rank 0 evaluates
+        start = time.monotonic()
+        try:
+            trainer.evaluate(val)
+        except DistError as exc:
+            print(f"rank 0: named after {time.monotonic() - start:.2f} s: {type(exc).__name__}: {exc}", flush=True)
+            raise
+        raise AssertionError("no error")
+    dl.shutdown()
+
+
+def hook_alone(comm, bad):
+    """The fp16 hook on a bucket of 1000 gradients, rank r's all r + 1, one of rank 1's ``bad``."""
+    param = nn.Parameter(np.zeros(1000, np.float32))
+    bucket = Bucket(0, [param], last=True)
+    bucket.grads[...] = comm.rank + 1
+    if comm.rank == 1:
+        bucket.grads[7] = bad
+    control.fill(bucket.control, True, comm.rank == 1, 1, 0)
+    fp16_compress_hook(comm, bucket)
+    mean = np.mean(np.arange(1, comm.size + 1))
+    assert np.all(np.delete(bucket.grads, 7) == mean), f"good elements with one {bad}"
+    assert bucket.grads[7] == (mean * comm.size - 2) / comm.size, f"the {bad} travels as zero"
+    assert control.counts(bucket.control, comm.size)[control.NONFINITE] == 1
+    assert len(set(comm.allgather_json(hashlib.sha256(bucket.flat.tobytes()).hexdigest()))) == 1
+
+
+def train_with_a_nan(comm, policy, hook, bad_step=3, steps=5):
+    """Rank 1's input holds a NaN at ``bad_step`` (counted from 1)."""
+    rank, size = comm.rank, comm.size
+    model = build("mlp", np.float32, seed=0)
+    initial = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model, bucket_cap_mb=0.001, nonfinite=policy)
+    if hook:
+        ddp.register_comm_hook(None, hook)
+    optimizer = optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    x, y = data("mlp", np.float32, steps, BATCH * size)
+    x[bad_step - 1, BATCH + 1, 3] = np.nan
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    for s in range(1, steps + 1):
+        before = digest(model)
+        step(ddp, optimizer, x[s - 1, mine], y[s - 1, mine])
+        assert ddp.step_skipped == (s == bad_step), f"step {s}"
+        assert (digest(model) == before) == (s == bad_step), f"step {s}: the parameters moved or did not"
+        assert_replicas_identical(comm, model, f"after step {s}")
+    assert ddp.skipped_steps == 1
+    reference_optimizer = optim.SGD(initial.parameters(), lr=0.05, momentum=0.9)
+    for s in range(1, steps + 1):
+        if s != bad_step:
+            step(initial, reference_optimizer, x[s - 1], y[s - 1])
+    tolerance = 2e-3 if hook else 1e-5
+    for p, q in zip(model.parameters(), initial.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=0, atol=tolerance * np.abs(q.data).max())
+
+
+def nonfinite(comm):
+    for bad in (np.inf, np.nan):
+        hook_alone(comm, bad)
+    train_with_a_nan(comm, "skip", None)
+    train_with_a_nan(comm, "skip", fp16_compress_hook)
+    try:
+        train_with_a_nan(comm, "error", None)
+    except NonFiniteGradientError as exc:
+        print(f"rank {comm.rank} stopped: {exc}", flush=True)
+    else:
+        raise AssertionError("no error")
+
+
 def main():
     comm = dl.init()
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "nosync": nosync, "syncbn": syncbn, "unused": unused, "mismatch": mismatch,
-     "fp16": fp16}[scenario](comm, *args)
+     "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite}[scenario](comm, *args)
     dl.shutdown()
     print(f"rank {comm.rank}: {scenario} {' '.join(args)} ok")
 
