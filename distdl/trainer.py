@@ -10,11 +10,17 @@ a few epochs of warmup for large factors).
 
 Losses and metrics are reduced over the ranks, so the figures rank 0 prints are
 those of the whole data. Evaluation shards the data exactly (no sample twice).
+
+A non-finite loss stops the run on its rank before backward, naming the rank and the
+step (Keras's TerminateOnNaN), unless ``nonfinite="skip"``: then that step is skipped
+on every rank (DistributedDataParallel's policy) and the epoch line counts it.
 """
 
+import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -26,7 +32,7 @@ from distdl.comm import get_comm
 from distdl.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from distdl.functional import sigmoid, softmax
 from distdl.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
-from distdl.parallel import DistributedDataParallel
+from distdl.parallel import DistributedDataParallel, NonFiniteLossError
 from distdl.timing import StepTimer
 
 
@@ -62,7 +68,10 @@ def as_dataset(data):
 
 
 class Trainer:
-    """``Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy"], scheduler=None)``."""
+    """``Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy"], scheduler=None)``.
+
+    ``bucket_cap_mb`` and ``nonfinite`` ("error" or "skip") go to DistributedDataParallel.
+    """
 
     def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_cap_mb=25,
                  nonfinite="error"):
@@ -70,6 +79,8 @@ class Trainer:
         self.model = model
         self.ddp = (DistributedDataParallel(model, self.comm, bucket_cap_mb, nonfinite=nonfinite)
                     if self.comm.size > 1 else None)
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0  # in the last epoch, for non-finite losses or gradients
         self.optimizer, self.loss, self.scheduler = optimizer, loss, scheduler
         self.metric_names = list(metrics)
         self._fresh_metrics()  # an unknown metric name fails here, not after the first epoch
@@ -115,15 +126,18 @@ class Trainer:
 
     # -- fit -------------------------------------------------------------------------------------------------------
     def fit(self, train_data, epochs=1, batch_size=32, validation_data=None, callbacks=(), shuffle=True, seed=0,
-            transform=None, validation_transform=None, prefetch=2, verbose=True):
+            transform=None, validation_transform=None, prefetch=2, verbose=True, pad=True):
         """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History.
 
         ``transform`` is the training batches' transform (augmentation); ``validation_transform``
-        the validation batches' (deterministic: scaling, normalisation).
+        the validation batches' (deterministic: scaling, normalisation). ``pad=False``: no
+        sample is repeated to even out the shards; a rank out of batches answers the others'
+        steps (``DistributedDataParallel.join``), so collective callbacks such as step
+        checkpoints need ``pad=True``.
         """
         dataset = as_dataset(train_data)
         self.sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank,
-                                          shuffle=shuffle, seed=seed)
+                                          shuffle=shuffle, seed=seed, pad=pad)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, transform=transform,
                                  prefetch=prefetch)
         callbacks = list(callbacks)
@@ -165,15 +179,35 @@ class Trainer:
         self.timer.reset()
         bar = _progress_bar(len(self.loader) - self.sampler.position // self.loader.batch_size,
                             f"epoch {epoch + 1}/{epochs}", verbose and self.comm.rank == 0)
+        self.skipped_steps = 0
+        uneven = self.ddp is not None and not self.sampler.pad
+        with self.ddp.join() if uneven else nullcontext():
+            self._train_steps(metrics, callbacks, bar)
+        if bar is not None:
+            bar.close()
+        self._epoch_metrics = None
+        samples = self.comm.allreduce(np.array([metrics["loss"].stats["weight"]], np.float64), "sum")[0]
+        return self._reduced(metrics), float(samples)
+
+    def _train_steps(self, metrics, callbacks, bar):
         network, timer = self.network, self.timer
         last = time.time()
-        for x, y in self.loader:
+        for batch, (x, y) in enumerate(self.loader):
             arrived = time.time()
             timer.add("data", last, arrived)
             output = network(Tensor(x))
             loss = self.loss(output, self._target(y))
+            value = loss.item()
             forwarded = time.time()
             timer.add("forward", arrived, forwarded)
+            if not math.isfinite(value) and self.nonfinite != "skip":
+                raise NonFiniteLossError(
+                    f"rank {self.comm.rank}: the loss is {value} at step {self.global_step + 1} (batch {batch + 1} of "
+                    "this epoch on this rank); stopped before backward. Look at this rank's batch and the learning "
+                    "rate, or pass Trainer(..., nonfinite='skip') to skip such steps on every rank")
+            if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
+                self.skipped_steps += 1
+                continue
             loss.backward()
             backward_end = time.time()
             exposed = self.ddp.last_sync_wait if self.ddp is not None else 0.0
@@ -182,33 +216,33 @@ class Trainer:
             if self.ddp is not None:
                 for index, begin, end, nbytes in self.ddp.last_allreduces:
                     timer.add_allreduce(index, begin, end, nbytes)
-            self.optimizer.step()
+            self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
             self.optimizer.zero_grad()
             last = time.time()
             timer.add("optimizer", backward_end, last)
             timer.steps += 1
             self.global_step += 1
-            with no_grad():
-                self._update(metrics, output, y, loss)
+            if self.ddp is not None and self.ddp.step_skipped:
+                self.skipped_steps += 1
+            else:
+                with no_grad():
+                    self._update(metrics, output, y, loss)
             if bar is not None:
                 bar.update(1)
                 rate = len(y) * self.comm.size / max(last - arrived, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
             for callback in callbacks:
-                callback.on_batch_end(self, self.global_step, {"loss": loss.item()})
-        if bar is not None:
-            bar.close()
-        self._epoch_metrics = None
-        samples = self.comm.allreduce(np.array([metrics["loss"].stats["weight"]], np.float64), "sum")[0]
-        return self._reduced(metrics), float(samples)
+                callback.on_batch_end(self, self.global_step, {"loss": value})
 
     def _report_epoch(self, epoch, epochs, logs, rate, seconds, verbose):
         summary = self.timer.summary(self.comm)
         if not verbose or self.comm.rank != 0:
             return
         figures = "  ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "lr")
-        print(f"epoch {epoch + 1}/{epochs}  {figures}  lr {logs['lr']:.3g}  {rate:,.0f} samples/s  {seconds:.2f} s",
-              flush=True)
+        skipped = f"  skipped {self.skipped_steps} non-finite step{'s' * (self.skipped_steps != 1)}" \
+            if self.skipped_steps else ""
+        print(f"epoch {epoch + 1}/{epochs}  {figures}  lr {logs['lr']:.3g}  {rate:,.0f} samples/s  {seconds:.2f} s"
+              f"{skipped}", flush=True)
         if summary:
             print(f"  uneven ranks: {summary}", flush=True)
 

@@ -57,7 +57,7 @@ def distdl_figures(key, comm, bucket_mb):
     title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
     dl.seed(0)
     model = build(dl.nn)
-    ddp = dl.DistributedDataParallel(model, bucket_mb=bucket_mb) if bucket_mb else model
+    ddp = dl.DistributedDataParallel(model, bucket_cap_mb=bucket_mb) if bucket_mb else model
     step = make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
                      dl.tensor(x.astype(np.float32)), y if y.dtype.kind == "i" else dl.tensor(y))
     steps = agreed_steps(step, comm, ARGS.seconds)

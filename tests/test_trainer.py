@@ -25,6 +25,24 @@ def test_evaluate_and_predict_over_three_ranks_equal_the_whole_data_in_one_proce
     assert "".join(result.outputs).count("exact ok") == 3
 
 
+@pytest.mark.parametrize("backend", ["mpi", "zmq"])
+def test_a_nan_loss_is_named_with_rank_and_step_or_skipped_on_every_rank_and_counted(backend):
+    stopped = run(backend, 2, "trainer_job.py", "nanloss", timeout=60)
+    assert not stopped.ok()
+    assert re.search(r"NonFiniteLossError: rank 1: the loss is nan at step 3 \(batch 3 ", "".join(stopped.outputs))
+    skipped = run(backend, 2, "trainer_job.py", "nanloss", "--policy", "skip", timeout=60)
+    assert skipped.ok(), str(skipped)
+    assert "".join(skipped.outputs).count("nanloss ok") == 2
+    assert re.search(r"epoch 1/1 .* skipped 1 non-finite step\n", "".join(skipped.outputs)), str(skipped)
+
+
+@pytest.mark.parametrize("backend", ["mpi", "zmq"])
+def test_uneven_shards_without_padding_finish_with_identical_replicas(backend):
+    result = run(backend, 2, "trainer_job.py", "padless", timeout=60)
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count("padless ok") == 2
+
+
 def launch(*args, env=None):
     return subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
                           timeout=180, env=env)

@@ -79,7 +79,7 @@ class DistributedDataParallel:
                 self._bucket_of[p].views[p][...] = p.grad
             p.grad = self._bucket_of[p].views[p]
         self._sync = True
-        self.steps = 0  # synced backward passes, on this rank
+        self.steps = 0  # synced steps (after join(), those of the ranks that trained longest)
         self.skipped_steps = 0  # of them, skipped for non-finite gradients (nonfinite="skip")
         self.step_skipped = False  # the last one was
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
@@ -329,6 +329,7 @@ class DistributedDataParallel:
         done = self.comm.allgather(np.array([self.steps - first], np.int64))[:, 0]
         if (done != done.max()).any():
             self._broadcast(list(self.module.parameters()) + self._buffers(), root=int(np.argmax(done)))
+        self.steps = first + int(done.max())  # the steps of the job, on every rank
 
     def _shadow_step(self):
         """Answer one step of the ranks still training with zeros; False once every rank has joined."""

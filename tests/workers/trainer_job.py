@@ -4,9 +4,13 @@ exact    after training, evaluate() and predict() over 3 ranks equal one-process
 resume   train 3 epochs with step checkpoints; with --crash-at K rank 1 raises at global step K on the first attempt;
          rank 0 prints the history as JSON
 uneven   rank 1's data loading is slow; the epoch summary must name it (run with DISTDL_TIMELINE set)
+nanloss  --policy error|skip: a NaN in rank 1's third batch; rank 1 reports it before backward, or the step is
+         skipped on every rank and counted in the epoch line
+padless  fit(pad=False): rank 0 has 4 batches, rank 1 three; join() lets it finish with identical replicas
 """
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -21,6 +25,7 @@ from distdl.data import TensorDataset
 parser = argparse.ArgumentParser()
 parser.add_argument("scenario")
 parser.add_argument("--crash-at", type=int)
+parser.add_argument("--policy", default="error")
 args = parser.parse_args()
 
 comm = dl.init()
@@ -41,7 +46,7 @@ class CrashAt(dl.callbacks.Callback):
 
 
 trainer = dl.Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy", "f1"],
-                     scheduler=scheduler)
+                     scheduler=scheduler, nonfinite=args.policy)
 if args.scenario == "exact":
     trainer.fit(train, epochs=2, batch_size=16, validation_data=val, verbose=False)
     figures = trainer.evaluate(val, batch_size=7)
@@ -63,6 +68,22 @@ elif args.scenario == "uneven":
         return batch
 
     trainer.fit(train, epochs=1, batch_size=16, transform=slow_on_rank_1, prefetch=0)
+elif args.scenario == "nanloss":
+    bad = x[:150].copy()
+    bad[2 * (8 * 2 + 3) + 1, 0] = np.nan  # unshuffled, rank 1 holds samples 1, 3, 5, ...: its 3rd batch of 8
+    before = [p.data.copy() for p in model.parameters()]
+    trainer.fit((bad, y[:150]), epochs=1, batch_size=8, shuffle=False)
+    assert trainer.skipped_steps == 1
+    digests = comm.allgather_json(hashlib.sha256(b"".join(p.data.tobytes() for p in model.parameters())).hexdigest())
+    assert len(set(digests)) == 1, "replicas differ"
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+    print(f"rank {comm.rank}: nanloss ok", flush=True)
+elif args.scenario == "padless":
+    trainer.fit(TensorDataset(x[:151], y[:151]), epochs=2, batch_size=25, pad=False, verbose=False)
+    assert len(trainer.loader) == 4 - comm.rank
+    digests = comm.allgather_json(hashlib.sha256(b"".join(p.data.tobytes() for p in model.parameters())).hexdigest())
+    assert len(set(digests)) == 1, "replicas differ"
+    print(f"rank {comm.rank}: padless ok", flush=True)
 else:
     history = trainer.fit(train, epochs=3, batch_size=8, validation_data=val, verbose=False,
                           callbacks=[Checkpoint(every_steps=4, every_epochs=None), CrashAt()])
