@@ -194,3 +194,18 @@ def test_a_float64_batch_into_a_float32_layer_is_refused_with_the_cast(layer, sh
 def test_an_integer_batch_into_a_float_layer_says_to_cast_it():
     with pytest.raises(TypeError, match=r"input is int64 but the weights are float32.*dtype=np\.float32\)$"):
         nn.Linear(3, 2)(np.ones((2, 3), np.int64))
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: nn.Linear(3, 2, **kw), lambda **kw: nn.Conv2d(1, 2, 3, **kw), lambda **kw: nn.BatchNorm1d(3, **kw),
+    lambda **kw: nn.LayerNorm(3, **kw), lambda **kw: nn.Embedding(5, 3, **kw), lambda **kw: nn.GRU(3, 4, 2, **kw),
+    lambda **kw: nn.RNN(3, 4, 1, "relu", **kw), lambda **kw: nn.LSTMCell(3, 4, **kw),
+])
+def test_dtype_and_device_arguments_as_torchs_layer_factories(make):
+    dl.seed(3)
+    plain = make()
+    dl.seed(3)
+    double = make(dtype=np.float64, device="cpu")
+    for (name, a), (_, b) in zip(plain.state_dict().items(), double.state_dict().items()):
+        assert b.dtype == (np.float64 if a.dtype.kind == "f" else a.dtype), name
+        np.testing.assert_array_equal(b, a)  # the same initial values, converted

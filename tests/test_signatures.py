@@ -66,18 +66,10 @@ TORCH = {
                      "foreach=None, *, maximize=False, differentiable=False, fused=None",
 }
 
-_FACTORY = {"device", "dtype"}  # layers are made in float32 on the CPU: model.to(np.float64) / model.to("cuda")
 _TORCH_KERNELS = {"foreach", "fused", "capturable", "differentiable"}  # choices of torch's kernels, not of the maths
 MEANT = {
-    "nn.Linear": {"missing": _FACTORY},
-    "nn.Conv2d": {"missing": _FACTORY | {"padding_mode"}},  # zero padding only
-    "nn.Embedding": {"missing": _FACTORY | {"max_norm", "norm_type", "scale_grad_by_freq", "sparse", "_weight",
-                                            "_freeze"}},
-    "nn.BatchNorm1d": {"missing": _FACTORY}, "nn.BatchNorm2d": {"missing": _FACTORY},
-    "nn.LayerNorm": {"missing": _FACTORY},
-    "nn.RNN": {"missing": _FACTORY}, "nn.GRU": {"missing": _FACTORY},
-    "nn.LSTM": {"missing": _FACTORY | {"proj_size"}},  # no projected LSTM
-    "nn.RNNCell": {"missing": _FACTORY}, "nn.LSTMCell": {"missing": _FACTORY}, "nn.GRUCell": {"missing": _FACTORY},
+    "nn.Embedding": {"missing": {"max_norm", "norm_type", "scale_grad_by_freq", "sparse", "_weight", "_freeze"}},
+    "nn.LSTM": {"missing": {"proj_size"}},  # no projected LSTM
     # torch's dim=None picks a dimension by the input's rank, with a deprecation warning; here it is the last one
     "nn.Softmax": {"defaults": {"dim": -1}, "extra": {"axis"}},
     "nn.LogSoftmax": {"defaults": {"dim": -1}, "extra": {"axis"}},

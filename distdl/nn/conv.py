@@ -9,16 +9,20 @@ from distdl.nn.module import Module
 class Conv2d(Module):
     """2-d convolution; weight is (out_channels, in_channels, kh, kw). Only ``groups=1``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None):
         super().__init__()
         if groups != 1:
             raise ValueError(f"Conv2d: only groups=1 is supported, got groups={groups}")
+        if padding_mode != "zeros":
+            raise NotImplementedError(f"Conv2d: only padding_mode='zeros' is supported, got {padding_mode!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(dilation, "dilation")
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
         self.weight = empty_parameter(out_channels, in_channels, *self.kernel_size)
         self.register_parameter("bias", empty_parameter(out_channels) if bias else None)
         init_fan_in_uniform(self.weight, self.bias)
+        self._factory(device, dtype)
 
     def forward(self, input):
         self.check_input(input, self.in_channels, "channels", ndims=(4,))

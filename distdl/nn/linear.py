@@ -18,12 +18,13 @@ class Identity(Module):
 class Linear(Module):
     """``y = x @ weight.T + bias`` over the last axis; weight is (out_features, in_features)."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = empty_parameter(out_features, in_features)
         self.register_parameter("bias", empty_parameter(out_features) if bias else None)
         init_fan_in_uniform(self.weight, self.bias)
+        self._factory(device, dtype)
 
     def forward(self, input):
         self.check_input(input, self.in_features, "features", axis=-1)

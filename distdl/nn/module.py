@@ -230,6 +230,13 @@ class Module:
                 value.grad = backend.to_device(value.grad, device) if device is not None else value.grad.astype(dtype)
         return self
 
+    def _factory(self, device=None, dtype=None):
+        """torch's ``device=``/``dtype=`` layer arguments: made in the default dtype on the CPU, then moved."""
+        if dtype is not None:
+            self.to(dtype)
+        if device is not None:
+            self.to(device)
+
     def float(self):
         return self.to(np.float32)
 

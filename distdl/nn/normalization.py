@@ -14,7 +14,8 @@ class _BatchNorm(Module):
 
     ndims = ()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -26,6 +27,7 @@ class _BatchNorm(Module):
             self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
+        self._factory(device, dtype)
 
     def forward(self, input):
         self.check_input(input, self.num_features, "features", ndims=self.ndims)
@@ -58,13 +60,14 @@ class BatchNorm2d(_BatchNorm):
 class LayerNorm(Module):
     """Normalise each sample over its trailing ``normalized_shape`` axes."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.eps = eps
         affine = elementwise_affine
         self.register_parameter("weight", init.ones_(empty_parameter(*self.normalized_shape)) if affine else None)
         self.register_parameter("bias", init.zeros_(empty_parameter(*self.normalized_shape)) if affine and bias else None)
+        self._factory(device, dtype)
 
     def forward(self, input):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

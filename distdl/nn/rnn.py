@@ -23,7 +23,7 @@ class _RNNBase(Module):
     mode = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False):
+                 bidirectional=False, device=None, dtype=None):
         super().__init__()
         if not 0 <= dropout <= 1:
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1], got {dropout}")
@@ -40,6 +40,7 @@ class _RNNBase(Module):
                     setattr(self, f"bias_ih_l{layer}{suffix}", empty_parameter(gates))
                     setattr(self, f"bias_hh_l{layer}{suffix}", empty_parameter(gates))
         _init_uniform_hidden(self, hidden_size)
+        self._factory(device, dtype)
 
     def _weights(self, layer, suffix):
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # no biases with bias=False
@@ -95,10 +96,10 @@ class RNN(_RNNBase):
     mode = "rnn"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
         self.nonlinearity = nonlinearity
 
     def _layer(self, x, states, weights, reverse):
@@ -131,7 +132,7 @@ class GRU(_RNNBase):
 class _CellBase(Module):
     mode = None
 
-    def __init__(self, input_size, hidden_size, bias=True):
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         gates = _GATES[self.mode] * hidden_size
@@ -140,6 +141,7 @@ class _CellBase(Module):
         self.register_parameter("bias_ih", empty_parameter(gates) if bias else None)
         self.register_parameter("bias_hh", empty_parameter(gates) if bias else None)
         _init_uniform_hidden(self, hidden_size)
+        self._factory(device, dtype)
 
     def _weights(self):
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
@@ -153,8 +155,8 @@ class RNNCell(_CellBase):
 
     mode = "rnn"
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
-        super().__init__(input_size, hidden_size, bias)
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
