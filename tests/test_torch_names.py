@@ -98,6 +98,8 @@ def test_softmax_takes_dim_in_functions_methods_and_layers():
     np.testing.assert_allclose(nn.LogSoftmax(dim=1)(t(x3)).numpy(), np.log(expected), rtol=1e-12)
     np.testing.assert_allclose(t(x3).log_softmax(dim=0).numpy(), F.log_softmax(t(x3), axis=0).numpy())
     assert repr(nn.Softmax(dim=1)) == "Softmax(dim=1)"
+    with pytest.raises(TypeError, match=r"dim=None .* give the dimension"):
+        nn.Softmax(dim=None)(t(x3))
 
 
 def test_cat_stack_squeeze_unsqueeze_take_dim():

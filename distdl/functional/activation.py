@@ -145,12 +145,18 @@ def gelu(x, approximate="none"):
     return GELU.apply(x, approximate=approximate)
 
 
+def _softmax_dim(name, x, dim, axis):
+    dim = numpy_alias(name, "dim", dim, -1, "axis", axis)
+    if dim is None:
+        raise TypeError(f"{name}: dim=None (torch's deprecated implicit choice by the input's rank) is not "
+                        f"supported; give the dimension, e.g. dim=1 for the classes of (N, C) scores")
+    return normalize_dim(dim, x.ndim)
+
+
 def softmax(x, dim=-1, *, axis=None):
-    """exp(x) / sum(exp(x)) along ``dim`` (NumPy's ``axis``); torch's implicit dim=None is not kept: -1."""
-    dim = numpy_alias("softmax", "dim", dim, -1, "axis", axis)
-    return Softmax.apply(x, axis=normalize_dim(dim, x.ndim))
+    """exp(x) / sum(exp(x)) along ``dim`` (NumPy's ``axis``), by default the last."""
+    return Softmax.apply(x, axis=_softmax_dim("softmax", x, dim, axis))
 
 
 def log_softmax(x, dim=-1, *, axis=None):
-    dim = numpy_alias("log_softmax", "dim", dim, -1, "axis", axis)
-    return LogSoftmax.apply(x, axis=normalize_dim(dim, x.ndim))
+    return LogSoftmax.apply(x, axis=_softmax_dim("log_softmax", x, dim, axis))
