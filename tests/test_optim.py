@@ -109,6 +109,16 @@ def test_matches_documented_rule(cls, rule, options):
 
 
 @pytest.mark.parametrize("cls,rule,options", CASES[1::2], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_maximize_follows_the_rule_with_the_gradient_negated(cls, rule, options):
+    """torch's maximize=True: the rule applied to -grad (gradient ascent), every other step the same."""
+    trajectory, _, _ = run(cls, {**options, "maximize": True}, 5)
+    p, state = START.copy(), {}
+    for t, got in enumerate(trajectory, start=1):
+        p = rule(p, -gradient(p), state, t, **options)
+        np.testing.assert_allclose(got, p, rtol=1e-12, atol=1e-14, err_msg=f"step {t}")
+
+
+@pytest.mark.parametrize("cls,rule,options", CASES[1::2], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_state_dict_round_trip_mid_training(cls, rule, options):
     _, param, optimizer = run(cls, options, 4)
     saved_param, saved_state = param.data.copy(), optimizer.state_dict()

@@ -48,11 +48,12 @@ class Optimizer:
         clear_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self):
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place (ascending it with ``maximize``, as torch)."""
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self.update(p.data, p.grad, self.state.setdefault(p, {}), group)
+                    grad = -p.grad if group.get("maximize") else p.grad
+                    self.update(p.data, grad, self.state.setdefault(p, {}), group)
 
     def update(self, param, grad, state, group):
         raise NotImplementedError
