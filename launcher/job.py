@@ -14,6 +14,7 @@ from launcher.report import report_failure
 POLL_SECONDS = 0.05
 GRACE_SECONDS = procs.KEEPER_GRACE + 2.0  # the keepers stop their own trees first
 SWEEP_GRACE = 1.0
+PUMP_SECONDS = 5.0
 
 
 class Attempt:
@@ -113,9 +114,11 @@ class Attempt:
         report_failure(failure, records.read(self.error_dir), self.output, self.stopped)
 
     def _end_output(self):
+        """Let the output threads read to the end: 5 s in all, so nothing that holds a pipe open holds up the job."""
         self._finished.set()
+        deadline = time.monotonic() + PUMP_SECONDS
         for pump in self.pumps:
-            pump.join(timeout=5)
+            pump.join(timeout=max(deadline - time.monotonic(), 0))
 
     def close(self):
         procs.sweep(SWEEP_GRACE)  # after a success too: nothing a worker started outlives the attempt

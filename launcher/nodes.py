@@ -32,7 +32,7 @@ HEARTBEAT_SECONDS = 1.0
 LOST_AFTER = 5.0
 HANDSHAKE_SECONDS = 5.0
 MAX_PENDING = 64  # connections waiting for their handshake at once; more are closed at once
-SETTLE_SECONDS = 60.0  # how long node 0 waits for every node's result of an attempt
+STOP_SECONDS = 60.0  # how long node 0 waits for a node told to stop to say it did
 IDENTITY_FIELDS = (("version", "distdl version"), ("script", "script (SHA-256)"), ("nproc", "worker count"),
                    ("nnodes", "number of nodes"), ("max_restarts", "--max-restarts"))
 
@@ -273,22 +273,25 @@ class Coordinator(_Link):
             self._broadcast({"stop": attempt})
 
     def settle(self, attempt, failure):
-        """Wait until every node has ended this attempt (telling them to stop at the first failure); the outcome."""
-        stopped = failure is not None
-        deadline = time.monotonic() + SETTLE_SECONDS
+        """Wait until every node has ended this attempt (telling them to stop at the first failure); the outcome.
+
+        Nodes whose workers still run are waited for as long as their launchers keep up the heartbeat; once they
+        were told to stop, for STOP_SECONDS at most.
+        """
+        deadline = time.monotonic() + STOP_SECONDS if failure is not None else None
         while True:
             while self._drain():
                 pass
             failure = failure or self._peer_failure()
-            if failure is not None and not stopped:
+            if failure is not None and deadline is None:
                 self._broadcast({"stop": attempt})
-                stopped = True
+                deadline = time.monotonic() + STOP_SECONDS
             waiting = [n for n in range(1, self.spec.nnodes) if n not in self.results[attempt] and n not in self.lost]
             if not waiting:
                 return failure
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 for node in waiting:
-                    self.lost[node] = f"lost node {node}: no result of attempt {attempt} within {SETTLE_SECONDS:g} s"
+                    self.lost[node] = f"lost node {node}: it did not stop its workers within {STOP_SECONDS:g} s"
                 return failure or self._peer_failure()
             self._drain(0.05)
 
@@ -341,8 +344,9 @@ class Member(_Link):
         answer = receive(reader) or {}
         if not secret.verify(self.secret, answer.get("proof"), "coordinator", theirs, mine):
             sock.close()
-            raise NodeError(f"the process at {self.spec.master_addr}:{self.spec.master_port} does not hold the job "
-                            "secret (wrong or missing proof): check DISTDL_JOB_SECRET on every node")
+            raise NodeError(f"the process at {self.spec.master_addr}:{self.spec.master_port} refused this node's proof "
+                            "of the job secret or could not prove it holds the same one: every node needs the same "
+                            "DISTDL_JOB_SECRET (or --secret-file)")
         verdict = receive(reader) or {"error": "node 0 closed the connection"}
         if "welcome" not in verdict:
             sock.close()
