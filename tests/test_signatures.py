@@ -1,4 +1,4 @@
-"""Layer, loss and optimizer signatures against a stored copy of torch's (torch 2.5; no torch needed).
+"""Layer, loss, functional and optimizer signatures against a stored copy of torch's (torch 2.5; no torch needed).
 
 A torch user's positional call must mean the same here. Every difference is listed
 in MEANT with its reason; anything else (a parameter out of order, a default that
@@ -9,6 +9,7 @@ import inspect
 
 import pytest
 
+from distdl import functional as F
 from distdl import nn, optim
 
 TORCH = {
@@ -54,6 +55,33 @@ TORCH = {
     "nn.CrossEntropyLoss": "weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean', "
                            "label_smoothing=0.0",
     "nn.NLLLoss": "weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean'",
+    "F.linear": "input, weight, bias=None",
+    "F.conv2d": "input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1",
+    "F.max_pool2d": "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False",
+    "F.avg_pool2d": "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, "
+                    "divisor_override=None",
+    "F.adaptive_avg_pool2d": "input, output_size",
+    "F.dropout": "input, p=0.5, training=True, inplace=False",
+    "F.embedding": "input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, "
+                   "sparse=False",
+    "F.batch_norm": "input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, "
+                    "eps=1e-05",
+    "F.layer_norm": "input, normalized_shape, weight=None, bias=None, eps=1e-05",
+    "F.relu": "input, inplace=False",
+    "F.leaky_relu": "input, negative_slope=0.01, inplace=False",
+    "F.gelu": "input, approximate='none'",
+    "F.sigmoid": "input",
+    "F.tanh": "input",
+    "F.softmax": "input, dim=None, _stacklevel=3, dtype=None",
+    "F.log_softmax": "input, dim=None, _stacklevel=3, dtype=None",
+    "F.cross_entropy": "input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, "
+                       "reduction='mean', label_smoothing=0.0",
+    "F.nll_loss": "input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean'",
+    "F.mse_loss": "input, target, size_average=None, reduce=None, reduction='mean'",
+    "F.l1_loss": "input, target, size_average=None, reduce=None, reduction='mean'",
+    "F.binary_cross_entropy": "input, target, weight=None, size_average=None, reduce=None, reduction='mean'",
+    "F.binary_cross_entropy_with_logits": "input, target, weight=None, size_average=None, reduce=None, "
+                                          "reduction='mean', pos_weight=None",
     "optim.SGD": "params, lr=0.001, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False, "
                  "foreach=None, differentiable=False, fused=None",
     "optim.Adam": "params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, amsgrad=False, *, foreach=None, "
@@ -70,6 +98,9 @@ _TORCH_KERNELS = {"foreach", "fused", "capturable", "differentiable"}  # choices
 MEANT = {
     "nn.Embedding": {"missing": {"max_norm", "norm_type", "scale_grad_by_freq", "sparse", "_weight", "_freeze"}},
     "nn.LSTM": {"missing": {"proj_size"}},  # no projected LSTM
+    "F.embedding": {"missing": {"max_norm", "norm_type", "scale_grad_by_freq", "sparse"}},
+    "F.softmax": {"missing": {"_stacklevel", "dtype"}, "defaults": {"dim": -1}, "extra": {"axis"}},
+    "F.log_softmax": {"missing": {"_stacklevel", "dtype"}, "defaults": {"dim": -1}, "extra": {"axis"}},
     # torch's dim=None picks a dimension by the input's rank, with a deprecation warning; here it is the last one
     "nn.Softmax": {"defaults": {"dim": -1}, "extra": {"axis"}},
     "nn.LogSoftmax": {"defaults": {"dim": -1}, "extra": {"axis"}},
@@ -91,8 +122,9 @@ def _torch(text):
 
 
 def _ours(name):
-    module, cls = name.split(".")
-    return _parameters(inspect.signature(getattr({"nn": nn, "optim": optim}[module], cls).__init__))
+    module, attribute = name.split(".")
+    value = getattr({"nn": nn, "optim": optim, "F": F}[module], attribute)
+    return _parameters(inspect.signature(value if module == "F" else value.__init__))
 
 
 def _shape(params):

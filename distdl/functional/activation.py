@@ -122,27 +122,28 @@ class LogSoftmax(Function):
         return g - xp_of(g).exp(out) * g.sum(axis=self.axis, keepdims=True)
 
 
-def relu(x):
-    return ReLU.apply(x)
+# ``inplace`` is accepted for torch's signatures: the result is the same, computed out of place.
+def relu(input, inplace=False):
+    return ReLU.apply(input)
 
 
-def leaky_relu(x, negative_slope=0.01):
-    return LeakyReLU.apply(x, slope=negative_slope)
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    return LeakyReLU.apply(input, slope=negative_slope)
 
 
-def sigmoid(x):
-    return Sigmoid.apply(x)
+def sigmoid(input):
+    return Sigmoid.apply(input)
 
 
-def tanh(x):
-    return Tanh.apply(x)
+def tanh(input):
+    return Tanh.apply(input)
 
 
-def gelu(x, approximate="none"):
+def gelu(input, approximate="none"):
     """Gaussian error linear unit; ``approximate`` is 'none' (exact, erf) or 'tanh'."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELU.apply(x, approximate=approximate)
+    return GELU.apply(input, approximate=approximate)
 
 
 def _softmax_dim(name, x, dim, axis):
@@ -153,10 +154,10 @@ def _softmax_dim(name, x, dim, axis):
     return normalize_dim(dim, x.ndim)
 
 
-def softmax(x, dim=-1, *, axis=None):
+def softmax(input, dim=-1, *, axis=None):
     """exp(x) / sum(exp(x)) along ``dim`` (NumPy's ``axis``), by default the last."""
-    return Softmax.apply(x, axis=_softmax_dim("softmax", x, dim, axis))
+    return Softmax.apply(input, axis=_softmax_dim("softmax", input, dim, axis))
 
 
-def log_softmax(x, dim=-1, *, axis=None):
-    return LogSoftmax.apply(x, axis=_softmax_dim("log_softmax", x, dim, axis))
+def log_softmax(input, dim=-1, *, axis=None):
+    return LogSoftmax.apply(input, axis=_softmax_dim("log_softmax", input, dim, axis))

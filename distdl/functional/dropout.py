@@ -16,8 +16,8 @@ class Dropout(Function):
         return g * self.mask
 
 
-def dropout(input, p=0.5, training=True):
-    """The mask is drawn from the generator that ``dl.seed`` seeds."""
+def dropout(input, p=0.5, training=True, inplace=False):
+    """The mask is drawn from the generator that ``dl.seed`` seeds; ``inplace`` as torch's, computed out of place."""
     if not 0 <= p <= 1:
         raise ValueError(f"dropout: probability p must be in [0, 1], got {p}")
     if not training or p == 0:
