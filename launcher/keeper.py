@@ -79,14 +79,22 @@ def descendants(root):
 
 
 def reap_orphans(keep=()):
-    """Collect the exit status of every ended child not in ``keep`` (a subreaper inherits zombies)."""
-    for pid in descendants(os.getpid()):
-        if pid in keep:
-            continue
+    """Collect the exit status of every ended child not in ``keep`` (a subreaper inherits zombies).
+
+    Peeks with WNOWAIT, so the status of a child in ``keep`` is left for its Popen; orphans that ended after it
+    wait until that child has been collected.
+    """
+    while True:
         try:
-            os.waitpid(pid, os.WNOHANG)
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            pass  # not our child (a grandchild still has its own parent)
+            return  # no children at all
+        if ended is None or ended.si_pid in keep:
+            return
+        try:
+            os.waitpid(ended.si_pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _signal_all(pids, sig):
