@@ -3,6 +3,7 @@
 import argparse
 import hashlib
 import os
+import signal
 import sys
 from importlib import metadata
 
@@ -117,6 +118,9 @@ def run(spec, secret_file=None):
     except (NodeError, SecretError, OSError) as exc:
         say(f"the nodes could not form the job: {exc}")
         return 1
+    except KeyboardInterrupt:
+        say("interrupted while the nodes were forming the job; no worker had started")
+        return 128 + signal.SIGINT
     return Agent(spec, link).run()
 
 
