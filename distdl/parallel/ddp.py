@@ -17,6 +17,7 @@ step, bucket layout, finiteness and whether it had a batch, reduced with the
 gradients themselves.
 """
 
+import math
 import time
 import weakref
 from contextlib import contextmanager
@@ -152,6 +153,7 @@ class DistributedDataParallel:
         self.step_skipped = False
         self._local_nonfinite = None
         self.last_allreduces = []
+        self._control = control.template(self.steps + 1, self._layout, self.buckets[0].flat.dtype)
 
     def _on_grad_ready(self, param):
         if not self._armed:
@@ -160,8 +162,10 @@ class DistributedDataParallel:
         _home(param, bucket)
         bucket.pending -= 1
         if bucket.pending == 0:
-            with self._named_step():
+            try:
                 self._launch(ready_only=True)
+            except DistError as exc:
+                self._raise_named(exc)
 
     def _launch(self, ready_only):
         """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``)."""
@@ -170,7 +174,9 @@ class DistributedDataParallel:
             bucket = self.buckets[self._next_bucket]
             if ready_only and bucket.pending:
                 return
-            control.fill(bucket.control, True, self._locally_nonfinite(bucket), self.steps + 1, self._layout)
+            if bucket.index() == 0:
+                bucket.control[...] = self._control
+            bucket.control[control.NONFINITE] = self._locally_nonfinite(bucket)
             self._start(bucket)
             self._next_bucket += 1
 
@@ -180,7 +186,7 @@ class DistributedDataParallel:
         One BLAS dot product: NaN and Inf make it non-finite. Only then (or when it
         overflowed) are the parameters looked at one by one.
         """
-        if np.isfinite(bucket.grads.dot(bucket.grads)):
+        if math.isfinite(bucket.grads.dot(bucket.grads)):
             return False
         bad = [p for p in bucket.params if not np.isfinite(bucket.views[p]).all()]
         if bad and self._local_nonfinite is None:
@@ -216,25 +222,23 @@ class DistributedDataParallel:
                 else:  # e.g. accumulated under no_sync, unused in this pass
                     _home(p, bucket)
         start = time.perf_counter()
-        with self._named_step():
+        try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
             self._wait_all()
+        except DistError as exc:
+            self._raise_named(exc)
         self.last_sync_wait = time.perf_counter() - start
         self._settle(had_batch=True)
 
-    @contextmanager
-    def _named_step(self):
+    def _raise_named(self, exc):
         """A mismatch met in the gradient allreduce says where it happened and what usually causes it."""
-        try:
-            yield
-        except DistError as exc:
-            cause = exc if isinstance(exc, CollectiveMismatchError) else exc.__cause__
-            if not isinstance(cause, CollectiveMismatchError):
-                raise
-            raise CollectiveMismatchError(
-                f"{cause} [in DistributedDataParallel's gradient allreduce of step {self.steps + 1}: a rank that ran "
-                "out of data, skipped or added a step, or evaluates while the others train; for uneven inputs use "
-                "`with ddp.join():`]") from exc
+        cause = exc if isinstance(exc, CollectiveMismatchError) else exc.__cause__
+        if not isinstance(cause, CollectiveMismatchError):
+            raise exc
+        raise CollectiveMismatchError(
+            f"{cause} [in DistributedDataParallel's gradient allreduce of step {self.steps + 1}: a rank that ran "
+            "out of data, skipped or added a step, or evaluates while the others train; for uneven inputs use "
+            "`with ddp.join():`]") from exc
 
     def _wait_all(self):
         try:
@@ -254,16 +258,17 @@ class DistributedDataParallel:
         ``had_batch`` is false on a rank that answers the others' step inside ``join()``.
         """
         size = self.comm.size
-        first = control.counts(self.buckets[0].control, size)
-        differ = control.agreement(first)
-        if differ:
-            self._raise_step_mismatch(differ, had_batch)
-        active = int(first[control.ACTIVE])
-        if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
-            for bucket in self.buckets:
-                bucket.grads *= bucket.grads.dtype.type(size / active)
+        if not (had_batch and control.agree_fully(self.buckets[0].control, self._control)):
+            first = control.counts(self.buckets[0].control, size)
+            differ = control.agreement(first)
+            if differ:
+                self._raise_step_mismatch(differ, had_batch)
+            active = int(first[control.ACTIVE])
+            if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
+                for bucket in self.buckets:
+                    bucket.grads *= bucket.grads.dtype.type(size / active)
         self.steps += had_batch
-        if any(control.counts(b.control[:1], size)[0] for b in self.buckets):
+        if any(bucket.control[control.NONFINITE] for bucket in self.buckets):
             self._on_nonfinite(had_batch)
 
     def _raise_step_mismatch(self, differ, had_batch):

@@ -280,7 +280,8 @@ def hook_alone(comm, bad):
     bucket.grads[...] = comm.rank + 1
     if comm.rank == 1:
         bucket.grads[7] = bad
-    control.fill(bucket.control, True, comm.rank == 1, 1, 0)
+    bucket.control[...] = control.template(1, 0, np.float32)
+    bucket.control[control.NONFINITE] = comm.rank == 1
     fp16_compress_hook(comm, bucket)
     mean = np.mean(np.arange(1, comm.size + 1))
     assert np.all(np.delete(bucket.grads, 7) == mean), f"good elements with one {bad}"
