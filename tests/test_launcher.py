@@ -3,6 +3,7 @@ restarts resume from checkpoints bit-identically, and two launchers form one job
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import loopback
+from launcher import secret, wire
 from multiproc import WORKERS, free_port
 
 BACKENDS = ["mpi", "zmq"]
@@ -303,3 +305,29 @@ def test_a_two_node_job_restarts_whole_after_a_crash_on_node_1_and_ends_as_if_un
     assert "restarting the job (1 of 1 restarts) after node 1: rank 1 failed" in outputs[0][1]
     assert "resumed at step 6" in outputs[0][0]
     assert final_digest(outputs[0][0]) == final_digest(plain.stdout)
+
+
+@pytest.mark.parametrize("line, reason", [(b"garbage\n", "not JSON"), (b"[" * 60_000 + b"\n", "not JSON"),
+                                          (b"5\n", "wrong shape"), (b"a" * (wire.MAX_LINE + 1), "longer than 64 KiB"),
+                                          (b'{"cut": ', "cut-off line")])
+def test_a_line_that_is_not_a_message_is_refused_with_the_reason(line, reason):
+    with pytest.raises(wire.Refused, match=reason):
+        wire.receive(io.BytesIO(line))
+
+
+def test_proofs_and_run_tokens_depend_on_the_secret_and_the_nonces(monkeypatch):
+    key, other = b"k" * 32, b"o" * 32
+    proof = secret.proof(key, "node", "n1", "n2", 1)
+    assert secret.verify(key, proof, "node", "n1", "n2", 1)
+    assert not secret.verify(other, proof, "node", "n1", "n2", 1)
+    assert not secret.verify(key, proof, "coordinator", "n1", "n2", 1)  # a node's proof is not node 0's
+    assert not secret.verify(key, proof, "node", "n1", "n3", 1) and not secret.verify(key, None, "node")
+    assert secret.run_token(key, "a") == secret.run_token(key, "a") != secret.run_token(key, "b")
+    assert secret.run_token(key, "a") != secret.run_token(other, "a")
+    monkeypatch.delenv("DISTDL_JOB_SECRET", raising=False)
+    assert len(secret.job_secret(1)) == 32  # one node makes its own
+    with pytest.raises(secret.SecretError, match="needs the same secret on every node: set DISTDL_JOB_SECRET"):
+        secret.job_secret(2)
+    monkeypatch.setenv("DISTDL_JOB_SECRET", "short")
+    with pytest.raises(secret.SecretError, match="5 bytes; use at least 16"):
+        secret.job_secret(2)
