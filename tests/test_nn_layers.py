@@ -279,3 +279,10 @@ def test_default_initialisation_follows_torch():
     assert abs(emb.weight.data.std() - 1) < 0.02 and abs(emb.weight.data.mean()) < 0.02
     bn = nn.BatchNorm2d(3)
     assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var.data == 1).all()
+
+
+def test_batch_norm_without_bias_as_torch():
+    x = rng.standard_normal((6, 3))
+    layer = nn.BatchNorm1d(3, bias=False)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    np.testing.assert_allclose(forward(layer, x), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), atol=1e-12)

@@ -65,8 +65,8 @@ def adam(p, g, s, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=F
     return p - lr * m_hat / (np.sqrt(v / (1 - b2 ** t)) + eps)
 
 
-def adamw(p, g, s, t, lr, weight_decay=1e-2, **kw):
-    return adam(p, g, s, t, lr, weight_decay=weight_decay, decoupled=True, **kw)
+def adamw(p, g, s, t, lr, weight_decay=1e-2, decoupled_weight_decay=True, **kw):
+    return adam(p, g, s, t, lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay, **kw)
 
 
 CASES = [
@@ -83,6 +83,7 @@ CASES = [
     (optim.Adam, adam, dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)),
     (optim.Adam, adam, dict(lr=0.05, amsgrad=True)),
     (optim.AdamW, adamw, dict(lr=0.05)),
+    (optim.Adam, adamw, dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True)),
     (optim.AdamW, adamw, dict(lr=0.05, weight_decay=0.2, amsgrad=True, betas=(0.5, 0.6))),
 ]
 

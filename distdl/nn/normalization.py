@@ -15,12 +15,12 @@ class _BatchNorm(Module):
     ndims = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias=True):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.register_parameter("weight", init.ones_(empty_parameter(num_features)) if affine else None)
-        self.register_parameter("bias", init.zeros_(empty_parameter(num_features)) if affine else None)
+        self.register_parameter("bias", init.zeros_(empty_parameter(num_features)) if affine and bias else None)
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, get_default_dtype()))
             self.register_buffer("running_var", np.ones(num_features, get_default_dtype()))

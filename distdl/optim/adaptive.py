@@ -81,17 +81,16 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     """m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps),
-    with g = grad + wd*p (L2), and with ``amsgrad`` the running maximum of v in the denominator."""
-
-    decoupled_weight_decay = False
+    with g = grad + wd*p (L2), and with ``amsgrad`` the running maximum of v in the denominator;
+    ``decoupled_weight_decay=True`` is AdamW's p *= 1 - lr*wd instead of the L2 term, as torch."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False):
+                 maximize=False, decoupled_weight_decay=False):
         _check(type(self).__name__, lr, eps, weight_decay)
         if not all(0 <= b < 1 for b in betas):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize))
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
 
     def update(self, param, grad, state, group):
         xp = xp_of(param)
@@ -104,7 +103,7 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(param)
         state["step"] += 1
         step = state["step"]
-        if self.decoupled_weight_decay:
+        if group["decoupled_weight_decay"]:
             param *= 1 - lr * weight_decay
         else:
             grad = decayed(grad, param, weight_decay)
@@ -127,8 +126,6 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay: p *= 1 - lr*wd before the Adam step (default wd 1e-2)."""
 
-    decoupled_weight_decay = True
-
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True)
