@@ -230,6 +230,21 @@ def test_schedule_state_dict_resumes(make, formula):
     np.testing.assert_allclose(got, [formula(e) for e in range(5, 9)], rtol=1e-12, atol=1e-15)
 
 
+def test_schedule_state_from_elsewhere_sets_no_other_attribute():
+    optimizer = optim.SGD([dl.tensor(np.ones(1), requires_grad=True)], lr=1.0)
+    scheduler = lr_scheduler.StepLR(optimizer, step_size=2)
+    crafted = dict(scheduler.state_dict(), optimizer="not an optimizer")
+    with pytest.raises(ValueError, match="unexpected keys \\['optimizer'\\]"):
+        scheduler.load_state_dict(crafted)
+    assert scheduler.optimizer is optimizer
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=5).state_dict()
+    with pytest.raises(ValueError, match="missing keys \\['gamma', 'step_size'\\]"):
+        scheduler.load_state_dict(cosine)
+    sequential = lr_scheduler.SequentialLR(optimizer, [lr_scheduler.StepLR(optimizer, 2)] * 2, [3])
+    with pytest.raises(ValueError, match="holds 1 schedules"):
+        sequential.load_state_dict(dict(sequential.state_dict(), schedulers=[scheduler.state_dict()]))
+
+
 def test_warmup_scales_each_group_from_its_own_base():
     a, b = dl.tensor(np.ones(1), requires_grad=True), dl.tensor(np.ones(1), requires_grad=True)
     optimizer = optim.SGD([{"params": [a], "lr": 0.4}, {"params": [b], "lr": 0.04}], lr=1.0)

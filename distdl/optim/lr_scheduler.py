@@ -36,6 +36,7 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer" and not callable(v)}
 
     def load_state_dict(self, state_dict):
+        _check_fits(self, state_dict)
         self.__dict__.update(state_dict)
 
 
@@ -118,9 +119,13 @@ class SequentialLR(LRScheduler):
         return {**state, "schedulers": [s.state_dict() for s in self.schedulers]}
 
     def load_state_dict(self, state_dict):
+        _check_fits(self, state_dict)
+        if len(state_dict["schedulers"]) != len(self.schedulers):
+            raise ValueError(f"SequentialLR.load_state_dict: the state holds {len(state_dict['schedulers'])} "
+                             f"schedules, this SequentialLR {len(self.schedulers)}")
         for scheduler, saved in zip(self.schedulers, state_dict["schedulers"]):
             scheduler.load_state_dict(saved)
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "schedulers"})
+        self.__dict__.update({k: v for k, v in state_dict.items() if k != "schedulers"})
 
 
 class LambdaLR(LRScheduler):
@@ -132,3 +137,12 @@ class LambdaLR(LRScheduler):
 
     def lr_at(self, epoch, base_lr):
         return base_lr * self.lr_lambda(epoch)
+
+
+def _check_fits(scheduler, state_dict):
+    """Only the keys ``state_dict()`` gives are taken back, so a crafted checkpoint sets no other attribute."""
+    expected = scheduler.state_dict()
+    unknown, missing = sorted(set(state_dict) - set(expected)), sorted(set(expected) - set(state_dict))
+    if unknown or missing:
+        raise ValueError(f"{type(scheduler).__name__}.load_state_dict: the state does not fit this schedule "
+                         f"(unexpected keys {unknown}, missing keys {missing}); was it saved by another schedule?")
