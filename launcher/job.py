@@ -23,6 +23,7 @@ class Attempt:
     def __init__(self, spec, environments, attempt):
         self.spec, self.environments, self.attempt = spec, environments, attempt
         self.error_dir = tempfile.mkdtemp(prefix="distdl-errors-")
+        self.records = records.Reader(self.error_dir)
         self.output = Output(spec.tag_output, spec.log_dir, attempt)
         self.processes = {}  # rank -> Popen of its keeper (one keeper of mpiexec, as rank 0, for the MPI backend)
         self.pumps = []
@@ -56,7 +57,7 @@ class Attempt:
         node has a problem (``peer_problem()`` returns why)."""
         while True:
             ended = {rank: p.poll() for rank, p in self.processes.items()}
-            seen = records.read(self.error_dir)
+            seen = self.records.read()
             failure = self._first_failure(seen, ended)
             if failure is not None:
                 self.stopped = self._still_running(seen, ended) - {failure.rank}
@@ -111,7 +112,7 @@ class Attempt:
         self._end_output()
 
     def report(self, failure):
-        report_failure(failure, records.read(self.error_dir), self.output, self.stopped)
+        report_failure(failure, self.records.read(), self.output, self.stopped)
 
     def _end_output(self):
         """Let the output threads read to the end: 5 s in all, so nothing that holds a pipe open holds up the job."""

@@ -51,31 +51,39 @@ def _load(path):
         os.close(fd)
     if not isinstance(record, dict) or not all(isinstance(record.get(k), int) for k in ("rank", "pid")):
         return None
-    if not isinstance(record.get("time", 0), (int, float)):
+    if not isinstance(record.get("time"), (int, float)):
         record["time"] = 0
     return record
 
 
-def read(directory):
-    records = Records()
-    try:
-        names = os.listdir(directory)
-    except OSError:
+class Reader:
+    """Reads a directory of records again and again, parsing each file once (every record is written once, whole)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self._parsed = {}  # file name -> (kind, record)
+
+    def read(self):
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            names = []
+        for name in names:
+            match = NAME.match(name)
+            if match and name not in self._parsed:
+                record = _load(os.path.join(self.directory, name))
+                if record is not None:
+                    self._parsed[name] = (match.group(1), record)
+        records = Records()
+        for kind, record in self._parsed.values():
+            if kind == "start":
+                records.starts[record["pid"]] = record
+            elif kind == "done":
+                records.done.add(record["pid"])
+            elif kind == "error":
+                records.errors.append(record)
+            elif isinstance(record.get("code"), int):
+                records.exits.append(record)
+        records.errors.sort(key=lambda r: r["time"])
+        records.exits.sort(key=lambda r: r["time"])
         return records
-    for name in names:
-        match = NAME.match(name)
-        record = _load(os.path.join(directory, name)) if match else None
-        if record is None:
-            continue
-        kind = match.group(1)
-        if kind == "start":
-            records.starts[record["pid"]] = record
-        elif kind == "done":
-            records.done.add(record["pid"])
-        elif kind == "error":
-            records.errors.append(record)
-        elif isinstance(record.get("code"), int):
-            records.exits.append(record)
-    records.errors.sort(key=lambda r: r.get("time", 0))
-    records.exits.sort(key=lambda r: r.get("time", 0))
-    return records
