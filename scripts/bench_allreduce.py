@@ -1,6 +1,6 @@
 """Allreduce latency and bandwidth of distdl's backends, next to raw mpi4py and torch.distributed (gloo).
 
-    python scripts/bench_allreduce.py [-n 2] [--max-mib 64] [--rounds 3]
+    python scripts/bench_allreduce.py [-n 2] [--max-mib 64] [--rounds 3] [--only mpi|zmq]
 
 Runs two jobs of ``n`` ranks on this machine:
 (1) under mpiexec: raw mpi4py ``Allreduce(IN_PLACE)`` against distdl's MPI backend,
@@ -35,6 +35,7 @@ def parse_args():
     parser.add_argument("--max-mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.15, help="least time per contender, size and round")
+    parser.add_argument("--only", choices=["mpi", "zmq"], help="run one of the two jobs")
     parser.add_argument("--worker", choices=["mpi", "zmq"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -228,12 +229,22 @@ def main():
     if args.worker == "zmq":
         return zmq_worker(args)
     print(f"{args.n} ranks on one machine, float32 sum, median of {args.rounds} alternating rounds")
+    if args.only != "zmq":
+        run_mpi_job(args)
+    if args.only != "mpi":
+        run_zmq_job(args)
+
+
+def run_mpi_job(args):
     mpi = launch(args, "mpi")
     mpi_rows = mpi["table"]
     print_table("MPI: distdl against raw mpi4py (time ratio: <= 1.2x at 4 KiB, bandwidth >= 0.95x from 1 MiB)",
                 mpi_rows, ["mpi4py", "distdl mpi", "distdl mpi checked"], "mpi4py", args.n)
     print_overlap("MPI: a 16 MiB allreduce started before compute of the same length, then waited for",
                   mpi["overlap"])
+
+
+def run_zmq_job(args):
     zmq = launch(args, "zmq")
     zmq_rows = zmq["table"]
     names = ["distdl zmq"] + (["gloo"] if "gloo" in zmq_rows[0] else [])

@@ -2,13 +2,16 @@
 
 import os
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import distdl as dl
 from distdl.comm import LocalCommunicator, choose_backend
-from multiproc import run, run_zmq
+from multiproc import WORKERS, ZMQJob, run, run_zmq
 
 BACKENDS = ["mpi", "zmq"]
 
@@ -85,13 +88,16 @@ def test_zmq_rank_that_never_joins_is_named_by_the_others():
         assert re.search(r"RendezvousError: .*ranks \[2\] did not join within 3 s", line), str(result)
 
 
-def test_zmq_wrong_run_token_is_refused_on_both_sides():
-    result = run_zmq(2, "faults.py", "plain", collective_timeout=10, timeout=60,
+def test_zmq_wrong_run_token_is_refused_to_that_worker_alone():
+    """A wrong token is a stranger's: refused and logged, while rank 0 waits on for its genuine rank 1."""
+    result = run_zmq(2, "faults.py", "plain", collective_timeout=3, timeout=60,
                      env_for_rank=lambda r: {"DISTDL_RUN_ID": "someone-else"} if r == 1 else {})
     assert result.returncodes[0] != 0 and result.returncodes[1] != 0
     lines = failures(result)
-    assert "RendezvousError: rank 0: refused a peer: rank 1 presented a different run token" in lines[0], str(result)
-    assert "RendezvousError: rank 1: refused by rank 0" in lines[1] and "different run token" in lines[1], str(result)
+    assert "rank 0's rendezvous refused a connection from 127.0.0.1: a wrong proof of the run token" in \
+        result.outputs[0], str(result)
+    assert re.search(r"RendezvousError: rank 0: ranks \[1\] did not join within 3 s .*refused 1 connection", lines[0])
+    assert "RendezvousError: rank 1: refused by the process at" in lines[1] and "wrong proof" in lines[1], str(result)
 
 
 def test_zmq_duplicate_rank_is_refused():
@@ -150,3 +156,74 @@ def test_metrics_reduced_over_real_ranks_equal_the_whole_set(backend):
     result = run(backend, 3, "metrics_shards.py", timeout=90)
     assert result.ok(), str(result)
     assert "".join(result.outputs).count("metrics over shards ok") == 3
+
+
+def wait_for(path, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} did not appear within {seconds} s"
+        time.sleep(0.05)
+
+
+def stranger(*args):
+    return subprocess.Popen([sys.executable, str(WORKERS / "stranger.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout):
+    """The output of ``process`` once it ended; killed first if it has not ended within ``timeout``."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[0] + "[killed by the test]"
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """A run of a job whose rank 1 registered through a stranger's relay: its run token and the recorded bytes."""
+    directory = tmp_path_factory.mktemp("recorded")
+    capture = directory / "capture.bin"
+    job = ZMQJob(2, "faults.py", "plain", ranks=[0])
+    relay = stranger("proxy", directory, job.port, capture)
+    wait_for(directory / "proxy-port")
+    job.env_for_rank = lambda r: {"DISTDL_MASTER_PORT": (directory / "proxy-port").read_text()}
+    job.start(1)
+    result = job.finish(60)
+    finish(relay, 30)
+    assert result.ok(), str(result)
+    assert b"register" in capture.read_bytes()
+    return job.run_id, capture
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_stranger_without_the_token_gets_nothing_in(size, tmp_path, recorded_run):
+    """Garbage, oversized and forged frames, a replayed run, wrong and malformed registrations, 200 idle
+    connections: the job computes exactly, holds its memory, logs the refusals, and exits 0."""
+    run_id, capture = recorded_run
+    job = ZMQJob(size, "stranger_target.py", tmp_path, ranks=[0], run_id=run_id, collective_timeout=30)
+    attackers = [stranger("rendezvous", tmp_path, job.port, capture)]
+    try:
+        wait_for(tmp_path / "rendezvous-attacked")
+        for rank in range(1, size):
+            job.start(rank)
+        for rank in range(size):
+            wait_for(tmp_path / f"rank-{rank}.json")
+        attackers.append(stranger("inboxes", tmp_path, capture))
+        wait_for(tmp_path / "inboxes-attacked", 90)
+        time.sleep(1)  # the job goes on under the 200 idle connections
+    finally:
+        (tmp_path / "stop").touch()
+        result = job.finish(60)
+        stranger_output = [finish(a, 30) for a in attackers]
+    assert result.ok(), str(result) + "\n".join(stranger_output)
+    assert "refused as expected: RendezvousError" in stranger_output[0]
+    for rank, output in enumerate(result.outputs):
+        growth = float(re.search(r"exact rounds, rss growth (-?[\d.]+) MB", output).group(1))
+        assert growth < 50, output
+        assert "inbox refused a connection from 127.0.0.1: a PLAIN handshake without a credential" in output, output
+        assert "inbox refused a connection at tcp://127.0.0.1" in output and "failed the ZeroMQ handshake" in output
+    rendezvous_log = result.outputs[0]
+    for refusal in ("a wrong proof of the run token", "a message that is not a distdl registration",
+                    "a registration without a valid challenge of this connection"):
+        assert f"rank 0's rendezvous refused a connection from 127.0.0.1: {refusal}" in rendezvous_log, rendezvous_log

@@ -6,7 +6,7 @@ ZeroMQ backends (and mpi4py, pyzmq) are imported only when ``init`` picks them.
 
 from distdl.comm.base import Communicator
 from distdl.comm.errors import (CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError,
-                                RendezvousError)
+                                ProtocolError, RendezvousError)
 from distdl.comm.local import LocalCommunicator
 from distdl.comm.ordering import Request
 from distdl.comm.signature import REDUCE_OPS
@@ -14,6 +14,6 @@ from distdl.comm.world import choose_backend, get_comm, init, launched_world_siz
 
 __all__ = [
     "CollectiveMismatchError", "CollectiveTimeoutError", "Communicator", "DistError", "LocalCommunicator",
-    "PeerLostError", "REDUCE_OPS", "RendezvousError", "Request", "choose_backend", "get_comm", "init",
+    "PeerLostError", "ProtocolError", "REDUCE_OPS", "RendezvousError", "Request", "choose_backend", "get_comm", "init",
     "launched_world_size", "local_rank", "rank", "shutdown", "world_size",
 ]

@@ -47,7 +47,11 @@ class Communicator:
         calls = self._calls
         if calls.pending or self._closed or calls.failure is not None:
             self._before_collective()
-        self._allreduce(array, op, check)
+        try:
+            self._allreduce(array, op, check)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         return array
 
     def iallreduce(self, array, op="sum", check=True):
@@ -61,32 +65,32 @@ class Communicator:
         check_array(array, "broadcast")
         check_root(root, self.size, "broadcast")
         self._before_collective()
-        self._broadcast(array, root)
+        self._run(self._broadcast, array, root)
         return array
 
     def allgather(self, array):
         """Every rank's ``array`` stacked along a new first axis, in rank order (same shape on every rank)."""
         check_array(array, "allgather")
         self._before_collective()
-        return self._allgather(array)
+        return self._run(self._allgather, array)
 
     def gather(self, array, root=0):
         """Like allgather, but only ``root`` gets the stack; the others get None."""
         check_array(array, "gather")
         check_root(root, self.size, "gather")
         self._before_collective()
-        return self._gather(array, root)
+        return self._run(self._gather, array, root)
 
     def reduce_scatter(self, array, op="sum"):
         """Part ``rank`` of the reduced array: the flattened array is cut in ``size`` near-equal parts."""
         check_array(array, "reduce_scatter")
         check_op(op, "reduce_scatter")
         self._before_collective()
-        return self._reduce_scatter(array, op)
+        return self._run(self._reduce_scatter, array, op)
 
     def barrier(self):
         self._before_collective()
-        self._barrier()
+        self._run(self._barrier)
 
     def broadcast_json(self, value, root=0):
         """Root's JSON-serialisable ``value`` on every rank."""
@@ -96,7 +100,7 @@ class Communicator:
         if data is None:
             data = np.empty(int(length[0]), np.uint8)
         self._before_collective()
-        self._broadcast(data, root)
+        self._run(self._broadcast, data, root)
         return json.loads(data.tobytes().decode())
 
     def allgather_ragged(self, array):
@@ -120,14 +124,26 @@ class Communicator:
         padded = np.zeros((int(lengths.max()),) + array.shape[1:], array.dtype)
         padded[:len(array)] = array
         self._before_collective()
-        rows = self._allgather(padded)
+        rows = self._run(self._allgather, padded)
         return [row[:n] for row, n in zip(rows, lengths)]
 
-    # -- order ----------------------------------------------------------------------------------------------------
+    # -- order and failure -----------------------------------------------------------------------------------------
     @property
     def _failure(self):
-        """The exception of a non-blocking collective that failed, else None."""
+        """The exception of the first collective that failed, else None: the communicator is unusable then."""
         return self._calls.failure
+
+    def _fail(self, exc):
+        if self._calls.failure is None:
+            self._calls.failure = exc
+
+    def _run(self, collective, *args):
+        """Run a backend's collective; its failure (the peers' state is unknown then) ends the communicator."""
+        try:
+            return collective(*args)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
 
     def _check_usable(self):
         if self._closed:
@@ -144,16 +160,28 @@ class Communicator:
             self._calls.wait_pending()
 
     def close(self):
-        """Finish pending collectives, stop the communication thread, release the backend's resources."""
+        """Finish pending collectives, meet every rank in a checked barrier, release the backend's resources.
+
+        A rank still inside another collective fails with a mismatch naming both calls, and so does
+        this one: the barrier's failure is raised (after the release), never swallowed. After a
+        failed collective there is no barrier: the peers learn it from their own errors.
+        """
         if self._closed:
             return
         try:
             if self._failure is None:
                 self._before_collective()
+                if self.size > 1:
+                    self._run(self._barrier)
         finally:
             self._calls.stop()
             self._closed = True
             self._release()
+
+    def abandon(self, reason):
+        """Close at once, without the barrier: this process is ending on an error (its peers will see it go)."""
+        self._fail(DistError(f"rank {self.rank}: {reason}"))
+        self.close()
 
     def _release(self):
         pass

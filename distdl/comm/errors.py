@@ -19,4 +19,8 @@ class CollectiveTimeoutError(DistError):
 
 
 class CollectiveMismatchError(DistError):
-    """Ranks called different collectives, or the same one with different op, dtype or size."""
+    """Ranks called different collectives, or the same one with different op, dtype, size or root."""
+
+
+class ProtocolError(DistError):
+    """An authenticated peer sent a frame that breaks the wire protocol (its length, sender or layout)."""

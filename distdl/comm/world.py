@@ -3,10 +3,16 @@
 ``backend="auto"`` picks MPI when mpirun/mpiexec started the process (their
 environment variables say so), the backend the launcher names in DISTDL_BACKEND
 when distdl-run started it, and a local world of one otherwise.
+
+A communicator still open when the interpreter exits is closed then, with the
+closing barrier; if that fails the process exits 1, never 0. A process ending
+on an uncaught exception closes it at once, without the barrier.
 """
 
+import atexit
 import logging
 import os
+import sys
 
 from distdl.comm.local import LocalCommunicator
 
@@ -20,6 +26,7 @@ WORLD_SIZE_VARIABLES = ("DISTDL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 DEFAULT_TIMEOUT = 300.0
 
 _current = None
+_uncaught = []  # set by the excepthook: the interpreter is ending on an error
 
 
 def launched_world_size():
@@ -80,6 +87,7 @@ def init(backend="auto", timeout=None):
                                    _required("DISTDL_RUN_ID"), timeout)
     else:
         _current = LocalCommunicator()
+    _close_at_exit_once()
     log.debug("distdl: %s backend (%s), rank %d of %d", name, reason, _current.rank, _current.size)
     return _current
 
@@ -103,6 +111,38 @@ def shutdown():
     if _current is not None:
         _current.close()
         _current = None
+
+
+def _close_at_exit_once():
+    if getattr(_close_at_exit_once, "installed", False):
+        return
+    _close_at_exit_once.installed = True
+    previous = sys.excepthook
+
+    def note_uncaught(kind, value, traceback):
+        _uncaught.append(kind)
+        previous(kind, value, traceback)
+
+    sys.excepthook = note_uncaught
+    atexit.register(_close_at_exit)
+
+
+def _close_at_exit():
+    """Close what the script left open; a failure of the closing barrier makes the exit status 1."""
+    global _current
+    comm, _current = _current, None
+    if comm is None:
+        return
+    if _uncaught:
+        comm.abandon("the process ends on an uncaught exception")
+        return
+    try:
+        comm.close()
+    except BaseException as exc:  # atexit would print it and still exit 0
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def rank():

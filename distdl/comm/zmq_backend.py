@@ -1,12 +1,17 @@
 """Collectives over ZeroMQ (pyzmq), for where MPI is missing or broken.
 
 Transport: every rank binds one PULL inbox (TCP on the interface that reaches the
-master, and an ipc:// socket for peers on the same host) and connects one PUSH
-socket to every peer's inbox. Messages are [header, payload]: the header says who
-sent it and which collective call it belongs to (sequence number, collective, op,
-dtype, element count, and a tag for the step and segment), and the receiver checks
-it against the call it is making, so mismatched calls across ranks fail with an
-error naming both calls. Large payloads leave without a copy (tracked, so the
+master, and an abstract-namespace ipc:// socket, which leaves no file, for peers on
+the same host and network namespace) and connects one PUSH socket to every peer's
+inbox. Only the job's ranks get a connection in (``security``: a one-time
+credential, or CURVE, vetted by the context's ZAP handler), and each message says
+which rank's connection it came by. Messages are [header, payload]: the header
+says who sent it and which collective call it belongs to (the ``signature``: seq,
+collective, op, dtype, count, root; and a tag for the step and segment). The
+receiver checks every frame against the call it is making: the sender against the
+connection, the signature, the tag, the payload's length; so mismatched calls
+across ranks fail with an error naming both calls. No frame is larger than a
+segment (``ZMQ_MAXMSGSIZE``). Large payloads leave without a copy (tracked, so the
 array is not handed back before ZeroMQ is done with it).
 
 Waiting: a receive first polls without blocking for a short spin (waking a process
@@ -18,11 +23,14 @@ Algorithms: allreduce is recursive doubling up to ``small_bytes`` (latency bound
 log2(n) exchanges) and a ring above (reduce-scatter then allgather, bandwidth
 optimal), in segments so that receiving, reducing and forwarding overlap. Each
 element is reduced in one fixed order, so every rank ends bit-identical.
+Broadcast and gather first compare every rank's signature (an allgather of it),
+so ranks that name different roots all fail alike.
 """
 
 import os
+import secrets
 import socket
-import tempfile
+import sys
 import time
 from collections import deque
 
@@ -30,9 +38,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from distdl.comm import rendezvous
+from distdl.comm import rendezvous, security
 from distdl.comm.base import Communicator
-from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, DistError, PeerLostError
+from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
 from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
 from distdl.comm.signature import HEADER, describe_signature, pack_header, signature, unpack_header
 
@@ -42,6 +50,11 @@ LOST_GRACE_SECONDS = 0.2  # messages a dead peer sent just before dying may stil
 ZERO_COPY_BYTES = 64 * 1024
 SMALL_BYTES = int(os.environ.get("DISTDL_ZMQ_SMALL_BYTES", 64 * 1024))
 SEGMENT_BYTES = int(os.environ.get("DISTDL_ZMQ_SEGMENT_BYTES", 512 * 1024))
+MAX_FRAME_BYTES = max(SMALL_BYTES, SEGMENT_BYTES, HEADER.size)  # the largest frame a peer may send
+WIRE_OVERHEAD_BYTES = 256  # what CURVE adds to a frame on the wire (command name, nonce, MAC, flags)
+STEP = 65536  # tag = step * STEP + segment
+AGREE_TAG = 2 ** 32 - 1  # the tag of the signature exchange before a broadcast or gather
+SIGNATURE_DTYPE = np.dtype(np.int64)
 
 
 def reachable_address(master_addr):
@@ -54,17 +67,32 @@ def reachable_address(master_addr):
         probe.close()
 
 
+def network_namespace():
+    """This process's network namespace (abstract ipc sockets are reachable only inside it), or None."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
+
+
 class ZMQCommunicator(Communicator):
     backend = "zmq"
 
     def __init__(self, rank, size, master_addr, master_port, run_id, timeout=300.0):
         self.timeout = float(timeout)
+        self._scheme = security.scheme()
         self._context = zmq.Context()
+        self._keys = security.new_keypair()
+        self._gatekeeper = security.Gatekeeper(self._context, rank, self._scheme)  # before any socket binds
         self._inbox = self._context.socket(zmq.PULL)
         self._inbox.setsockopt(zmq.RCVHWM, 0)
         self._inbox.setsockopt(zmq.LINGER, 0)
+        self._inbox.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + WIRE_OVERHEAD_BYTES)
+        security.secure_inbox(self._inbox, self._scheme, self._keys[1])
+        self._inbox_monitor = self._gatekeeper.refusals.watch(self._inbox)
         host = reachable_address(master_addr)
-        me = {"host": socket.gethostname(), "tcp": self._bind_tcp(host), "ipc": self._bind_ipc(run_id, rank)}
+        me = {"host": socket.gethostname(), "netns": network_namespace(), "tcp": self._bind_tcp(host),
+              "ipc": self._bind_ipc(), "key": self._keys[0]}
         master = f"tcp://{master_addr}:{master_port}"
         if rank == 0:
             table = rendezvous.serve(size, run_id, f"tcp://{host}:{master_port}", me, self.timeout)
@@ -72,37 +100,41 @@ class ZMQCommunicator(Communicator):
             table = rendezvous.register(rank, size, run_id, master, me, self.timeout)
         local = [r for r, peer in enumerate(table) if peer["host"] == me["host"]]
         super().__init__(rank, size, local.index(rank), len(local))
-        self._connect(table, me["host"])
+        self._gatekeeper.admit(run_id, self._keys[0], {r: peer["key"] for r, peer in enumerate(table) if r != rank})
+        self._connect(table, me, run_id)
         self._seq = 0
         self._stash = {peer: deque() for peer in range(size)}
         self._lost = {}  # peer -> when its connection went away
         self._trackers = []
+        self._user_ids = {str(peer): peer for peer in range(size) if peer != rank}
+        self.address = me  # where this rank listens (host, tcp, ipc) and its public key
 
     def _bind_tcp(self, host):
         port = self._inbox.bind_to_random_port(f"tcp://{host}")
         return f"tcp://{host}:{port}"
 
-    def _bind_ipc(self, run_id, rank):
-        path = os.path.join(tempfile.gettempdir(), f"distdl-{str(run_id)[:16]}-{rank}-{os.getpid()}.sock")
-        endpoint = f"ipc://{path}"
-        try:
-            self._inbox.bind(endpoint)
-        except zmq.ZMQError:  # no ipc transport here (Windows): peers on this host use TCP
-            return None
+    def _bind_ipc(self):
+        """An abstract-namespace socket (Linux): no file to leave behind, whatever way the process ends."""
+        if not sys.platform.startswith("linux"):
+            return None  # peers on this host use TCP
+        endpoint = f"ipc://@distdl-{secrets.token_hex(12)}"
+        self._inbox.bind(endpoint)
         return endpoint
 
-    def _connect(self, table, my_host):
+    def _connect(self, table, me, run_id):
         self._outbox, self._monitor_of = {}, {}
         self._poller = zmq.Poller()
         self._poller.register(self._inbox, zmq.POLLIN)
+        self._poller.register(self._inbox_monitor, zmq.POLLIN)
         for peer, address in enumerate(table):
             if peer == self.rank:
                 continue
             out = self._context.socket(zmq.PUSH)
             out.setsockopt(zmq.SNDHWM, 0)
             out.setsockopt(zmq.LINGER, int(self.timeout * 1000))
+            security.secure_outbox(out, self._scheme, run_id, self._keys, address["key"], self.rank)
             monitor = out.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            same_host = address["host"] == my_host and address["ipc"]
+            same_host = (address["host"], address.get("netns")) == (me["host"], me["netns"]) and address.get("ipc")
             out.connect(address["ipc"] if same_host else address["tcp"])
             self._outbox[peer] = out
             self._monitor_of[monitor] = peer
@@ -117,18 +149,28 @@ class ZMQCommunicator(Communicator):
         else:
             self._outbox[peer].send_multipart([header, payload])
 
-    def _recv(self, peer, call, tag, dtype):
-        """The payload ``peer`` sent for ``call`` and ``tag``, as a read-only array over ZeroMQ's buffer."""
+    def _recv(self, peer, call, tag, dtype, count, agree=False):
+        """The ``count`` elements ``peer`` sent for ``call`` and ``tag``, read-only over ZeroMQ's buffer.
+
+        With ``agree`` (the signature exchange) only the sequence number and tag must match: the
+        payload carries the peer's signature, which the caller compares.
+        """
         stash = self._stash[peer]
-        frames = stash.popleft() if stash else self._wait_for(peer, call)
-        got, _, got_tag = unpack_header(frames[0].bytes)
-        if got != call or got_tag != tag:
+        header, payload = stash.popleft() if stash else self._wait_for(peer, call)
+        got, _, got_tag = unpack_header(header.bytes)
+        if (got[0] != call[0] or got_tag != tag) if agree else (got != call or got_tag != tag):
             raise CollectiveMismatchError(
                 f"rank {self.rank} called {describe_signature(call)} but rank {peer} sent its part of "
                 f"{describe_signature(got)}"
                 + (f" (step tag {got_tag}, expected {tag})" if got_tag != tag else "")
-                + "; every rank must call the same collectives in the same order with the same op, dtype and size")
-        return np.frombuffer(frames[1].buffer, dtype)
+                + "; every rank must call the same collectives in the same order with the same op, dtype, size "
+                  "and root")
+        if len(payload) != count * dtype.itemsize:
+            raise ProtocolError(
+                f"rank {self.rank}: in {describe_signature(call)} rank {peer} sent {len(payload)} bytes for "
+                f"{describe_signature(got)} step tag {tag}, where {count} {dtype} elements "
+                f"({count * dtype.itemsize} bytes) belong; its distdl differs, or its memory is corrupt")
+        return np.frombuffer(payload.buffer, dtype)
 
     def _wait_for(self, peer, call):
         start = time.monotonic()
@@ -142,14 +184,32 @@ class ZMQCommunicator(Communicator):
                     continue
                 self._check_peer(peer, call, now - start)
                 for sock, _ in self._poller.poll(POLL_MS):
-                    if sock in self._monitor_of:
+                    if sock is self._inbox_monitor:
+                        self._gatekeeper.refusals.drain(sock)
+                    elif sock in self._monitor_of:
                         if recv_monitor_message(sock)["event"] == zmq.EVENT_DISCONNECTED:
                             self._lost.setdefault(self._monitor_of[sock], time.monotonic())
                 continue
-            sender = HEADER.unpack_from(frames[0].bytes)[1]
+            sender = self._sender_of(frames, call)
             if sender == peer:
                 return frames
             self._stash[sender].append(frames)
+
+    def _sender_of(self, frames, call):
+        """The rank whose connection ``frames`` came by, once they are seen to be a message of its own."""
+        sender = self._user_ids.get(security.frame_property(frames[0], "User-Id"))
+        if sender is None:  # the gatekeeper admits only peers: this cannot happen, but must never pass
+            raise ProtocolError(f"rank {self.rank}: a message came by a connection of no peer, during "
+                                f"{describe_signature(call)}")
+        if len(frames) != 2 or len(frames[0]) != HEADER.size:
+            raise ProtocolError(f"rank {self.rank}: rank {sender} sent a message of {len(frames)} frames "
+                                f"(header {len(frames[0])} bytes) during {describe_signature(call)}; a distdl "
+                                f"message is a {HEADER.size}-byte header and a payload: its distdl differs")
+        claimed = unpack_header(frames[0].bytes)[1]
+        if claimed != sender:
+            raise ProtocolError(f"rank {self.rank}: rank {sender} sent a message that claims to come from rank "
+                                f"{claimed}, during {describe_signature(call)}")
+        return sender
 
     def _check_peer(self, peer, call, waited):
         lost_at = self._lost.get(peer)
@@ -162,20 +222,56 @@ class ZMQCommunicator(Communicator):
                 f"rank {peer} is alive and calls the same collectives in the same order (DISTDL_TIMEOUT sets the limit)")
 
     def _flush(self, call):
-        """Wait until ZeroMQ has sent every zero-copy payload, so the caller may reuse its arrays."""
+        """Wait until ZeroMQ has sent every zero-copy payload, so the caller may reuse its arrays.
+
+        A send may take long (a peer paused, a loaded machine); only DISTDL_TIMEOUT makes it an error.
+        """
         deadline = time.monotonic() + self.timeout
         for tracker in self._trackers:
             while not tracker.done:
                 if time.monotonic() > deadline:
-                    raise CollectiveTimeoutError(f"rank {self.rank}: {describe_signature(call)} could not deliver its "
-                                                 f"data within {self.timeout:g} s: a peer stopped receiving")
-                tracker.wait(0.05)
+                    raise CollectiveTimeoutError(f"rank {self.rank}: {describe_signature(call)} could not deliver "
+                                                 f"its data within {self.timeout:g} s: a peer stopped receiving")
+                try:
+                    tracker.wait(0.05)
+                except zmq.NotDone:
+                    pass
         self._trackers.clear()
 
-    def _call(self, collective, op, array):
+    def _call(self, collective, op, array, root=-1):
         """Start a call: the signature every message of it carries."""
         self._seq += 1
-        return signature(self._seq, collective, op, array)
+        return signature(self._seq, collective, op, array, root)
+
+    def _segments(self, start, stop, itemsize):
+        """(a, b) element ranges of at most SEGMENT_BYTES covering [start, stop); one empty one if it is empty."""
+        per_segment = max(1, SEGMENT_BYTES // itemsize)
+        return [(a, min(a + per_segment, stop)) for a in range(start, stop, per_segment)] or [(start, start)]
+
+    def _send_all(self, peer, call, step, flat):
+        for k, (a, b) in enumerate(self._segments(0, flat.size, flat.itemsize)):
+            self._send(peer, call, step * STEP + k, flat[a:b])
+
+    def _recv_into(self, peer, call, step, flat):
+        for k, (a, b) in enumerate(self._segments(0, flat.size, flat.itemsize)):
+            flat[a:b] = self._recv(peer, call, step * STEP + k, flat.dtype, b - a)
+
+    def _agree(self, call):
+        """Compare every rank's signature of ``call`` (a ring allgather of it): a difference fails on every rank."""
+        mine = np.array(call, SIGNATURE_DTYPE)
+        everyone = np.empty((self.size, mine.size), SIGNATURE_DTYPE)
+        everyone[self.rank] = mine
+        left, right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
+        for step in range(self.size - 1):
+            self._send(right, call, AGREE_TAG, everyone[(self.rank - step) % self.size])
+            everyone[(self.rank - step - 1) % self.size] = self._recv(left, call, AGREE_TAG, SIGNATURE_DTYPE,
+                                                                      mine.size, agree=True)
+        self._flush(call)
+        if not (everyone == mine).all():
+            calls = "; ".join(f"rank {r}: {describe_signature(row)}" for r, row in enumerate(everyone))
+            raise CollectiveMismatchError(
+                f"rank {self.rank}: ranks made different collective calls ({calls}); every rank must call the "
+                "same collectives in the same order with the same op, dtype, size and root")
 
     # -- algorithms ----------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
@@ -192,19 +288,19 @@ class ZMQCommunicator(Communicator):
 
     def _recursive_doubling(self, flat, ufunc, call):
         """log2(n) pairwise exchanges; ranks beyond the largest power of two fold in first and are told after."""
-        rank, size = self.rank, self.size
+        rank, size, n = self.rank, self.size, flat.size
         p2 = 1 << (size.bit_length() - 1)
         if rank >= p2:
             self._send(rank - p2, call, 0, flat)
-            flat[...] = self._recv(rank - p2, call, 1, flat.dtype)
+            flat[...] = self._recv(rank - p2, call, 1, flat.dtype, n)
             return
         if rank + p2 < size:
-            ufunc(flat, self._recv(rank + p2, call, 0, flat.dtype), out=flat)
+            ufunc(flat, self._recv(rank + p2, call, 0, flat.dtype, n), out=flat)
         mask, step = 1, 2
         while mask < p2:
             partner = rank ^ mask
             self._send(partner, call, step, flat.copy())
-            ufunc(flat, self._recv(partner, call, step, flat.dtype), out=flat)
+            ufunc(flat, self._recv(partner, call, step, flat.dtype, n), out=flat)
             mask, step = mask << 1, step + 1
         if rank + p2 < size:
             self._send(rank + p2, call, 1, flat)
@@ -218,13 +314,10 @@ class ZMQCommunicator(Communicator):
         """
         rank, size = self.rank, self.size
         left, right = (rank - 1) % size, (rank + 1) % size
-        counts = split_counts(flat.size, size)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        per_segment = max(1, SEGMENT_BYTES // flat.itemsize)
+        starts = np.concatenate([[0], np.cumsum(split_counts(flat.size, size))])
 
         def segments(chunk):
-            return [(a, min(a + per_segment, starts[chunk + 1])) for a in range(starts[chunk], starts[chunk + 1],
-                                                                                per_segment)]
+            return self._segments(starts[chunk], starts[chunk + 1], flat.itemsize)
 
         steps = 2 * (size - 1) if gather else size - 1
         for k, (a, b) in enumerate(segments((rank - 1) % size)):
@@ -232,13 +325,13 @@ class ZMQCommunicator(Communicator):
         for step in range(steps):
             reducing = step < size - 1
             for k, (a, b) in enumerate(segments((rank - step - 2) % size)):
-                incoming = self._recv(left, call, step * 65536 + k, flat.dtype)
+                incoming = self._recv(left, call, step * STEP + k, flat.dtype, b - a)
                 if reducing:
                     ufunc(flat[a:b], incoming, out=flat[a:b])
                 else:
                     flat[a:b] = incoming
                 if step + 1 < steps:
-                    self._send(right, call, (step + 1) * 65536 + k, flat[a:b])
+                    self._send(right, call, (step + 1) * STEP + k, flat[a:b])
 
     def _reduce_scatter(self, array, op):
         call = self._call("reduce_scatter", op, array)
@@ -254,20 +347,23 @@ class ZMQCommunicator(Communicator):
         return out
 
     def _broadcast(self, array, root):
-        """A binomial tree from ``root``: log2(n) rounds."""
-        call = self._call("broadcast", None, array)
+        """A binomial tree from ``root``: log2(n) rounds, after the ranks agree on the call and its root."""
+        call = self._call("broadcast", None, array, root)
+        if self.size == 1:
+            return
+        self._agree(call)
         flat = array.reshape(-1)
         relative = (self.rank - root) % self.size
         mask = 1
         while mask < self.size:
             if relative & mask:
-                flat[...] = self._recv((self.rank - mask) % self.size, call, 0, flat.dtype)
+                self._recv_into((self.rank - mask) % self.size, call, 0, flat)
                 break
             mask <<= 1
         mask >>= 1
         while mask > 0:
             if relative + mask < self.size:
-                self._send((self.rank + mask) % self.size, call, 0, flat)
+                self._send_all((self.rank + mask) % self.size, call, 0, flat)
             mask >>= 1
         self._flush(call)
 
@@ -275,24 +371,28 @@ class ZMQCommunicator(Communicator):
         call = self._call("allgather", None, array)
         out = np.empty((self.size,) + array.shape, array.dtype)
         out[self.rank] = array
+        rows = out.reshape(self.size, array.size)
         left, right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
         for step in range(self.size - 1):
-            self._send(right, call, step, out[(self.rank - step) % self.size].reshape(-1))
-            out[(self.rank - step - 1) % self.size] = self._recv(left, call, step, array.dtype).reshape(array.shape)
+            self._send_all(right, call, step, rows[(self.rank - step) % self.size])
+            self._recv_into(left, call, step, rows[(self.rank - step - 1) % self.size])
         self._flush(call)
         return out
 
     def _gather(self, array, root):
-        call = self._call("gather", None, array)
+        call = self._call("gather", None, array, root)
+        if self.size > 1:
+            self._agree(call)
         if self.rank != root:
-            self._send(root, call, 0, array.reshape(-1))
+            self._send_all(root, call, 0, array.reshape(-1))
             self._flush(call)
             return None
         out = np.empty((self.size,) + array.shape, array.dtype)
         out[root] = array
+        rows = out.reshape(self.size, array.size)
         for peer in range(self.size):
             if peer != root:
-                out[peer] = self._recv(peer, call, 0, array.dtype).reshape(array.shape)
+                self._recv_into(peer, call, 0, rows[peer])
         return out
 
     def _barrier(self):
@@ -302,15 +402,13 @@ class ZMQCommunicator(Communicator):
             self._recursive_doubling(token, np.add, call)
 
     def _release(self):
-        try:
-            if self._failure is None and self.size > 1:
-                self._barrier()  # nobody disconnects while a peer still waits for its last message
-        except DistError:
-            pass  # closing after a failure: the sockets go anyway
-        finally:
-            for sock in list(self._outbox.values()) + [self._inbox]:
-                sock.close(linger=0 if self._failure else None)
-            for monitor in self._monitor_of:
-                monitor.close(linger=0)
-            self._context.term()
-
+        """Close every socket: at once after a failure, else once ZeroMQ has delivered what is queued."""
+        linger = 0 if self._failure is not None else None
+        for sock in list(self._outbox.values()) + [self._inbox]:
+            sock.close(linger=linger)
+        self._gatekeeper.refusals.drain(self._inbox_monitor)
+        self._gatekeeper.refusals.summary()
+        for monitor in list(self._monitor_of) + [self._inbox_monitor]:
+            monitor.close(linger=0)
+        self._gatekeeper.close()
+        self._context.term()
