@@ -21,13 +21,14 @@ class Failure:
     kind: Kind
     rank: int = None  # the worker's global rank, for the worker kinds
     code: int = None  # the exit code (< 0: killed by signal -code), for the worker kinds and mpiexec
-    detail: str = ""  # the signal's name, the other node's report, ...
+    detail: str = ""  # the other node's report, ...
+    pid: int = None  # the worker's process, where its keeper recorded it
 
     def describe(self):
         """One line: what failed, and how."""
         if self.kind is Kind.WORKER_INCOMPLETE:
-            return (f"rank {self.rank} ended ({describe_exit(self.code)}) without completing: it left no completion "
-                    "record (os._exit, or the interpreter was cut short)")
+            return (f"rank {self.rank} ended ({describe_exit(self.code)}) without completing: its process "
+                    f"{self.pid} left no completion record (os._exit, or the interpreter was cut short)")
         if self.kind in (Kind.WORKER_FAILED, Kind.SIGNALLED):
             return f"rank {self.rank} failed with {describe_exit(self.code)}"
         if self.kind is Kind.MPIEXEC_FAILED:
@@ -43,10 +44,10 @@ class Failure:
         return self.code if self.code > 0 else 128 - self.code
 
 
-def of_exit(rank, code, completed):
+def of_exit(rank, code, completed, pid=None):
     """The failure of a worker that ended with ``code``, or None if it succeeded."""
     if code < 0:
-        return Failure(Kind.SIGNALLED, rank, code)
+        return Failure(Kind.SIGNALLED, rank, code, pid=pid)
     if code > 0:
-        return Failure(Kind.WORKER_FAILED, rank, code)
-    return None if completed else Failure(Kind.WORKER_INCOMPLETE, rank, code)
+        return Failure(Kind.WORKER_FAILED, rank, code, pid=pid)
+    return None if completed else Failure(Kind.WORKER_INCOMPLETE, rank, code, pid=pid)

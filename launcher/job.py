@@ -63,7 +63,7 @@ class Attempt:
                 self.stopped = self._still_running(seen, ended) - {failure.rank}
                 return failure
             if all(code is not None for code in ended.values()):
-                return self._incomplete(seen)
+                return None
             if interrupted():
                 return Failure(Kind.INTERRUPTED, code=interrupted())
             problem = peer_problem()
@@ -73,8 +73,8 @@ class Attempt:
 
     def _first_failure(self, seen, ended):
         """The earliest worker that ended badly, by its keeper's record; a keeper that left none, by its code."""
-        for record in seen.exits:
-            failure = of_exit(record["rank"], record["code"], seen.completed(record["pid"]))
+        for record in seen.exits:  # only a keeper's own worker has one: a child that imported distdl does not count
+            failure = of_exit(record["rank"], record["code"], seen.completed(record["pid"]), record["pid"])
             if failure is not None:
                 return failure
         for rank, code in ended.items():
@@ -89,14 +89,6 @@ class Attempt:
                            else Failure(Kind.MPIEXEC_FAILED, code=code))
             if failure is not None:
                 return failure
-        return None
-
-    def _incomplete(self, seen):
-        """All ended well by their codes: still a failure if a worker that started never completed."""
-        for pid, start in sorted(seen.starts.items(), key=lambda item: item[1]["rank"]):
-            if not seen.completed(pid):
-                exit_record = next((e for e in seen.exits if e["pid"] == pid), None)
-                return Failure(Kind.WORKER_INCOMPLETE, start["rank"], exit_record["code"] if exit_record else 0)
         return None
 
     def _still_running(self, seen, ended):

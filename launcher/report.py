@@ -13,7 +13,7 @@ def report_failure(failure, records, output, stopped):
     """Print which rank failed first, how, its traceback or last output, and who was stopped because of it."""
     say = sys.stderr.write
     if failure.rank is not None:
-        error = records.error_of(failure.rank)
+        error = records.error_of(failure.rank, failure.pid)
     else:  # mpiexec failed and only the records can say which rank raised first
         error = records.errors[0] if records.errors and failure.kind in WORKER_KINDS else None
     if error is not None:

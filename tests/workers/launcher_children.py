@@ -4,7 +4,8 @@ Every rank starts a plain child and a setsid child (both hold the worker's stdou
 and sleep for 600 s) and prints its own, its parent's (the keeper's) and their PIDs
 as ``job pids P1 P2 ...``; then:
 
-succeed  every rank reduces an array and ends normally (the children still run)
+succeed  every rank reduces an array and ends normally (the children still run); first each runs a helper
+         process that imports distdl and ends by os._exit(0): that is not the rank ending early
 raise    rank 1 raises; the others wait in a collective
 kill     rank 1 kills itself with SIGKILL; the others wait in a collective
 exit0    rank 1 calls os._exit(0) in the middle of a loop of allreduces
@@ -28,6 +29,7 @@ detached = subprocess.Popen(["sleep", "600"], start_new_session=True)
 print(f"rank {comm.rank} job pids {os.getpid()} {os.getppid()} {plain.pid} {detached.pid}", flush=True)
 comm.barrier()
 if scenario == "succeed":
+    subprocess.run([sys.executable, "-c", "import os, distdl; os._exit(0)"], check=True)
     x = np.ones(3)
     comm.allreduce(x)
     print(f"rank {comm.rank} sum {x[0]:g}", flush=True)
