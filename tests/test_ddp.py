@@ -55,6 +55,24 @@ def test_different_models_on_different_ranks_fail_at_construction(backend):
             "0.weight (9, 4) float32") in "".join(result.outputs), str(result)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_different_bucket_sizes_on_different_ranks_fail_at_construction(backend):
+    result = run(backend, 2, "ddp.py", "buckets", timeout=60)
+    assert not result.ok()
+    assert ("rank 1's gradient buckets differ from rank 0's (gradients:dtype of each bucket, rank 0: 67:float64;"
+            "256:float64;16:float64;160:float64; rank 1: 67:float64;256:float64;176:float64); pass the same "
+            "bucket_cap_mb on every rank") in "".join(result.outputs), str(result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ranks_at_different_steps_are_named_on_every_rank(backend):
+    result = run(backend, 2, "ddp.py", "skipstep", timeout=60)
+    ran_everywhere(result, 2, "skipstep")
+    for rank in range(2):
+        assert (f"rank {rank} stopped: rank {rank}: DistributedDataParallel: the ranks averaged the gradients of "
+                "different steps (rank 0: step 3; rank 1: step 4)") in "".join(result.outputs), str(result)
+
+
 def processes_with(marker):
     """The processes whose command line holds ``marker``."""
     found = []
@@ -95,7 +113,7 @@ def test_uneven_inputs_without_join_are_a_named_error_not_a_hang(backend):
     assert time.monotonic() - start < 20
     output = "".join(result.outputs)
     assert not result.ok()
-    assert re.search(r"CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 101 elements\).*"
+    assert re.search(r"CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 85 elements\).*"
                      r"allreduce #20 \(sum, float64, 1 elements\)", output), output
     assert "no error" not in output and "killed by the test harness" not in output
 

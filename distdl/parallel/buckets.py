@@ -2,8 +2,8 @@
 
 After the gradients, every bucket carries a few control elements that travel in the
 same reduction (see ``control.py``): whether this rank's gradients were finite, whether
-it had a batch, and the bits of its step and bucket layout, so the ranks check that
-they agree without a message of their own.
+it had a batch, and the bits of its step, so the ranks check that they agree without a
+message of their own.
 """
 
 from distdl.backend import xp_of
@@ -69,8 +69,8 @@ def plan_buckets(params, bucket_bytes):
 
 
 def layout_of(buckets):
-    """The bucket layout as one line of text: element counts and dtypes, what every rank must share."""
-    return ";".join(f"{b.flat.size}:{b.flat.dtype}" for b in buckets)
+    """The bucket layout as one line of text: gradient counts and dtypes, what every rank must share."""
+    return ";".join(f"{b.grads.size}:{b.grads.dtype}" for b in buckets)
 
 
 def _kind(p):

@@ -13,8 +13,8 @@ optimizer reads averaged gradients.
 The path is checked, always: the first bucket of each step goes through the
 communicator's signature check (a rank in another collective is named at once), and
 the control elements at the end of every bucket (``control.py``) carry each rank's
-step, bucket layout, finiteness and whether it had a batch, reduced with the
-gradients themselves.
+step, finiteness and whether it had a batch, reduced with the gradients themselves.
+The bucket layout is compared across ranks at construction.
 """
 
 import math
@@ -68,12 +68,11 @@ class DistributedDataParallel:
         self.comm = process_group if process_group is not None else get_comm()
         self.broadcast_buffers = broadcast_buffers
         self.nonfinite = nonfinite
-        self._check_same_model()
-        self._broadcast(list(module.parameters()) + list(module.buffers()))
         self._params = [p for p in module.parameters() if p.requires_grad]
         self._names = {p: name for name, p in module.named_parameters()}
         self.buckets = plan_buckets(self._params, int(bucket_cap_mb * 1024 * 1024))
-        self._layout = control.layout_code(layout_of(self.buckets))
+        self._check_same_model()
+        self._broadcast(list(module.parameters()) + list(module.buffers()))
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
         for p in self._params:
             if p.grad is not None:
@@ -96,15 +95,19 @@ class DistributedDataParallel:
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _check_same_model(self):
-        """Compare every rank's (name, shape, dtype) list with rank 0's; name the first difference."""
+        """Compare every rank's (name, shape, dtype) list and bucket layout with rank 0's; name the difference."""
         mine = [[name, list(value.shape), str(value.dtype)] for name, value in self.module.named_parameters()]
         mine += [[name, list(value.shape), str(value.dtype)] for name, value in self.module.named_buffers()]
-        everyone = self.comm.allgather_json(mine)
-        for rank, theirs in enumerate(everyone[1:], 1):
-            if theirs != everyone[0]:
+        everyone = self.comm.allgather_json([mine, layout_of(self.buckets)])
+        for rank, (theirs, layout) in enumerate(everyone[1:], 1):
+            if theirs != everyone[0][0]:
                 raise ValueError(f"DistributedDataParallel: rank {rank}'s model differs from rank 0's: "
-                                 f"{_first_difference(everyone[0], theirs, rank)}; every rank must build the same "
+                                 f"{_first_difference(everyone[0][0], theirs, rank)}; every rank must build the same "
                                  "model")
+            if layout != everyone[0][1]:
+                raise ValueError(f"DistributedDataParallel: rank {rank}'s gradient buckets differ from rank 0's "
+                                 f"(gradients:dtype of each bucket, rank 0: {everyone[0][1]}; rank {rank}: {layout}); pass "
+                                 "the same bucket_cap_mb on every rank")
 
     def _broadcast(self, tensors, root=0):
         """``root``'s values of ``tensors`` into every rank's, one coalesced broadcast per dtype."""
@@ -153,7 +156,7 @@ class DistributedDataParallel:
         self.step_skipped = False
         self._local_nonfinite = None
         self.last_allreduces = []
-        self._control = control.template(self.steps + 1, self._layout, self.buckets[0].flat.dtype)
+        self._control = control.template(self.steps + 1, self.buckets[0].flat.dtype)
 
     def _on_grad_ready(self, param):
         if not self._armed:
@@ -260,9 +263,8 @@ class DistributedDataParallel:
         size = self.comm.size
         if not (had_batch and control.agree_fully(self.buckets[0].control, self._control)):
             first = control.counts(self.buckets[0].control, size)
-            differ = control.agreement(first)
-            if differ:
-                self._raise_step_mismatch(differ, had_batch)
+            if not control.steps_agree(first):
+                self._raise_step_mismatch(had_batch)
             active = int(first[control.ACTIVE])
             if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
                 for bucket in self.buckets:
@@ -271,16 +273,15 @@ class DistributedDataParallel:
         if any(bucket.control[control.NONFINITE] for bucket in self.buckets):
             self._on_nonfinite(had_batch)
 
-    def _raise_step_mismatch(self, differ, had_batch):
-        """Every rank's step and layout, gathered (one extra collective, only now) to name them."""
-        everyone = self.comm.allgather_json({"step": self.steps + 1 if had_batch else None,
-                                             "layout": layout_of(self.buckets)})
-        described = "; ".join(f"rank {r}: " + (f"step {e['step']}, buckets {e['layout']}" if e["step"] is not None
-                                               else "out of data (in join())") for r, e in enumerate(everyone))
+    def _raise_step_mismatch(self, had_batch):
+        """Every rank's step, gathered (one extra collective, only now) to name them."""
+        everyone = self.comm.allgather_json(self.steps + 1 if had_batch else None)
+        described = "; ".join(f"rank {r}: " + (f"step {step}" if step is not None else "out of data, in join()")
+                              for r, step in enumerate(everyone))
         raise StepMismatchError(
-            f"rank {self.comm.rank}: DistributedDataParallel: the ranks averaged gradients of different "
-            f"{' and '.join(differ)}s ({described}); every rank must run the same synced steps with the same "
-            "bucket_cap_mb: a rank skipped or added a step (for uneven inputs use `with ddp.join():`)")
+            f"rank {self.comm.rank}: DistributedDataParallel: the ranks averaged the gradients of different steps "
+            f"({described}); every rank must run the same synced steps: a rank skipped or added one (for uneven "
+            "inputs use `with ddp.join():`)")
 
     def _on_nonfinite(self, had_batch):
         """Some rank's gradient was NaN or Inf: stop every rank, naming them, or skip the step on every rank."""

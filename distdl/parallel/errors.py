@@ -12,4 +12,4 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StepMismatchError(CollectiveMismatchError):
-    """The ranks reduced gradients of different steps, or with different bucket layouts."""
+    """The ranks averaged the gradients of different steps: one skipped or added a step."""

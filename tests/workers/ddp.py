@@ -5,6 +5,9 @@ nosync                       k micro-batches under no_sync, then synced, equal o
 syncbn                       SyncBatchNorm on N ranks equals BatchNorm on one worker with the whole batch
 unused                       each rank uses a different branch: DDP's gradient is the mean of plain local ones
 mismatch                     rank 1 builds a different model: a clear error at construction
+buckets                      rank 1 passes another bucket_cap_mb: a clear error at construction
+skipstep                     rank 1's step count is one ahead (as after restoring another checkpoint): every rank
+                             names the ranks' steps
 fp16                         the fp16_compress_hook stays close to the uncompressed reference
 stall                        rank 1 stops itself (SIGSTOP) inside a 64 MiB allreduce: the others time out
 uneven join|nojoin           rank r has 6 - 2r batches: with join() one process on the same batches is the reference;
@@ -27,7 +30,7 @@ import numpy as np
 import distdl as dl
 from distdl import nn, optim
 from distdl.comm import DistError
-from distdl.parallel import NonFiniteGradientError, fp16_compress_hook
+from distdl.parallel import NonFiniteGradientError, StepMismatchError, fp16_compress_hook
 from distdl.parallel import control
 from distdl.parallel.buckets import Bucket
 
@@ -198,6 +201,27 @@ def mismatch(comm):
     dl.DistributedDataParallel(model)
 
 
+def buckets(comm):
+    dl.DistributedDataParallel(build("mlp", np.float64, seed=0), bucket_cap_mb=0.001 * (1 + comm.rank))
+
+
+def skipstep(comm):
+    rank, size = comm.rank, comm.size
+    ddp = dl.DistributedDataParallel(build("mlp", np.float64, seed=0), bucket_cap_mb=0.001)
+    optimizer = optim.SGD(ddp.parameters(), lr=0.05)
+    x, y = data("mlp", np.float64, 5, BATCH * size)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    try:
+        for s in range(1, 6):
+            if rank == 1 and s == 3:
+                ddp.steps += 1
+            step(ddp, optimizer, x[s - 1, mine], y[s - 1, mine])
+    except StepMismatchError as exc:
+        print(f"rank {rank} stopped: {exc}", flush=True)
+    else:
+        raise AssertionError("no error")
+
+
 def fp16(comm):
     rank, size = comm.rank, comm.size
     model = build("mlp", np.float32, seed=0)
@@ -280,7 +304,7 @@ def hook_alone(comm, bad):
     bucket.grads[...] = comm.rank + 1
     if comm.rank == 1:
         bucket.grads[7] = bad
-    bucket.control[...] = control.template(1, 0, np.float32)
+    bucket.control[...] = control.template(1, np.float32)
     bucket.control[control.NONFINITE] = comm.rank == 1
     fp16_compress_hook(comm, bucket)
     mean = np.mean(np.arange(1, comm.size + 1))
@@ -335,7 +359,8 @@ def main():
     comm = dl.init()
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "nosync": nosync, "syncbn": syncbn, "unused": unused, "mismatch": mismatch,
-     "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite}[scenario](comm, *args)
+     "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite, "buckets": buckets,
+     "skipstep": skipstep}[scenario](comm, *args)
     dl.shutdown()
     print(f"rank {comm.rank}: {scenario} {' '.join(args)} ok")
 
