@@ -164,7 +164,7 @@ class Cluster:
                 self._shape(self.switch, f"port{i}")  # what it receives
 
     def _shape(self, namespace, device):
-        burst = max(int(self.rate / 1000), 64 * 1024 + 1514)  # a millisecond of tokens, at least a GSO packet
+        burst = max(int(self.rate / 1000), 64 * 1024 + 1514)  # 1 ms of tokens (less loses rate)
         sh("ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", self.link,
            "burst", str(burst), "latency", "100ms")
 
@@ -176,21 +176,24 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def node_command(self, node, argv, port=MASTER_PORT):
-        """``argv`` for node ``node``: distdl-run gets --nnodes, --node-rank, --master-addr and --master-port."""
+    def node_command(self, node, argv, nodes, port=MASTER_PORT):
+        """``argv`` for node ``node`` of ``nodes``: distdl-run gets --nnodes, --node-rank, --master-addr, --master-port."""
         at = launcher_end(argv)
         if at is None:
             return list(argv)
-        return [*argv[:at], "--nnodes", str(self.nodes), "--node-rank", str(node), "--master-addr",
+        return [*argv[:at], "--nnodes", str(nodes), "--node-rank", str(node), "--master-addr",
                 self.addresses[0], "--master-port", str(port), *argv[at:]]
 
-    def start_job(self, argv, env=None, **options):
-        """``argv`` (a distdl-run command line, or any command) on every node; the Popen of each."""
-        env = dict(os.environ if env is None else env, CLUSTER_NODES=str(self.nodes),
-                   CLUSTER_MASTER_ADDR=self.addresses[0])
+    def start_job(self, argv, env=None, nodes=None, **options):
+        """``argv`` (a distdl-run command line, or any command) on every node, or on the first ``nodes``.
+
+        Returns the Popen of each node; ``options`` go to Popen (stdout=PIPE, text=True...).
+        """
+        nodes = self.nodes if nodes is None else nodes
+        env = dict(os.environ if env is None else env, CLUSTER_NODES=str(nodes), CLUSTER_MASTER_ADDR=self.addresses[0])
         env.setdefault("DISTDL_JOB_SECRET", secrets.token_hex(32))
-        return [self.popen(i, self.node_command(i, argv), env=dict(env, CLUSTER_NODE_RANK=str(i)), **options)
-                for i in range(self.nodes)]
+        return [self.popen(i, self.node_command(i, argv, nodes), env=dict(env, CLUSTER_NODE_RANK=str(i)), **options)
+                for i in range(nodes)]
 
     def teardown(self):
         """Stop every process of the run (SIGKILL after GRACE_S for those told to stop), delete every namespace."""

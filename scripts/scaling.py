@@ -1,24 +1,35 @@
 """Scaling experiments: a model at a list of worker counts, measured here, and predicted beyond this machine.
 
     python scripts/scaling.py --model mlp --workers 1,2 --mode weak --batch 128 --backend mpi \\
-        --out scaling-mlp.json [--plot scaling-mlp.png] [--predict 8,16,...,1024 --bandwidth 10e9 --latency 5e-6]
+        --json scaling-mlp.json [--plot scaling-mlp.png] [--predict 8,16,...,1024 --bandwidth 10e9 --latency 5e-6]
+    python scripts/scaling.py --cluster 4 --link 1gbit --ranks 2,3,4,6,8 --json cluster.json   # as root
 
 - weak scaling keeps the per-worker batch (--batch), strong scaling the global batch;
 - each worker count runs as its own job (distdl-run), one BLAS thread per worker;
 - the table gives workers, global batch, samples/s, speed-up, efficiency and the share
   of the step spent in exposed communication (what backward waited for at its end);
-- an alpha-beta model of the ring allreduce, t = 2(p-1) alpha + 2 (p-1)/p n beta, is
-  fitted to allreduces of several sizes measured in the largest job, set beside the
-  exposed communication measured in each job, and used with the compute time per step
-  of the largest job (its step less its exposed communication) to predict
-  the efficiency at --predict workers over a network of the given --bandwidth
-  (bytes/s) and --latency (s), assuming no overlap of communication with compute;
-- a JSON record and, when matplotlib is installed, a PNG plot of speed-up and
-  efficiency against the ideal.
+- an alpha-beta model of the ZeroMQ allreduce (recursive doubling up to its small-message
+  limit, log2 p exchanges of n bytes; the ring above, t = 2(p-1) alpha + 2 (p-1)/p n beta),
+  one (alpha, beta) per algorithm, fitted by least relative error to allreduces timed by size;
+- the training prediction is compute + overlap * allreduce: the compute per step measured at
+  each worker count (step less exposed communication; beyond them, the largest job's), the
+  allreduce of the model's gradients by the fitted model (at --predict: by --bandwidth and
+  --latency, or the emulated cluster's own fit), and the overlap measured in the largest job
+  (its exposed communication over its modelled bare allreduce); at the measured counts the
+  prediction is checked against the measured step;
+- --cluster K --link RATE builds an emulated cluster (scripts/cluster.py: a network namespace
+  per node, links shaped with tc tbf, root needed) and times allreduces of 4 KiB to 64 MiB
+  (--sizes) at each of --ranks over its links, the ranks spread over as many nodes as divide
+  them (8 ranks on 4 nodes: 2 per node); the model is fitted on some sizes and checked on the
+  others, the held-out points listed in the JSON record's "held_out". The training jobs run
+  across the nodes too (one per node up to K). Links add no latency (no netem here): alpha is
+  this machine's per-message cost, not a network's;
+- a JSON record and, when matplotlib is installed, a PNG plot.
 """
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -27,26 +38,32 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+SIZES = ",".join(str(4096 * 4 ** k) for k in range(8))  # 4 KiB .. 64 MiB
+TOLERANCE = 0.10  # held-out points and the training prediction at the measured counts
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn", "lstm", "ae"])
-    parser.add_argument("--workers", default="1,2", help="worker counts to run here")
+    parser.add_argument("--workers", default="1,2", help="worker counts of the training jobs (\"\": none)")
     parser.add_argument("--mode", default="weak", choices=["weak", "strong"])
     parser.add_argument("--batch", type=int, default=128, help="per-worker batch (weak) or global batch (strong)")
     parser.add_argument("--backend", default="auto", choices=["auto", "mpi", "zmq"])
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per worker count")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per job and allreduce size")
     parser.add_argument("--predict", default="8,16,32,64,128,256,512,1024")
     parser.add_argument("--bandwidth", type=float, default=10e9, help="network bandwidth in bytes/s (default 80 Gb/s)")
     parser.add_argument("--latency", type=float, default=5e-6, help="network latency in seconds per message")
-    parser.add_argument("--out", default="scaling.json")
+    parser.add_argument("--cluster", type=int, help="nodes of an emulated cluster to measure on (needs root)")
+    parser.add_argument("--link", default="1gbit", help="the emulated cluster's link rate, as tc writes it")
+    parser.add_argument("--ranks", default="2,3,4,6,8", help="rank counts of the allreduce jobs on the cluster")
+    parser.add_argument("--sizes", default=SIZES, help="allreduce sizes in bytes on the cluster")
+    parser.add_argument("--json", "--out", dest="out", default="scaling.json", help="the JSON record")
     parser.add_argument("--plot", help="a PNG of speed-up and efficiency (needs matplotlib)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["train", "allreduce"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def worker(args):
+def train_worker(args):
     """One job: time training steps at this world size; in a multi-worker job also time allreduces by size."""
     sys.path.insert(0, str(HERE))
     import numpy as np
@@ -70,13 +87,11 @@ def worker(args):
     record = {"workers": comm.size, "batch_per_worker": batch, "title": title, "model_bytes": model_bytes,
               "step": statistics.median(times), "exposed": statistics.median(waits) if waits else 0.0}
     if comm.size > 1:
-        record["allreduce"] = []
-        nbytes = 4096
+        sizes, nbytes = [], 4096
         while nbytes <= 2 * model_bytes:
-            array = np.zeros(nbytes // 4, np.float32)
-            record["allreduce"].append([nbytes, statistics.median(
-                timed(lambda: comm.allreduce(array, "mean", check=False), 30)[0])])
+            sizes.append(nbytes)
             nbytes *= 4
+        record["allreduce"] = time_allreduces(comm, sizes, args.seconds / 4)
     everyone = comm.allgather_json(record)
     if comm.rank == 0:
         slowest = max(everyone, key=lambda r: r["step"])
@@ -84,41 +99,175 @@ def worker(args):
     dl.shutdown()
 
 
-def run_job(args, workers):
-    command = [sys.executable, "-m", "launcher", "-n", str(workers), "--no-tag-output"]
-    if workers > 1:
-        command += ["--backend", args.backend]
-    command += [__file__, "--worker", "--model", args.model, "--mode", args.mode, "--batch", str(args.batch),
-                "--seconds", str(args.seconds)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one BLAS thread per worker
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    if result.returncode:
-        raise SystemExit(f"the {workers}-worker job failed:\n{result.stdout}\n{result.stderr}")
-    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+def time_allreduces(comm, sizes, seconds, rounds=3):
+    """[bytes, median seconds] of float32 allreduces of each size, every rank running the same repetitions.
+
+    The sizes take turns over ``rounds`` rounds, so that a passing load on the machine
+    (the cores are shared) spreads over all of them rather than spoiling one.
+    """
+    import time
+
+    import numpy as np
+
+    arrays, wanted = [np.zeros(n // 4, np.float32) for n in sizes], []
+    for array in arrays:
+        comm.allreduce(array, "sum", check=False)  # connections and buffers warm
+        start = time.perf_counter()
+        comm.allreduce(array, "sum", check=False)
+        wanted.append(min(30, max(3, int(seconds / rounds / (time.perf_counter() - start)))))
+    reps = comm.allreduce(np.array(wanted, np.int64), "max", check=False)
+    times = [[] for _ in sizes]
+    for _ in range(rounds):
+        for array, count, mine in zip(arrays, reps, times):
+            for _ in range(int(count)):
+                start = time.perf_counter()
+                comm.allreduce(array, "sum", check=False)
+                mine.append(time.perf_counter() - start)
+    return [[n, statistics.median(t)] for n, t in zip(sizes, times)]
+
+
+def allreduce_worker(args):
+    import distdl as dl
+
+    comm = dl.init()
+    points = time_allreduces(comm, [int(n) for n in args.sizes.split(",")], args.seconds)
+    everyone = comm.allgather_json(points)
+    if comm.rank == 0:
+        typical = [[n, statistics.median(p[i][1] for p in everyone)] for i, (n, _) in enumerate(points)]
+        print("RESULT " + json.dumps({"ranks": comm.size, "allreduce": typical}), flush=True)
+    dl.shutdown()
+
+
+def worker_env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one BLAS thread per worker
+
+
+def result_of(what, returncode, stdout, stderr):
+    if returncode:
+        raise SystemExit(f"the {what} failed:\n{stdout}\n{stderr}")
+    line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
-def fit_alpha_beta(points, p):
-    """alpha (s per message step) and beta (s per byte) of t = 2(p-1) alpha + 2 (p-1)/p n beta, least squares."""
-    xs = [n for n, _ in points]
-    ts = [t for _, t in points]
-    mean_x, mean_t = sum(xs) / len(xs), sum(ts) / len(ts)
-    slope = sum((x - mean_x) * (t - mean_t) for x, t in zip(xs, ts)) / sum((x - mean_x) ** 2 for x in xs)
-    intercept = max(mean_t - slope * mean_x, 0.0)
-    return intercept / (2 * (p - 1)), slope / (2 * (p - 1) / p)
+def layout(ranks, nodes):
+    """(nodes, ranks per node) spreading ``ranks`` over the most of ``nodes`` that divide it evenly."""
+    used = max(d for d in range(1, min(ranks, nodes) + 1) if ranks % d == 0)
+    return used, ranks // used
 
 
-def ring_time(nbytes, p, alpha, beta):
-    return 0.0 if p == 1 else 2 * (p - 1) * alpha + 2 * (p - 1) / p * nbytes * beta
+def run_job(args, workers, worker_args, cluster=None):
+    """The RESULT of ``scaling.py --worker ...`` as a job of ``workers`` ranks, here or across the cluster."""
+    script = [__file__, "--worker", *worker_args]
+    if cluster is None:
+        command = [sys.executable, "-m", "launcher", "-n", str(workers), "--no-tag-output"]
+        command += ["--backend", args.backend] if workers > 1 else []
+        result = subprocess.run(command + script, capture_output=True, text=True, env=worker_env(), cwd=ROOT)
+        return result_of(f"{workers}-worker job", result.returncode, result.stdout, result.stderr)
+    nodes, per_node = layout(workers, cluster.nodes)
+    procs = cluster.start_job([sys.executable, "-m", "launcher", "-n", str(per_node), "--no-tag-output",
+                               "--timeout", "120", *script], env=worker_env(), nodes=nodes, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [p.communicate(timeout=900) for p in procs]
+    failed = next((i for i, p in enumerate(procs) if p.returncode), 0)
+    return result_of(f"{workers}-rank job on {nodes} nodes (node {failed})", procs[failed].returncode,
+                     outputs[0][0], outputs[failed][1])
 
 
-def main():
-    args = parse_args()
-    if args.worker:
-        return worker(args)
-    counts = [int(n) for n in args.workers.split(",")]
-    records = [run_job(args, n) for n in counts]
+def small_bytes():
+    """The ZeroMQ backend's limit of recursive doubling (the ring above it)."""
+    from distdl.comm import zmq_backend
+
+    return getattr(zmq_backend, "SMALL_BYTES", 64 * 1024)
+
+
+def algorithm(nbytes, limit):
+    return "doubling" if nbytes <= limit else "ring"
+
+
+def terms(nbytes, p, limit):
+    """(messages, bytes) one rank's allreduce of ``nbytes`` among ``p`` waits for, in sequence."""
+    if p == 1:
+        return 0, 0
+    if algorithm(nbytes, limit) == "doubling":
+        p2 = 1 << (p.bit_length() - 1)
+        exchanges = int(math.log2(p2)) + (2 if p != p2 else 0)  # ranks beyond a power of two fold in, are told after
+        return exchanges, exchanges * nbytes
+    return 2 * (p - 1), 2 * (p - 1) / p * nbytes
+
+
+def fit(points, limit):
+    """{algorithm: (alpha, beta)} minimising the relative error over ``points`` of (ranks, bytes, seconds)."""
+    import numpy as np
+
+    model = {}
+    for kind in ("doubling", "ring"):
+        rows = [(terms(n, p, limit), t) for p, n, t in points if algorithm(n, limit) == kind]
+        if rows:
+            a = np.array([[m / t, v / t] for (m, v), t in rows])
+            model[kind] = tuple(float(c) for c in np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0])
+    return model
+
+
+def predict(model, nbytes, p, limit):
+    kind = algorithm(nbytes, limit)
+    if p == 1:
+        return 0.0
+    alpha, beta = model.get(kind) or model["ring"]
+    messages, volume = terms(nbytes, p, limit)
+    return messages * alpha + volume * beta
+
+
+def split(sizes, limit):
+    """(fitted, held out) sizes: per algorithm the smallest, the largest and every other one are fitted."""
+    fitted, held = [], []
+    for kind in ("doubling", "ring"):
+        ours = sorted(n for n in sizes if algorithm(n, limit) == kind)
+        for i, n in enumerate(ours):
+            (fitted if i % 2 == 0 or i == len(ours) - 1 or len(ours) < 3 else held).append(n)
+    return fitted, held
+
+
+def size_name(nbytes):
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def cluster_allreduce(args, cluster, limit):
+    """Time allreduces at every --ranks count over the cluster's links, fit on some sizes, check on the others."""
+    measured = []
+    for ranks in [int(r) for r in args.ranks.split(",")]:
+        nodes, per_node = layout(ranks, cluster.nodes)
+        if nodes < 2:
+            print(f"{ranks} ranks do not divide over 2 or more of {cluster.nodes} nodes: skipped", file=sys.stderr)
+            continue
+        job = run_job(args, ranks, ["allreduce", "--sizes", args.sizes, "--seconds", str(args.seconds)], cluster)
+        measured += [(ranks, n, t) for n, t in job["allreduce"]]
+    fitted_sizes, held_sizes = split(sorted({n for _, n, _ in measured}), limit)
+    model = fit([m for m in measured if m[1] in fitted_sizes], limit)
+    held_out = [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit)}
+                for p, n, t in measured if n in held_sizes]
+    print(f"allreduce on {cluster.nodes} emulated nodes, links {args.link}; fitted on "
+          f"{', '.join(map(size_name, fitted_sizes))}, held out {', '.join(map(size_name, held_sizes)) or 'none'}")
+    for kind, (alpha, beta) in model.items():
+        print(f"  {kind}: alpha {1e6 * alpha:.1f} us per message, 1/beta {1 / beta / 1e6:.1f} MB/s")
+    print("| ranks | nodes x ranks | bytes | measured ms | model ms | error | |")
+    print("|---|---|---|---|---|---|---|")
+    for p, n, t in measured:
+        modelled = predict(model, n, p, limit)
+        nodes, per_node = layout(p, cluster.nodes)
+        role = "held out" if n in held_sizes else "fitted"
+        print(f"| {p} | {nodes} x {per_node} | {size_name(n)} | {1e3 * t:.3f} | {1e3 * modelled:.3f} | "
+              f"{modelled / t - 1:+.1%} | {role} |")
+    worst = max((abs(h["predicted_s"] / h["measured_s"] - 1) for h in held_out), default=0.0)
+    print(f"held-out points: {len(held_out)}, the worst {worst:.1%} off the model "
+          f"({'within' if worst <= TOLERANCE else 'NOT within'} {TOLERANCE:.0%})")
+    return {"model": {k: {"alpha": a, "beta": b} for k, (a, b) in model.items()}, "small_bytes": limit,
+            "allreduce_points": [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit),
+                                  "held_out": n in held_sizes} for p, n, t in measured],
+            "fitted_sizes": fitted_sizes, "held_out": held_out, "held_out_worst": worst}
+
+
+def scaling_table(args, records):
     base = records[0]
     rows = []
     for r in records:
@@ -128,49 +277,113 @@ def main():
         rows.append({"workers": r["workers"], "global_batch": global_batch, "samples_per_s": rate,
                      "speedup": speedup, "efficiency": speedup / r["workers"],
                      "exposed_share": r["exposed"] / r["step"], "step_ms": 1e3 * r["step"]})
-    title = base["title"].rsplit(" b", 1)[0]  # the workload's own batch is not the one used here
-    print(f"{args.mode} scaling of {title}, {args.backend} backend, batch {args.batch} "
-          f"{'per worker' if args.mode == 'weak' else 'global'}")
     print("| workers | global batch | step ms | samples/s | speed-up | efficiency | exposed communication |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['workers']} | {row['global_batch']} | {row['step_ms']:.2f} | {row['samples_per_s']:,.0f} | "
               f"{row['speedup']:.2f} | {row['efficiency']:.2f} | {row['exposed_share']:.0%} |")
+    return rows
 
-    record = {"args": vars(args), "title": title, "measured": rows, "jobs": records}
+
+def training_prediction(args, records, here, beyond, limit):
+    """Step = compute + overlap * modelled allreduce, checked at the measured counts, then predicted beyond.
+
+    ``here`` models the allreduce where the jobs ran (the overlap is measured against it),
+    ``beyond`` the network of the predictions.
+    """
+    base, biggest = records[0], records[-1]
+    nbytes = base["model_bytes"]
+    bare = predict(here, nbytes, biggest["workers"], limit)
+    overlap = biggest["exposed"] / bare if bare else 0.0
+    print(f"\noverlap: the {biggest['workers']}-worker job's exposed communication "
+          f"{1e3 * biggest['exposed']:.3f} ms is {overlap:.2f} x its modelled bare allreduce of "
+          f"{nbytes / 1e6:.2f} MB ({1e3 * bare:.3f} ms)")
+    print("| workers | measured step ms | compute ms | modelled allreduce ms | predicted step ms | error |")
+    print("|---|---|---|---|---|---|")
+    checks = []
+    for r in records:
+        compute = r["step"] - r["exposed"]
+        comm_time = predict(here, nbytes, r["workers"], limit)
+        predicted = compute + overlap * comm_time
+        checks.append({"workers": r["workers"], "measured_s": r["step"], "compute_s": compute,
+                       "allreduce_s": comm_time, "predicted_s": predicted})
+        print(f"| {r['workers']} | {1e3 * r['step']:.2f} | {1e3 * compute:.2f} | {1e3 * comm_time:.3f} | "
+              f"{1e3 * predicted:.2f} | {predicted / r['step'] - 1:+.1%} |")
+    compute_here = biggest["step"] - biggest["exposed"]  # includes DDP's own work and the sharing of the machine
+    predictions = []
+    print("| workers | compute ms | allreduce ms | exposed ms | predicted step ms | efficiency |")
+    print("|---|---|---|---|---|---|")
+    for p in (int(n) for n in args.predict.split(",") if n):
+        compute = compute_here if args.mode == "weak" else compute_here * biggest["workers"] / p
+        comm_time = predict(beyond, nbytes, p, limit)
+        step = compute + overlap * comm_time
+        efficiency = base["step"] / step if args.mode == "weak" else base["step"] / (p * step)
+        predictions.append({"workers": p, "compute": compute, "allreduce": comm_time, "step": step,
+                            "efficiency": efficiency})
+        print(f"| {p} | {1e3 * compute:.2f} | {1e3 * comm_time:.3f} | {1e3 * overlap * comm_time:.3f} | "
+              f"{1e3 * step:.2f} | {efficiency:.2f} |")
+    return {"overlap": overlap, "training_check": checks, "predicted": predictions}
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        return (train_worker if args.worker == "train" else allreduce_worker)(args)
+    limit = small_bytes()
+    if args.cluster:
+        sys.path.insert(0, str(HERE))
+        from cluster import Cluster, ClusterError
+
+        try:
+            with Cluster(args.cluster, args.link) as cluster:
+                return experiment(args, limit, cluster)
+        except ClusterError as exc:
+            raise SystemExit(f"scaling.py --cluster: {exc}")
+    return experiment(args, limit, None)
+
+
+def experiment(args, limit, cluster):
+    record = {"args": vars(args)}
+    if cluster:
+        record.update(cluster_allreduce(args, cluster, limit))
+        print()
+    train_args = ["train", "--model", args.model, "--mode", args.mode, "--batch", str(args.batch),
+                  "--seconds", str(args.seconds)]
+    counts = [int(n) for n in args.workers.split(",") if n]
+    if not counts:  # --workers "": the allreduces alone
+        return save(record, args)
+    records = [run_job(args, n, train_args, cluster if n > 1 else None) for n in counts]
+    title = records[0]["title"].rsplit(" b", 1)[0]  # the workload's own batch is not the one used here
+    where = f"{cluster.nodes} emulated nodes, links {args.link}" if cluster else f"{args.backend} backend"
+    print(f"{args.mode} scaling of {title}, {where}, batch {args.batch} "
+          f"{'per worker' if args.mode == 'weak' else 'global'}")
+    record.update({"title": title, "measured": scaling_table(args, records), "jobs": records})
     biggest = records[-1]
-    if "allreduce" in biggest:
-        p = biggest["workers"]
-        alpha, beta = fit_alpha_beta(biggest["allreduce"], p)
-        print(f"\nalpha-beta fit on {p} local workers: alpha {1e6 * alpha:.2f} us, beta {1 / beta / 1e9:.2f} GB/s")
-        print("| workers | step ms | compute ms (step - exposed) | exposed communication ms | model: allreduce ms |")
-        print("|---|---|---|---|---|")
-        checks = []
-        for r in records[1:]:
-            modelled = ring_time(r["model_bytes"], r["workers"], alpha, beta)
-            checks.append({"workers": r["workers"], "step": r["step"], "exposed": r["exposed"], "model": modelled})
-            print(f"| {r['workers']} | {1e3 * r['step']:.2f} | {1e3 * (r['step'] - r['exposed']):.2f} | "
-                  f"{1e3 * r['exposed']:.3f} | {1e3 * modelled:.3f} |")
-        # the compute time per step of the largest job: it includes DDP's own work and the sharing of the machine
-        compute_here = biggest["step"] - biggest["exposed"]
-        predictions = []
-        print(f"\npredicted on a network of {args.bandwidth / 1e9:g} GB/s and {1e6 * args.latency:g} us latency "
-              "(no overlap):")
-        print("| workers | compute ms | allreduce ms | efficiency |")
-        print("|---|---|---|---|")
-        for p_ in (int(n) for n in args.predict.split(",") if n):
-            compute = compute_here if args.mode == "weak" else compute_here * biggest["workers"] / p_
-            comm_time = ring_time(base["model_bytes"], p_, args.latency, 1 / args.bandwidth)
-            efficiency = base["step"] / (compute + comm_time) if args.mode == "weak" else \
-                base["step"] / (p_ * (compute + comm_time))
-            predictions.append({"workers": p_, "compute": compute, "allreduce": comm_time, "efficiency": efficiency})
-            print(f"| {p_} | {1e3 * compute:.2f} | {1e3 * comm_time:.3f} | {efficiency:.2f} |")
-        record.update({"alpha": alpha, "beta": beta, "model_check": checks, "predicted": predictions})
+    if cluster:
+        here = {k: (v["alpha"], v["beta"]) for k, v in record["model"].items()}
+        beyond, network = here, f"the emulated {args.link} links"
+    elif "allreduce" in biggest:
+        here = fit([(biggest["workers"], n, t) for n, t in biggest["allreduce"]], limit)
+        beyond = {kind: (args.latency, 1 / args.bandwidth) for kind in ("doubling", "ring")}
+        network = f"a network of {args.bandwidth / 1e9:g} GB/s and {1e6 * args.latency:g} us latency"
+        print(f"\nalpha-beta fit on {biggest['workers']} local workers: " + ", ".join(
+            f"{kind} alpha {1e6 * a:.2f} us, 1/beta {1 / b / 1e9:.2f} GB/s" for kind, (a, b) in here.items()))
+    else:
+        here = None
+    if here:
+        record["alpha"], record["beta"] = here["ring"] if "ring" in here else next(iter(here.values()))
+        record.update(training_prediction(args, records, here, beyond, limit))
+        print(f"(predictions over {network})")
+    return save(record, args)
+
+
+def save(record, args):
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
-    if args.plot:
+    if args.plot and "measured" in record:
         plot(record, args.plot)
-    print(f"\nwrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    print(f"\nwrote {args.out}" + (f" and {args.plot}" if args.plot and "measured" in record else ""))
+    return 0
 
 
 def plot(record, path):
@@ -181,25 +394,48 @@ def plot(record, path):
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    measured = record["measured"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    measured, predicted = record["measured"], record.get("predicted", [])
+    panels = 3 if "allreduce_points" in record else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    speed, efficiency = axes[0], axes[1]
     workers = [m["workers"] for m in measured]
-    left.plot(workers, [m["speedup"] for m in measured], "o-", label="measured")
-    left.plot(workers, workers, "k--", label="ideal")
-    left.set(xlabel="workers", ylabel="speed-up", title=record["title"])
-    right.plot(workers, [m["efficiency"] for m in measured], "o-", label="measured")
-    if record.get("predicted"):
-        right.plot([p["workers"] for p in record["predicted"]], [p["efficiency"] for p in record["predicted"]],
-                   "s:", label="predicted (alpha-beta)")
-        right.set_xscale("log", base=2)
-    right.axhline(1.0, color="k", linestyle="--", label="ideal")
-    right.set(xlabel="workers", ylabel="efficiency", ylim=(0, 1.1))
-    for axis in (left, right):
+    speed.plot(workers, [m["speedup"] for m in measured], "o-", label="measured")
+    efficiency.plot(workers, [m["efficiency"] for m in measured], "o-", label="measured")
+    if predicted:
+        ps = [p["workers"] for p in predicted]
+        speed.plot(ps, [p["workers"] * p["efficiency"] for p in predicted], "s:", mfc="none", label="predicted")
+        efficiency.plot(ps, [p["efficiency"] for p in predicted], "s:", mfc="none", label="predicted")
+    ticks = sorted(set(workers) | {p["workers"] for p in predicted})
+    speed.plot(ticks, ticks, "k--", label="ideal")
+    efficiency.axhline(1.0, color="k", linestyle="--", label="ideal")
+    for axis in (speed, efficiency):
+        if ticks[-1] / ticks[0] > 16:
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log", base=2) if axis is speed else None
+        axis.xaxis.set_major_locator(FixedLocator(ticks))  # whole workers only
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.set_xticklabels([str(t) for t in ticks], rotation=45 if len(ticks) > 8 else 0)
         axis.legend()
+    speed.set(xlabel="workers", ylabel="speed-up (x one worker)", title=f"{record['title']}: speed-up")
+    efficiency.set(xlabel="workers", ylabel="parallel efficiency", ylim=(0, 1.1),
+                   title=f"{record['title']}: efficiency")
+    if panels == 3:
+        ranks = sorted({m["ranks"] for m in record["allreduce_points"]})
+        right = axes[2]
+        for p in ranks:
+            ours = [m for m in record["allreduce_points"] if m["ranks"] == p]
+            line, = right.plot([m["bytes"] for m in ours], [m["measured_s"] for m in ours], "o", label=f"{p} measured")
+            right.plot([m["bytes"] for m in ours], [m["predicted_s"] for m in ours], "-", color=line.get_color(),
+                       label=f"{p} model")
+        right.set_xscale("log", base=2)
+        right.set_yscale("log")
+        right.set(xlabel="bytes", ylabel="allreduce seconds", title=f"allreduce, {record['args']['link']} links")
+        right.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
