@@ -4,6 +4,7 @@ Skipped, with the reason, where namespaces cannot be made (not root, no iproute2
 After every test no namespace of a cluster remains and the machine's own interfaces are as before.
 """
 
+import json
 import os
 import re
 import signal
@@ -185,3 +186,18 @@ def test_cluster_py_refuses_clearly_where_namespaces_cannot_be_made(tmp_path):
     bad_rate = subprocess.run([sys.executable, str(ROOT / "scripts" / "cluster.py"), "--link", "fast", "--", "true"],
                               capture_output=True, text=True, timeout=30)
     assert bad_rate.returncode == 2 and "--link 'fast' is not a rate" in bad_rate.stderr
+
+
+def test_the_allreduce_model_fitted_on_a_4_node_cluster_at_1_gbit_holds_on_the_held_out_sizes(nothing_left, tmp_path):
+    record = tmp_path / "cluster.json"
+    mib = 1 << 20
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "scaling.py"), "--cluster", "4", "--link", "1gbit",
+                             "--ranks", "2,3,4", "--sizes", f"{mib},{4 * mib},{16 * mib}", "--workers", "",
+                             "--seconds", "0.5", "--json", str(record)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    held_out = json.loads(record.read_text())["held_out"]
+    assert sorted((h["ranks"], h["bytes"]) for h in held_out) == [(p, 4 * mib) for p in (2, 3, 4)]
+    for point in held_out:
+        assert abs(point["predicted_s"] / point["measured_s"] - 1) <= 0.10, (point, result.stdout)
+    ring = 2 * (4 - 1) / 4 * 4 * mib / 125e6  # the 4-rank ring's bytes at the link's 1 Gbit/s: a floor
+    assert [h["measured_s"] for h in held_out if h["ranks"] == 4][0] > ring, result.stdout
