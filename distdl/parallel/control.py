@@ -23,10 +23,15 @@ _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64) 
 
 def template(step, dtype):
     """The control elements of the first bucket of ``step`` on a rank that had a batch (finite, so far)."""
-    out = np.zeros(CONTROL_SIZE, dtype)
-    out[ACTIVE] = 1
-    out[2:10] = _BYTE_BITS[step & 0xFF]
-    out[10:18] = _BYTE_BITS[(step >> 8) & 0xFF]
+    return templates(step >> 8, dtype)[step & 0xFF]
+
+
+def templates(high, dtype):
+    """The templates of the 256 steps whose second byte is ``high``, as rows: a step then costs a row lookup."""
+    out = np.zeros((256, CONTROL_SIZE), dtype)
+    out[:, ACTIVE] = 1
+    out[:, 2:10] = _BYTE_BITS
+    out[:, 10:18] = _BYTE_BITS[high & 0xFF]
     return out
 
 

@@ -88,6 +88,7 @@ class DistributedDataParallel:
         self._armed = False  # a forward ran: the next backward must average
         self._next_bucket = 0
         self._local_nonfinite = None  # the first parameter whose gradient was not finite here, this step
+        self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
         for p in self._params:
             p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
         end = register_backward_end_callback(_weak(self, "_on_backward_end"))
@@ -156,7 +157,11 @@ class DistributedDataParallel:
         self.step_skipped = False
         self._local_nonfinite = None
         self.last_allreduces = []
-        self._control = control.template(self.steps + 1, self.buckets[0].flat.dtype)
+        step = self.steps + 1
+        if step >> 8 != self._templates_high:
+            self._templates_high = step >> 8
+            self._templates = control.templates(self._templates_high, self.buckets[0].flat.dtype)
+        self._control = self._templates[step & 0xFF]
 
     def _on_grad_ready(self, param):
         if not self._armed:
