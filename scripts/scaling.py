@@ -10,7 +10,10 @@
   of the step spent in exposed communication (what backward waited for at its end);
 - an alpha-beta model of the ZeroMQ allreduce (recursive doubling up to its small-message
   limit, log2 p exchanges of n bytes; the ring above, t = 2(p-1) alpha + 2 (p-1)/p n beta),
-  one (alpha, beta) per algorithm, fitted by least relative error to allreduces timed by size;
+  one per algorithm, fitted by least relative error to allreduces timed by size; where the
+  ranks outnumber this machine's cores (s ranks per core) a message costs s alpha and a byte
+  the slower of the link (beta) and the rank's share of a core (s gamma): a roofline;
+  predictions beyond this machine give each worker its own core;
 - the training prediction is compute + overlap * allreduce: the compute per step measured at
   each worker count (step less exposed communication; beyond them, the largest job's), the
   allreduce of the model's gradients by the fitted model (at --predict: by --bandwidth and
@@ -40,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = ",".join(str(4096 * 4 ** k) for k in range(8))  # 4 KiB .. 64 MiB
 TOLERANCE = 0.10  # held-out points and the training prediction at the measured counts
+CORES = os.cpu_count()  # the emulated nodes share this machine's cores
 
 
 def parse_args():
@@ -100,10 +104,10 @@ def train_worker(args):
 
 
 def time_allreduces(comm, sizes, seconds, rounds=3):
-    """[bytes, median seconds] of float32 allreduces of each size, every rank running the same repetitions.
+    """[bytes, seconds of the fastest repetition] of float32 allreduces of each size, the same on every rank.
 
-    The sizes take turns over ``rounds`` rounds, so that a passing load on the machine
-    (the cores are shared) spreads over all of them rather than spoiling one.
+    The fastest, since a load passing on the shared cores only ever adds time; the sizes
+    take turns over ``rounds`` rounds, so that such a load spreads over all of them.
     """
     import time
 
@@ -123,7 +127,7 @@ def time_allreduces(comm, sizes, seconds, rounds=3):
                 start = time.perf_counter()
                 comm.allreduce(array, "sum", check=False)
                 mine.append(time.perf_counter() - start)
-    return [[n, statistics.median(t)] for n, t in zip(sizes, times)]
+    return [[n, min(t)] for n, t in zip(sizes, times)]
 
 
 def allreduce_worker(args):
@@ -196,26 +200,45 @@ def terms(nbytes, p, limit):
     return 2 * (p - 1), 2 * (p - 1) / p * nbytes
 
 
-def fit(points, limit):
-    """{algorithm: (alpha, beta)} minimising the relative error over ``points`` of (ranks, bytes, seconds)."""
+def sharing(p, cores):
+    """How many ranks share each core of this machine (1 where each has its own, or ``cores`` is None)."""
+    return max(1.0, p / cores) if cores else 1.0
+
+
+def fit(points, limit, cores):
+    """{algorithm: (alpha, beta, gamma)} minimising the relative error over ``points`` of (ranks, bytes, seconds).
+
+    A roofline of one rank's allreduce: each message costs alpha per core's worth of ranks
+    (waking a process waits for the others sharing its core), each byte the slower of the
+    link (beta) and the rank's share of the CPU that copies and reduces it (gamma per core's
+    worth of ranks). beta and gamma are searched on a grid, alpha is least squares for each.
+    """
     import numpy as np
 
     model = {}
+    grid = np.geomspace(1e-12, 1e-6, 160)
     for kind in ("doubling", "ring"):
-        rows = [(terms(n, p, limit), t) for p, n, t in points if algorithm(n, limit) == kind]
-        if rows:
-            a = np.array([[m / t, v / t] for (m, v), t in rows])
-            model[kind] = tuple(float(c) for c in np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0])
+        rows = [(*terms(n, p, limit), sharing(p, cores), t) for p, n, t in points if algorithm(n, limit) == kind]
+        if not rows:
+            continue
+        m, v, s, t = (np.array(column, float) for column in zip(*rows))
+        per_byte = np.maximum(grid[:, None, None], grid[None, :, None] * s)  # [beta, gamma, point]
+        b, a = v * per_byte / t, m * s / t
+        alpha = np.maximum((a * (1 - b)).sum(-1) / max((a * a).sum(), 1e-300), 0.0)
+        error = ((a * alpha[..., None] + b - 1) ** 2).sum(-1)
+        i, j = np.unravel_index(np.argmin(error), error.shape)
+        model[kind] = (float(alpha[i, j]), float(grid[i]), float(grid[j]))
     return model
 
 
-def predict(model, nbytes, p, limit):
-    kind = algorithm(nbytes, limit)
+def predict(model, nbytes, p, limit, cores=None):
+    """Seconds of one allreduce; ``cores``: the ranks share this machine's cores (else each has its own)."""
     if p == 1:
         return 0.0
-    alpha, beta = model.get(kind) or model["ring"]
+    alpha, beta, gamma = model.get(algorithm(nbytes, limit)) or model["ring"]
     messages, volume = terms(nbytes, p, limit)
-    return messages * alpha + volume * beta
+    s = sharing(p, cores)
+    return messages * alpha * s + volume * max(beta, gamma * s)
 
 
 def split(sizes, limit):
@@ -243,17 +266,18 @@ def cluster_allreduce(args, cluster, limit):
         job = run_job(args, ranks, ["allreduce", "--sizes", args.sizes, "--seconds", str(args.seconds)], cluster)
         measured += [(ranks, n, t) for n, t in job["allreduce"]]
     fitted_sizes, held_sizes = split(sorted({n for _, n, _ in measured}), limit)
-    model = fit([m for m in measured if m[1] in fitted_sizes], limit)
-    held_out = [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit)}
+    model = fit([m for m in measured if m[1] in fitted_sizes], limit, CORES)
+    held_out = [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit, CORES)}
                 for p, n, t in measured if n in held_sizes]
     print(f"allreduce on {cluster.nodes} emulated nodes, links {args.link}; fitted on "
           f"{', '.join(map(size_name, fitted_sizes))}, held out {', '.join(map(size_name, held_sizes)) or 'none'}")
-    for kind, (alpha, beta) in model.items():
-        print(f"  {kind}: alpha {1e6 * alpha:.1f} us per message, 1/beta {1 / beta / 1e6:.1f} MB/s")
+    for kind, (alpha, beta, gamma) in model.items():
+        print(f"  {kind}: alpha {1e6 * alpha:.1f} us per message, link 1/beta {1 / beta / 1e6:.1f} MB/s, "
+              f"one core's CPU 1/gamma {1 / gamma / 1e6:.1f} MB/s ({CORES} cores shared by the ranks)")
     print("| ranks | nodes x ranks | bytes | measured ms | model ms | error | |")
     print("|---|---|---|---|---|---|---|")
     for p, n, t in measured:
-        modelled = predict(model, n, p, limit)
+        modelled = predict(model, n, p, limit, CORES)
         nodes, per_node = layout(p, cluster.nodes)
         role = "held out" if n in held_sizes else "fitted"
         print(f"| {p} | {nodes} x {per_node} | {size_name(n)} | {1e3 * t:.3f} | {1e3 * modelled:.3f} | "
@@ -261,8 +285,10 @@ def cluster_allreduce(args, cluster, limit):
     worst = max((abs(h["predicted_s"] / h["measured_s"] - 1) for h in held_out), default=0.0)
     print(f"held-out points: {len(held_out)}, the worst {worst:.1%} off the model "
           f"({'within' if worst <= TOLERANCE else 'NOT within'} {TOLERANCE:.0%})")
-    return {"model": {k: {"alpha": a, "beta": b} for k, (a, b) in model.items()}, "small_bytes": limit,
-            "allreduce_points": [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit),
+    return {"model": {k: {"alpha": a, "beta": b, "gamma": g} for k, (a, b, g) in model.items()}, "small_bytes": limit,
+            "cores": CORES,
+            "allreduce_points": [{"ranks": p, "bytes": n, "measured_s": t,
+                                  "predicted_s": predict(model, n, p, limit, CORES),
                                   "held_out": n in held_sizes} for p, n, t in measured],
             "fitted_sizes": fitted_sizes, "held_out": held_out, "held_out_worst": worst}
 
@@ -293,7 +319,7 @@ def training_prediction(args, records, here, beyond, limit):
     """
     base, biggest = records[0], records[-1]
     nbytes = base["model_bytes"]
-    bare = predict(here, nbytes, biggest["workers"], limit)
+    bare = predict(here, nbytes, biggest["workers"], limit, CORES)
     overlap = biggest["exposed"] / bare if bare else 0.0
     print(f"\noverlap: the {biggest['workers']}-worker job's exposed communication "
           f"{1e3 * biggest['exposed']:.3f} ms is {overlap:.2f} x its modelled bare allreduce of "
@@ -303,7 +329,7 @@ def training_prediction(args, records, here, beyond, limit):
     checks = []
     for r in records:
         compute = r["step"] - r["exposed"]
-        comm_time = predict(here, nbytes, r["workers"], limit)
+        comm_time = predict(here, nbytes, r["workers"], limit, CORES)
         predicted = compute + overlap * comm_time
         checks.append({"workers": r["workers"], "measured_s": r["step"], "compute_s": compute,
                        "allreduce_s": comm_time, "predicted_s": predicted})
@@ -315,7 +341,7 @@ def training_prediction(args, records, here, beyond, limit):
     print("|---|---|---|---|---|---|")
     for p in (int(n) for n in args.predict.split(",") if n):
         compute = compute_here if args.mode == "weak" else compute_here * biggest["workers"] / p
-        comm_time = predict(beyond, nbytes, p, limit)
+        comm_time = predict(beyond, nbytes, p, limit)  # each worker with its own core
         step = compute + overlap * comm_time
         efficiency = base["step"] / step if args.mode == "weak" else base["step"] / (p * step)
         predictions.append({"workers": p, "compute": compute, "allreduce": comm_time, "step": step,
@@ -360,18 +386,18 @@ def experiment(args, limit, cluster):
     record.update({"title": title, "measured": scaling_table(args, records), "jobs": records})
     biggest = records[-1]
     if cluster:
-        here = {k: (v["alpha"], v["beta"]) for k, v in record["model"].items()}
+        here = {k: (v["alpha"], v["beta"], v["gamma"]) for k, v in record["model"].items()}
         beyond, network = here, f"the emulated {args.link} links"
     elif "allreduce" in biggest:
-        here = fit([(biggest["workers"], n, t) for n, t in biggest["allreduce"]], limit)
-        beyond = {kind: (args.latency, 1 / args.bandwidth) for kind in ("doubling", "ring")}
+        here = fit([(biggest["workers"], n, t) for n, t in biggest["allreduce"]], limit, CORES)
+        beyond = {kind: (args.latency, 1 / args.bandwidth, 0.0) for kind in ("doubling", "ring")}
         network = f"a network of {args.bandwidth / 1e9:g} GB/s and {1e6 * args.latency:g} us latency"
         print(f"\nalpha-beta fit on {biggest['workers']} local workers: " + ", ".join(
-            f"{kind} alpha {1e6 * a:.2f} us, 1/beta {1 / b / 1e9:.2f} GB/s" for kind, (a, b) in here.items()))
+            f"{kind} alpha {1e6 * a:.2f} us, 1/beta {1 / b / 1e9:.2f} GB/s" for kind, (a, b, _) in here.items()))
     else:
         here = None
     if here:
-        record["alpha"], record["beta"] = here["ring"] if "ring" in here else next(iter(here.values()))
+        record["alpha"], record["beta"], _ = here["ring"] if "ring" in here else next(iter(here.values()))
         record.update(training_prediction(args, records, here, beyond, limit))
         print(f"(predictions over {network})")
     return save(record, args)
