@@ -107,8 +107,8 @@ class DistributedDataParallel:
                                  "model")
             if layout != everyone[0][1]:
                 raise ValueError(f"DistributedDataParallel: rank {rank}'s gradient buckets differ from rank 0's "
-                                 f"(gradients:dtype of each bucket, rank 0: {everyone[0][1]}; rank {rank}: {layout}); pass "
-                                 "the same bucket_cap_mb on every rank")
+                                 f"(gradients:dtype of each bucket, rank 0: {everyone[0][1]}; rank {rank}: {layout}); "
+                                 "pass the same bucket_cap_mb on every rank")
 
     def _broadcast(self, tensors, root=0):
         """``root``'s values of ``tensors`` into every rank's, one coalesced broadcast per dtype."""

@@ -8,7 +8,7 @@ mismatch                     rank 1 builds a different model: a clear error at c
 buckets                      rank 1 passes another bucket_cap_mb: a clear error at construction
 skipstep                     rank 1's step count is one ahead (as after restoring another checkpoint): every rank
                              names the ranks' steps
-fp16                         the fp16_compress_hook stays close to the uncompressed reference
+fp16                         the fp16_compress_hook stays close to the uncompressed reference; allreduce_hook is exact
 stall                        rank 1 stops itself (SIGSTOP) inside a 64 MiB allreduce: the others time out
 uneven join|nojoin           rank r has 6 - 2r batches: with join() one process on the same batches is the reference;
                              without, a named error
@@ -30,7 +30,7 @@ import numpy as np
 import distdl as dl
 from distdl import nn, optim
 from distdl.comm import DistError
-from distdl.parallel import NonFiniteGradientError, StepMismatchError, fp16_compress_hook
+from distdl.parallel import NonFiniteGradientError, StepMismatchError, allreduce_hook, fp16_compress_hook
 from distdl.parallel import control
 from distdl.parallel.buckets import Bucket
 
@@ -239,6 +239,15 @@ def fp16(comm):
         step(initial, reference_optimizer, x[s], y[s])
     for p, q in zip(model.parameters(), initial.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=0, atol=2e-3 * np.abs(q.data).max())
+    hooked, plain = (build("mlp", np.float32, seed=0) for _ in range(2))  # allreduce_hook: what DDP does without one
+    with_hook = dl.DistributedDataParallel(hooked, bucket_cap_mb=0.001)
+    with_hook.register_comm_hook(None, allreduce_hook)
+    without = dl.DistributedDataParallel(plain, bucket_cap_mb=0.001)
+    for ddp_, model_ in ((with_hook, hooked), (without, plain)):
+        optimizer_ = optim.SGD(ddp_.parameters(), lr=0.05)
+        for s in range(3):
+            step(ddp_, optimizer_, x[s, mine], y[s, mine])
+    assert digest(hooked) == digest(plain)
 
 
 def stall(comm, marker):
