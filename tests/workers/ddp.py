@@ -250,12 +250,17 @@ def fp16(comm):
     assert digest(hooked) == digest(plain)
 
 
-def stall(comm, marker):
-    """``marker`` is only in the command line: the test looks for processes left with it."""
-    print(f"rank {comm.rank} pid {os.getpid()}", flush=True)
+def stall(comm, stamp):
+    """Rank 1 writes the time to ``stamp`` and stops (SIGSTOP: every thread of it, the allreduce's included)."""
     big = np.ones(16 << 20, np.float32)  # 64 MiB
-    if comm.rank == 1:  # a stopped process stops all its threads, the allreduce's included
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+
+    def stop():
+        with open(stamp, "w") as out:
+            out.write(repr(time.time()))
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    if comm.rank == 1:
+        threading.Timer(0.2, stop).start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         comm.allreduce(big)
