@@ -15,7 +15,7 @@ import pytest
 
 import distdl as dl
 from distdl import nn, optim
-from distdl.parallel import fp16_compress_hook
+from distdl.parallel import control, fp16_compress_hook
 from distdl.parallel.buckets import plan_buckets
 from gradcheck import module_gradcheck
 from multiproc import WORKERS, run
@@ -150,6 +150,24 @@ def test_buckets_follow_reverse_parameter_order_and_their_size():
     assert [p for b in buckets for p in b.params] == params[::-1]
     assert all(b.grads.nbytes <= 100 or len(b.params) == 1 for b in buckets)
     assert len(plan_buckets(params, 1 << 20)) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_control_elements_tell_ranks_at_different_steps_where_a_plain_sum_would_not(dtype):
+    def averaged(*rows):  # what an allreduce "mean" of the ranks' control elements gives
+        return (np.sum(rows, axis=0, dtype=np.float64) / len(rows)).astype(dtype)
+
+    three, four, five = (control.template(s, dtype) for s in (3, 4, 5))
+    nothing = np.zeros(control.CONTROL_SIZE, dtype)
+    assert 3 + 5 == 4 + 4  # the sum of the step numbers would agree
+    assert not control.steps_agree(control.counts(averaged(three, five), 2))
+    assert control.steps_agree(control.counts(averaged(four, four), 2))
+    assert control.agree_fully(averaged(four, four), four) and not control.agree_fully(averaged(three, five), five)
+    joined = control.counts(averaged(four, nothing, four), 3)  # one rank out of data, in join()
+    assert control.steps_agree(joined) and joined[control.ACTIVE] == 2
+    assert not control.agree_fully(averaged(four, nothing), four)
+    assert [int(b) for b in control.template(0xBEEF, dtype)[control.STEP_BITS]] == [(0xBEEF >> i) & 1
+                                                                                   for i in range(16)]
 
 
 def test_grads_are_views_into_the_buckets_across_steps_and_zero_grad():
