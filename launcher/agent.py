@@ -4,7 +4,7 @@ STARTING: get the attempt's plan (a port and a run token) and start this node's
 workers. RUNNING: watch them until they all succeed, one fails, the launcher is
 signalled, or another node fails. Then SUCCEEDED, or FAILED: stop every worker
 and what it left, report the root cause, and either restart (back to STARTING,
-the workers resume from the newest checkpoint) or STOPPED. With several nodes,
+from the newest checkpoint, or from the start without one) or STOPPED. With several nodes,
 node 0 decides for all (launcher/nodes.py); alone, ``Solo`` decides.
 """
 
@@ -141,11 +141,16 @@ class Agent:
     def _failed(self):
         if self.link.decide(self.attempt, self.failure):
             return self._restart(self.failure.describe())
+        if self.spec.max_restarts and self.attempt >= self.spec.max_restarts and \
+                self.failure.kind is not Kind.INTERRUPTED:
+            restarts = "restart" if self.spec.max_restarts == 1 else "restarts"
+            say(f"giving up after {self.spec.max_restarts} {restarts}: {self.failure.describe()}")
         self.code = self.failure.exit_code()
         return State.STOPPED
 
     def _restart(self, why):
         self.attempt += 1
-        say(f"restarting the job ({self.attempt} of {self.spec.max_restarts} restarts) after {why}; the workers "
-            "resume from the newest checkpoint")
+        resume = ("; the workers resume from the newest checkpoint" if self.spec.checkpoint_dir else
+                  ", from the start: no checkpoint directory (with --checkpoint-dir the workers would resume)")
+        say(f"restarting the job ({self.attempt} of {self.spec.max_restarts} restarts) after {why}{resume}")
         return State.STARTING

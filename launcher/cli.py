@@ -7,51 +7,110 @@ import signal
 import sys
 from importlib import metadata
 
+from launcher import hosts, options
 from launcher.agent import Agent, Solo, say
 from launcher.keeper import become_subreaper
 from launcher.nodes import Coordinator, Member, NodeError
 from launcher.secret import SecretError, job_secret
-from launcher.spec import JobSpec, find_mpiexec, mpi_works
+from launcher.spec import THREAD_VARIABLES, TORCH_VARIABLES, JobSpec, find_mpiexec, mpi_works
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="distdl-run", description="Start N distdl workers, watch them, stop the job when one fails, "
-        "restart it from the newest checkpoint if asked.")
-    parser.add_argument("-n", "--nproc-per-node", type=int, default=1, dest="nproc", help="workers on this node")
-    parser.add_argument("--nnodes", type=int, default=1)
-    parser.add_argument("--node-rank", type=int, default=0)
-    parser.add_argument("--master-addr", default="127.0.0.1")
-    parser.add_argument("--master-port", type=int, default=0, help="0: a free port (single node only)")
+        "restart it from the newest checkpoint if asked. torchrun's, mpirun's and horovodrun's option names work.")
+    parser.add_argument("-n", "-np", "--nproc-per-node", "--nproc_per_node", type=options.workers_value,
+                        dest="nproc", help="workers on this node (with -H/--hostfile: in all); a number, or auto "
+                        "(the GPUs if any, else the cores), gpu, cpu; default 1")
+    parser.add_argument("--nnodes", type=options.nodes_value, default=1, help="nodes, N (or N:N)")
+    parser.add_argument("--node-rank", "--node_rank", type=options.non_negative, default=0)
+    parser.add_argument("--master-addr", "--master_addr", default=None, help="where node 0 listens (127.0.0.1)")
+    parser.add_argument("--master-port", "--master_port", type=options.non_negative, default=None,
+                        help="0: a free port (single node only)")
+    parser.add_argument("--rdzv-endpoint", "--rdzv_endpoint", type=options.endpoint_value, metavar="HOST:PORT",
+                        help="torchrun's name for --master-addr HOST --master-port PORT")
+    parser.add_argument("--standalone", action="store_true", help="one node on this machine, a free port (torchrun)")
+    parser.add_argument("-H", "--hosts", type=hosts.parse_hosts, help="MPI across hosts, as horovodrun -H "
+                        "a:2,b:2: the hosts go to mpiexec's own multi-host launcher (Hydra)")
+    parser.add_argument("--hostfile", help="as -H, from a file of 'host slots=N' (or 'host:N') lines")
     parser.add_argument("--backend", choices=["auto", "mpi", "zmq"], default="auto",
                         help="auto: MPI when its runtime works here, else ZeroMQ (always ZeroMQ across nodes)")
-    parser.add_argument("--max-restarts", type=int, default=0, help="restart the whole job (every node) from the "
-                        "newest checkpoint up to this many times")
+    parser.add_argument("--max-restarts", "--max_restarts", type=options.non_negative, default=0,
+                        help="restart the whole job (every node) from the newest checkpoint up to this many times")
     parser.add_argument("--secret-file", help="the job secret every node shares (else $DISTDL_JOB_SECRET; "
                         "generated for a single node): nodes prove it to each other, run tokens derive from it")
     parser.add_argument("--checkpoint-dir", help="sets DISTDL_CHECKPOINT_DIR for the workers")
     parser.add_argument("--timeout", type=float, help="seconds a collective may wait for a peer (DISTDL_TIMEOUT)")
-    parser.add_argument("--log-dir", help="each rank's full output in LOG_DIR/rank-<r>.log")
+    parser.add_argument("--log-dir", "--log_dir", help="each rank's full output in LOG_DIR/rank-<r>.log")
+    parser.add_argument("--tee", type=options.tee_value, help="accepted as torchrun has it: output is always on "
+                        "the console, and with --log-dir in the log files too")
+    parser.add_argument("--local-ranks-filter", "--local_ranks_filter", type=options.ranks_value, metavar="R,R",
+                        help="show only these local ranks' output on the console (the log files keep all)")
     parser.add_argument("--tag-output", action=argparse.BooleanOptionalAction, default=True,
                         help="prefix each line a worker prints with its rank")
     parser.add_argument("--dry-run", action="store_true", help="print what would be started, and the environment")
     parser.add_argument("--check", action="store_true", help="pre-flight: MPI, ZeroMQ rendezvous, nodes agree")
+    parser.add_argument("--version", action="version", version=f"distdl-run {_version()}")
     parser.add_argument("-m", dest="module", help="run a module, as python -m")
     parser.add_argument("script", nargs="?", help="the training script")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    return parser
+
+
+def _version():
+    try:
+        return metadata.version("distdl")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def parse_args(argv):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.module and args.script:
         args.args = [args.script] + args.args
     if not args.module and not args.script and not args.check:
         parser.error("give a script to run (or -m module)")
-    if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
-        parser.error(f"need -n >= 1, --nnodes >= 1 and 0 <= --node-rank < --nnodes "
-                     f"(got {args.nproc}, {args.nnodes}, {args.node_rank})")
+    if args.script and not args.module and not args.dry_run and not os.path.isfile(args.script):
+        parser.error(f"no such script: {args.script} (in {os.getcwd()}); no worker was started")
+    _placement(parser, args)
+    if not args.node_rank < args.nnodes:
+        parser.error(f"--node-rank {args.node_rank} is not below --nnodes {args.nnodes}: node ranks are 0 to "
+                     f"{args.nnodes - 1}")
     if args.nnodes > 1 and args.master_port == 0:
-        parser.error("a multi-node job needs --master-port: every node must know where node 0 listens")
+        parser.error("a multi-node job needs --master-port (or --rdzv-endpoint HOST:PORT): every node must know "
+                     "where node 0 listens")
     if args.nnodes > 1 and args.backend == "mpi":
-        parser.error("across nodes distdl-run uses ZeroMQ; for MPI across nodes run mpirun with a hostfile")
+        parser.error("across nodes distdl-run uses ZeroMQ; for MPI across hosts give them with -H or --hostfile")
     return args
+
+
+def _placement(parser, args):
+    """Resolve torchrun's and horovodrun's ways of saying where the workers go into nproc, nnodes, master, hosts."""
+    if args.rdzv_endpoint:
+        if args.master_addr is not None or args.master_port is not None:
+            parser.error("give either --rdzv-endpoint HOST:PORT or --master-addr/--master-port, not both")
+        args.master_addr, args.master_port = args.rdzv_endpoint
+    if args.standalone and (args.nnodes > 1 or args.rdzv_endpoint or args.master_addr is not None):
+        parser.error("--standalone is one node on this machine: it takes no --nnodes, --rdzv-endpoint or "
+                     "--master-addr")
+    args.master_addr = args.master_addr or "127.0.0.1"
+    args.master_port = args.master_port or 0
+    if args.hosts and args.hostfile:
+        parser.error("give the hosts with -H or with --hostfile, not both")
+    if args.hostfile:
+        try:
+            args.hosts = hosts.read_hostfile(args.hostfile)
+        except (OSError, hosts.HostsError) as exc:
+            parser.error(f"--hostfile: {exc}")
+    if args.hosts:
+        if args.nnodes > 1:
+            parser.error("-H/--hostfile start every host's workers through mpiexec from here: give no --nnodes")
+        if args.backend == "zmq":
+            parser.error("-H/--hostfile hand the hosts to mpiexec: they need --backend mpi (or auto)")
+        slots = sum(count for _, count in args.hosts)
+        args.nproc = args.nproc or slots
+    args.nproc = args.nproc or 1
 
 
 def resolve_backend(args):
@@ -60,6 +119,8 @@ def resolve_backend(args):
         return "local", "a single worker needs no communication"
     if args.backend != "auto":
         return args.backend, "asked for"
+    if args.hosts:
+        return "mpi", "-H/--hostfile: mpiexec starts the workers on the hosts"
     if args.nnodes > 1:
         return "zmq", "several nodes"
     works, why = mpi_works(find_mpiexec())
@@ -73,7 +134,8 @@ def build_spec(args, backend):
     return JobSpec(nproc=args.nproc, target=target, backend=backend, nnodes=args.nnodes, node_rank=args.node_rank,
                    master_addr=args.master_addr, master_port=args.master_port, max_restarts=args.max_restarts,
                    checkpoint_dir=args.checkpoint_dir, timeout=args.timeout, log_dir=args.log_dir,
-                   tag_output=args.tag_output)
+                   tag_output=args.tag_output, hosts=hosts.hydra_hosts(args.hosts) if args.hosts else None,
+                   shown_local_ranks=args.local_ranks_filter, live=sys.stdout.isatty())
 
 
 def identity(spec):
@@ -92,7 +154,7 @@ def dry_run(spec, reason):
         who = f"rank {env['DISTDL_RANK']}" if "DISTDL_RANK" in env else f"ranks 0-{spec.nproc - 1} via mpiexec"
         print(f"{who}: {' '.join(map(str, command))}")
         for name in sorted(env):
-            if name.startswith("DISTDL_") or name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            if name.startswith("DISTDL_") or name in THREAD_VARIABLES or name in TORCH_VARIABLES:
                 print(f"    {name}={env[name]}")
     return 0
 

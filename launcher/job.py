@@ -24,7 +24,9 @@ class Attempt:
         self.spec, self.environments, self.attempt = spec, environments, attempt
         self.error_dir = tempfile.mkdtemp(prefix="distdl-errors-")
         self.records = records.Reader(self.error_dir)
-        self.output = Output(spec.tag_output, spec.log_dir, attempt)
+        shown = None if spec.shown_local_ranks is None else \
+            {spec.node_rank * spec.nproc + local for local in spec.shown_local_ranks}
+        self.output = Output(spec.tag_output, spec.log_dir, attempt, shown, spec.live)
         self.processes = {}  # rank -> Popen of its keeper (one keeper of mpiexec, as rank 0, for the MPI backend)
         self.pumps = []
         self.stopped = set()

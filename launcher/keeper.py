@@ -185,7 +185,16 @@ def _worker_dies_with_keeper():
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def torch_variables(environ):
+    """Under mpiexec, torchrun's per-rank variables from Hydra's (the launcher gives all ranks one environment)."""
+    pmi = {"RANK": "PMI_RANK", "WORLD_SIZE": "PMI_SIZE", "LOCAL_RANK": "MPI_LOCALRANKID",
+           "LOCAL_WORLD_SIZE": "MPI_LOCALNRANKS"}
+    if "DISTDL_RANK" not in environ and "DISTDL_BACKEND" in environ:
+        environ.update({name: environ[source] for name, source in pmi.items() if source in environ})
+
+
 def keep(grace, command):
+    torch_variables(os.environ)
     parent = os.getppid()
     become_subreaper()
     stop = []

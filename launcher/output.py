@@ -1,5 +1,12 @@
-"""Workers' output: each line tagged with its rank on the launcher's stdout, kept whole in a per-rank log file."""
+"""Workers' output: each line tagged with its rank on the launcher's stdout, kept whole in a per-rank log file.
 
+On a terminal (``live``) rank 0's carriage-return redraws (a tqdm bar) are passed
+through untagged as they come; the other lines are printed above the bar, which is
+then drawn again. mpiexec's own "BAD TERMINATION" banner is kept from the console:
+distdl-run reports the failure itself, naming the rank.
+"""
+
+import codecs
 import collections
 import os
 import re
@@ -8,37 +15,115 @@ import threading
 
 TAIL_LINES = 20
 RANK_FILE = re.compile(r"^rank-(\d+)\.(out|err)$")  # mpiexec -outfile-pattern/-errfile-pattern DIR/rank-%r.*
+MPIEXEC_BANNER = re.compile(r"^=+$|^=   |^YOUR APPLICATION TERMINATED WITH THE EXIT STRING|"
+                            r"^This typically refers to a problem with your application|^Please see the FAQ page")
+CLEAR_LINE = "\r\x1b[K"
+CHUNK = 65536
 
 
 class Output:
-    """Routes lines to the terminal (tagged or not) and to ``log_dir/rank-<r>.log``; keeps each rank's last lines."""
+    """Routes lines to the terminal (tagged or not) and to ``log_dir/rank-<r>.log``; keeps each rank's last lines.
 
-    def __init__(self, tag, log_dir=None, attempt=0):
-        self.tag, self.log_dir, self.attempt = tag, log_dir, attempt
+    ``shown``: the ranks whose lines reach the console (None: all); ``live``: show rank 0's redraws as they come.
+    """
+
+    def __init__(self, tag, log_dir=None, attempt=0, shown=None, live=False):
+        self.tag, self.log_dir, self.attempt, self.shown, self.live = tag, log_dir, attempt, shown, live
         self.tails = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
+        self.console = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))  # the last shown
         self._logs = {}
+        self._bar = None  # rank 0's progress line on the terminal now, without its carriage return
         self._lock = threading.Lock()
 
     def line(self, rank, text):
         with self._lock:
-            self.tails[rank].append(text.rstrip("\n"))
-            label = f"rank {rank}" if isinstance(rank, int) else rank
-            sys.stdout.write(f"[{label}] {text}" if self.tag else text)
-            if not text.endswith("\n"):
-                sys.stdout.write("\n")
+            text = text.rstrip("\n")
+            self.tails[rank].append(text)
+            if self._on_console(rank, text):
+                self._above_bar(f"[{rank if not isinstance(rank, int) else f'rank {rank}'}] {text}\n" if self.tag
+                                else text + "\n")
+            self._log(rank, text)
+
+    def redraw(self, rank, text):
+        """A progress line of ``rank`` (its text after the last carriage return), drawn in place."""
+        with self._lock:
+            self._bar = text
+            sys.stdout.write(CLEAR_LINE + text)
             sys.stdout.flush()
-            if self.log_dir is not None:
-                if rank not in self._logs:
-                    suffix = f".restart-{self.attempt}" if self.attempt else ""
-                    self._logs[rank] = open(f"{self.log_dir}/rank-{rank}{suffix}.log", "a")
-                self._logs[rank].write(text if text.endswith("\n") else text + "\n")
-                self._logs[rank].flush()
+
+    def end_bar(self, rank, text):
+        """The progress line ended with a newline: keep its last state (or nothing, if it cleared itself)."""
+        with self._lock:
+            self._bar = None
+            sys.stdout.write(CLEAR_LINE + (text + "\n" if text.strip() else ""))
+            sys.stdout.flush()
+            if text.strip():
+                self.tails[rank].append(text)
+                self._log(rank, text)
+
+    def showed(self, rank, text):
+        """Whether ``text`` is among ``rank``'s last lines on the console."""
+        return text in self.console[rank]
+
+    def _on_console(self, rank, text):
+        if rank == "mpiexec" and MPIEXEC_BANNER.match(text):
+            return False
+        if self.shown is not None and isinstance(rank, int) and rank not in self.shown:
+            return False
+        self.console[rank].append(text)
+        return True
+
+    def _above_bar(self, text):
+        if self._bar is not None:
+            text = CLEAR_LINE + text + self._bar
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def _log(self, rank, text):
+        if self.log_dir is None:
+            return
+        if rank not in self._logs:
+            suffix = f".restart-{self.attempt}" if self.attempt else ""
+            self._logs[rank] = open(f"{self.log_dir}/rank-{rank}{suffix}.log", "a")
+        self._logs[rank].write(text + "\n")
+        self._logs[rank].flush()
+
+    def feeder(self, rank):
+        """A function taking ``rank``'s output in pieces of any size (None: the end), routing whole lines."""
+        live = self.live and rank == 0 and (self.shown is None or 0 in self.shown)
+        pending = [""]
+
+        def feed(text):
+            if text is None:
+                if pending[0]:
+                    self._whole(rank, pending[0], live)
+                pending[0] = ""
+                return
+            *lines, pending[0] = (pending[0] + text).split("\n")
+            for line in lines:
+                self._whole(rank, line, live)
+            if live and "\r" in pending[0]:
+                self.redraw(rank, pending[0].rsplit("\r", 1)[1])
+
+        return feed
+
+    def _whole(self, rank, line, live):
+        if live and "\r" in line:
+            self.end_bar(rank, line.rsplit("\r", 1)[1])
+        else:
+            self.line(rank, line.rsplit("\r", 1)[-1] if "\r" in line else line)
 
     def pump(self, stream, rank):
-        """Read ``stream`` to its end in a thread, each line as ``rank``'s."""
+        """Read the pipe ``stream`` to its end in a thread, as ``rank``'s output."""
         def run():
-            for text in iter(stream.readline, ""):
-                self.line(rank, text)
+            feed, decoder = self.feeder(rank), codecs.getincrementaldecoder("utf-8")(errors="replace")
+            while True:
+                chunk = os.read(stream.fileno(), CHUNK)
+                if not chunk:
+                    break
+                feed(decoder.decode(chunk))
+            feed(decoder.decode(b"", final=True))
+            feed(None)
             stream.close()
 
         thread = threading.Thread(target=run, daemon=True)
@@ -46,25 +131,26 @@ class Output:
         return thread
 
     def follow(self, directory, finished):
-        """Follow mpiexec's per-rank output files in ``directory`` until ``finished`` is set, whole lines only."""
+        """Follow mpiexec's per-rank output files in ``directory`` until ``finished`` is set."""
         def run():
-            offsets, partial = {}, {}
+            offsets, feeds = {}, {}
             while True:
                 done = finished.is_set()
                 for name in sorted(os.listdir(directory)):
                     match = RANK_FILE.match(name)
                     if not match:
                         continue
+                    if name not in feeds:
+                        feeds[name] = self.feeder(int(match.group(1)))
                     with open(os.path.join(directory, name), errors="replace") as f:
                         f.seek(offsets.get(name, 0))
-                        text = partial.get(name, "") + f.read()
+                        text = f.read()
                         offsets[name] = f.tell()
-                    *lines, partial[name] = text.split("\n")
-                    for line in lines:
-                        self.line(int(match.group(1)), line + "\n")
-                    if done and partial[name]:
-                        self.line(int(match.group(1)), partial.pop(name) + "\n")
+                    if text:
+                        feeds[name](text)
                 if done:
+                    for feed in feeds.values():
+                        feed(None)
                     return
                 finished.wait(0.05)
 

@@ -18,8 +18,12 @@ def report_failure(failure, records, output, stopped):
         error = records.errors[0] if records.errors and failure.kind in WORKER_KINDS else None
     if error is not None:
         when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
+        traceback = error.get("traceback", "")
+        last = traceback.strip().splitlines()[-1] if traceback.strip() else ""
+        shown = last and output.showed(error["rank"], last)
         say(f"distdl-run: root cause: rank {error['rank']} on {error.get('host')} raised {error.get('exception')} "
-            f"at {when}, {describe_exit(failure.code)}:\n{error.get('traceback', '')}")
+            f"at {when}, {describe_exit(failure.code)}" + (f" (its traceback is above, in its output):\n{last}\n"
+                                                           if shown else f":\n{traceback}"))
     else:
         say(f"distdl-run: {failure.describe()}")
         tail = output.tails.get(failure.rank, []) if failure.rank is not None else []
@@ -27,5 +31,6 @@ def report_failure(failure, records, output, stopped):
         for line in tail:
             say(f"    {line}\n")
     if stopped:
-        say(f"distdl-run: stopped ranks {', '.join(map(str, sorted(stopped)))} because of it\n")
+        ranks = "rank" if len(stopped) == 1 else "ranks"
+        say(f"distdl-run: stopped {ranks} {', '.join(map(str, sorted(stopped)))} because of it\n")
     sys.stderr.flush()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from launcher.secret import VARIABLE as SECRET_VARIABLE
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# torchrun's, so that code written for torch finds its rank (under mpiexec each rank's keeper sets the per-rank ones)
+TORCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def find_mpiexec():
@@ -55,6 +57,9 @@ class JobSpec:
     timeout: float = None
     log_dir: str = None
     tag_output: bool = True
+    hosts: str = None  # mpiexec -hosts a:2,b:2 (Hydra starts the workers on them); nproc is then the whole job's
+    shown_local_ranks: set = None  # the local ranks whose output reaches the console (None: all)
+    live: bool = False  # the console is a terminal: rank 0's progress bar is passed through as it redraws
     mpiexec: str = field(default_factory=find_mpiexec)
 
     @property
@@ -67,22 +72,25 @@ class JobSpec:
     def mpi_command(self, output_dir, wrap=list):
         """mpiexec, each rank's stdout and stderr in its own file of ``output_dir`` (whole lines, unlike -prepend-rank),
         each rank's command passed through ``wrap`` (its keeper)."""
-        return [self.mpiexec, "-n", str(self.nproc), "-outfile-pattern", os.path.join(output_dir, "rank-%r.out"),
+        hosts = ["-hosts", self.hosts] if self.hosts else []
+        return [self.mpiexec, *hosts, "-n", str(self.nproc), "-outfile-pattern", os.path.join(output_dir, "rank-%r.out"),
                 "-errfile-pattern", os.path.join(output_dir, "rank-%r.err"), *wrap(self.worker_command())]
 
     def environments(self, attempt, run_id, worker_port, master_fd=None):
         """One environment per local worker (one in all for mpiexec, which gives each rank its own)."""
-        base = dict(os.environ)
+        base = {k: v for k, v in os.environ.items() if k not in TORCH_VARIABLES}
         base.pop(SECRET_VARIABLE, None)  # the workers get run tokens derived from it, never the job secret
-        threads = str(max(1, (os.cpu_count() or 1) // self.nproc))
-        for name in THREAD_VARIABLES:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // self.nproc))
+        for name in THREAD_VARIABLES if not self.hosts else ():  # across hosts, dl.init() limits them per host
             base.setdefault(name, threads)  # the user's own setting wins
         base.update({
             "DISTDL_BACKEND": self.backend, "DISTDL_WORLD_SIZE": str(self.world_size),
             "DISTDL_LOCAL_WORLD_SIZE": str(self.nproc), "DISTDL_MASTER_ADDR": self.master_addr,
             "DISTDL_MASTER_PORT": str(worker_port), "DISTDL_RUN_ID": run_id, "DISTDL_RESTART_COUNT": str(attempt),
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(worker_port or _free_port()),
         })
+        if self.live:
+            base["DISTDL_LIVE_OUTPUT"] = "1"
         if self.checkpoint_dir:
             base["DISTDL_CHECKPOINT_DIR"] = os.path.abspath(self.checkpoint_dir)
         if self.timeout:
@@ -91,11 +99,20 @@ class JobSpec:
             return [base]
         environments = []
         for local in range(self.nproc):
-            env = dict(base, DISTDL_RANK=str(self.node_rank * self.nproc + local), DISTDL_LOCAL_RANK=str(local))
+            rank = self.node_rank * self.nproc + local
+            env = dict(base, DISTDL_RANK=str(rank), DISTDL_LOCAL_RANK=str(local), RANK=str(rank),
+                       LOCAL_RANK=str(local), WORLD_SIZE=str(self.world_size), LOCAL_WORLD_SIZE=str(self.nproc))
             if master_fd is not None and self.node_rank == 0 and local == 0:
                 env["DISTDL_MASTER_FD"] = str(master_fd)
             environments.append(env)
         return environments
+
+
+def _free_port():
+    """A port for torch's MASTER_PORT under MPI, where distdl itself needs none (free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def new_run_id():
