@@ -207,6 +207,8 @@ class Trainer:
                     "rate, or pass Trainer(..., nonfinite='skip') to skip such steps on every rank")
             if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
                 self.skipped_steps += 1
+                self.global_step += 1
+                last = time.time()
                 continue
             loss.backward()
             backward_end = time.time()

@@ -131,6 +131,23 @@ def test_binary_problems_get_probabilities_for_their_metrics():
     assert history["accuracy"][-1] > 0.9 and history["auc"][-1] > 0.95
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_alone_a_nan_loss_is_named_before_backward_or_its_step_skipped(policy, capsys):
+    x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    x[20, 1] = np.nan  # batch 3 of 8
+    model = nn.Linear(3, 2)
+    trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(), nonfinite=policy)
+    if policy == "error":
+        with pytest.raises(dl.parallel.NonFiniteLossError, match="rank 0: the loss is nan at step 3 "):
+            trainer.fit((x, y), epochs=1, batch_size=8, shuffle=False)
+        return
+    history = trainer.fit((x, y), epochs=1, batch_size=8, shuffle=False)
+    assert trainer.skipped_steps == 1 and trainer.global_step == 8
+    assert np.isfinite(history["loss"][0]) and all(np.isfinite(p.data).all() for p in model.parameters())
+    assert "skipped 1 non-finite step" in capsys.readouterr().out
+
+
 def test_unknown_metric_names_fail_at_construction():
     model = mlp()
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
