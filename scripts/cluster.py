@@ -124,6 +124,8 @@ class Cluster:
         if not 1 <= nodes <= 200:
             raise ClusterError(f"--nodes {nodes}: give 1 to 200 nodes")
         self.nodes, self.link, self.rate = nodes, link, rate_bytes_per_s(link)
+        # the token bucket: 1 ms of tokens (less loses rate), at least a GSO packet; it passes at once after a pause
+        self.burst = max(int(self.rate / 1000), 64 * 1024 + 1514) if self.rate else 0
         self.suffix = secrets.token_hex(3)
         self.subnet = f"198.18.{secrets.randbelow(256)}"  # RFC 2544's benchmarking range, inside the run's namespaces
         self.names = [f"{PREFIX}-{os.getpid()}-{self.suffix}-node{i}" for i in range(nodes)]
@@ -164,9 +166,8 @@ class Cluster:
                 self._shape(self.switch, f"port{i}")  # what it receives
 
     def _shape(self, namespace, device):
-        burst = max(int(self.rate / 1000), 64 * 1024 + 1514)  # 1 ms of tokens (less loses rate)
         sh("ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", self.link,
-           "burst", str(burst), "latency", "100ms")
+           "burst", str(self.burst), "latency", "100ms")
 
     def popen(self, node, argv, env=None, **options):
         """Start ``argv`` inside node ``node``'s namespace, with hostname ``node<i>``, in its own session."""

@@ -17,9 +17,9 @@
 - the training prediction is compute + overlap * allreduce: the compute per step measured at
   each worker count (step less exposed communication; beyond them, the largest job's), the
   allreduce of the model's gradients by the fitted model (at --predict: by --bandwidth and
-  --latency, or the emulated cluster's own fit), and the overlap measured in the largest job
-  (its exposed communication over its modelled bare allreduce); at the measured counts the
-  prediction is checked against the measured step;
+  --latency, or the emulated cluster's own fit), and the overlap measured in the jobs
+  (exposed communication over the modelled bare allreduce, one least-squares factor for all
+  the multi-worker jobs); at the measured counts the prediction is checked against the step;
 - --cluster K --link RATE builds an emulated cluster (scripts/cluster.py: a network namespace
   per node, links shaped with tc tbf, root needed) and times allreduces of 4 KiB to 64 MiB
   (--sizes) at each of --ranks over its links, the ranks spread over as many nodes as divide
@@ -34,9 +34,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,7 @@ ROOT = HERE.parent
 SIZES = ",".join(str(4096 * 4 ** k) for k in range(8))  # 4 KiB .. 64 MiB
 TOLERANCE = 0.10  # held-out points and the training prediction at the measured counts
 CORES = os.cpu_count()  # the emulated nodes share this machine's cores
+Where = namedtuple("Where", "limit cores burst")  # recursive doubling's limit, cores the ranks share, a link's burst
 
 
 def parse_args():
@@ -189,15 +192,18 @@ def algorithm(nbytes, limit):
     return "doubling" if nbytes <= limit else "ring"
 
 
-def terms(nbytes, p, limit):
-    """(messages, bytes) one rank's allreduce of ``nbytes`` among ``p`` waits for, in sequence."""
+def terms(nbytes, p, where):
+    """(messages, bytes) one rank's allreduce of ``nbytes`` among ``p`` waits for, in sequence.
+
+    The bytes a shaped link passes at once (its token bucket, full after a pause) cost no time.
+    """
     if p == 1:
         return 0, 0
-    if algorithm(nbytes, limit) == "doubling":
+    if algorithm(nbytes, where.limit) == "doubling":
         p2 = 1 << (p.bit_length() - 1)
         exchanges = int(math.log2(p2)) + (2 if p != p2 else 0)  # ranks beyond a power of two fold in, are told after
-        return exchanges, exchanges * nbytes
-    return 2 * (p - 1), 2 * (p - 1) / p * nbytes
+        return exchanges, max(exchanges * nbytes - where.burst, 0)
+    return 2 * (p - 1), max(2 * (p - 1) / p * nbytes - where.burst, 0)
 
 
 def sharing(p, cores):
@@ -205,7 +211,7 @@ def sharing(p, cores):
     return max(1.0, p / cores) if cores else 1.0
 
 
-def fit(points, limit, cores):
+def fit(points, where):
     """{algorithm: (alpha, beta, gamma)} minimising the relative error over ``points`` of (ranks, bytes, seconds).
 
     A roofline of one rank's allreduce: each message costs alpha per core's worth of ranks
@@ -218,7 +224,8 @@ def fit(points, limit, cores):
     model = {}
     grid = np.geomspace(1e-12, 1e-6, 160)
     for kind in ("doubling", "ring"):
-        rows = [(*terms(n, p, limit), sharing(p, cores), t) for p, n, t in points if algorithm(n, limit) == kind]
+        rows = [(*terms(n, p, where), sharing(p, where.cores), t) for p, n, t in points
+                if algorithm(n, where.limit) == kind]
         if not rows:
             continue
         m, v, s, t = (np.array(column, float) for column in zip(*rows))
@@ -231,13 +238,13 @@ def fit(points, limit, cores):
     return model
 
 
-def predict(model, nbytes, p, limit, cores=None):
-    """Seconds of one allreduce; ``cores``: the ranks share this machine's cores (else each has its own)."""
+def predict(model, nbytes, p, where):
+    """Seconds of one allreduce of ``nbytes`` among ``p`` ranks ``where`` (cores shared, a link's burst)."""
     if p == 1:
         return 0.0
-    alpha, beta, gamma = model.get(algorithm(nbytes, limit)) or model["ring"]
-    messages, volume = terms(nbytes, p, limit)
-    s = sharing(p, cores)
+    alpha, beta, gamma = model.get(algorithm(nbytes, where.limit)) or model["ring"]
+    messages, volume = terms(nbytes, p, where)
+    s = sharing(p, where.cores)
     return messages * alpha * s + volume * max(beta, gamma * s)
 
 
@@ -255,7 +262,7 @@ def size_name(nbytes):
     return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
 
 
-def cluster_allreduce(args, cluster, limit):
+def cluster_allreduce(args, cluster, where):
     """Time allreduces at every --ranks count over the cluster's links, fit on some sizes, check on the others."""
     measured = []
     for ranks in [int(r) for r in args.ranks.split(",")]:
@@ -265,9 +272,9 @@ def cluster_allreduce(args, cluster, limit):
             continue
         job = run_job(args, ranks, ["allreduce", "--sizes", args.sizes, "--seconds", str(args.seconds)], cluster)
         measured += [(ranks, n, t) for n, t in job["allreduce"]]
-    fitted_sizes, held_sizes = split(sorted({n for _, n, _ in measured}), limit)
-    model = fit([m for m in measured if m[1] in fitted_sizes], limit, CORES)
-    held_out = [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, limit, CORES)}
+    fitted_sizes, held_sizes = split(sorted({n for _, n, _ in measured}), where.limit)
+    model = fit([m for m in measured if m[1] in fitted_sizes], where)
+    held_out = [{"ranks": p, "bytes": n, "measured_s": t, "predicted_s": predict(model, n, p, where)}
                 for p, n, t in measured if n in held_sizes]
     print(f"allreduce on {cluster.nodes} emulated nodes, links {args.link}; fitted on "
           f"{', '.join(map(size_name, fitted_sizes))}, held out {', '.join(map(size_name, held_sizes)) or 'none'}")
@@ -277,7 +284,7 @@ def cluster_allreduce(args, cluster, limit):
     print("| ranks | nodes x ranks | bytes | measured ms | model ms | error | |")
     print("|---|---|---|---|---|---|---|")
     for p, n, t in measured:
-        modelled = predict(model, n, p, limit, CORES)
+        modelled = predict(model, n, p, where)
         nodes, per_node = layout(p, cluster.nodes)
         role = "held out" if n in held_sizes else "fitted"
         print(f"| {p} | {nodes} x {per_node} | {size_name(n)} | {1e3 * t:.3f} | {1e3 * modelled:.3f} | "
@@ -285,10 +292,10 @@ def cluster_allreduce(args, cluster, limit):
     worst = max((abs(h["predicted_s"] / h["measured_s"] - 1) for h in held_out), default=0.0)
     print(f"held-out points: {len(held_out)}, the worst {worst:.1%} off the model "
           f"({'within' if worst <= TOLERANCE else 'NOT within'} {TOLERANCE:.0%})")
-    return {"model": {k: {"alpha": a, "beta": b, "gamma": g} for k, (a, b, g) in model.items()}, "small_bytes": limit,
-            "cores": CORES,
+    return {"model": {k: {"alpha": a, "beta": b, "gamma": g} for k, (a, b, g) in model.items()}, "small_bytes": where.limit,
+            "cores": where.cores, "burst_bytes": where.burst,
             "allreduce_points": [{"ranks": p, "bytes": n, "measured_s": t,
-                                  "predicted_s": predict(model, n, p, limit, CORES),
+                                  "predicted_s": predict(model, n, p, where),
                                   "held_out": n in held_sizes} for p, n, t in measured],
             "fitted_sizes": fitted_sizes, "held_out": held_out, "held_out_worst": worst}
 
@@ -311,25 +318,26 @@ def scaling_table(args, records):
     return rows
 
 
-def training_prediction(args, records, here, beyond, limit):
+def training_prediction(args, records, here, beyond):
     """Step = compute + overlap * modelled allreduce, checked at the measured counts, then predicted beyond.
 
-    ``here`` models the allreduce where the jobs ran (the overlap is measured against it),
-    ``beyond`` the network of the predictions.
+    ``here`` (model, where) is the allreduce where the jobs ran (the overlap is measured against
+    it), ``beyond`` the network of the predictions.
     """
     base, biggest = records[0], records[-1]
     nbytes = base["model_bytes"]
-    bare = predict(here, nbytes, biggest["workers"], limit, CORES)
-    overlap = biggest["exposed"] / bare if bare else 0.0
-    print(f"\noverlap: the {biggest['workers']}-worker job's exposed communication "
-          f"{1e3 * biggest['exposed']:.3f} ms is {overlap:.2f} x its modelled bare allreduce of "
-          f"{nbytes / 1e6:.2f} MB ({1e3 * bare:.3f} ms)")
+    bare = {r["workers"]: predict(here[0], nbytes, r["workers"], here[1]) for r in records}
+    # one overlap for every job: the least relative error of exposed = overlap x modelled bare allreduce
+    weights = [(bare[r["workers"]] / r["step"], r["exposed"] / r["step"]) for r in records if bare[r["workers"]]]
+    overlap = sum(m * e for m, e in weights) / sum(m * m for m, _ in weights) if weights else 0.0
+    print(f"\noverlap: the exposed communication is {overlap:.2f} x the modelled bare allreduce of the "
+          f"{nbytes / 1e6:.2f} MB of gradients (least squares over the {len(weights)} multi-worker jobs)")
     print("| workers | measured step ms | compute ms | modelled allreduce ms | predicted step ms | error |")
     print("|---|---|---|---|---|---|")
     checks = []
     for r in records:
         compute = r["step"] - r["exposed"]
-        comm_time = predict(here, nbytes, r["workers"], limit, CORES)
+        comm_time = bare[r["workers"]]
         predicted = compute + overlap * comm_time
         checks.append({"workers": r["workers"], "measured_s": r["step"], "compute_s": compute,
                        "allreduce_s": comm_time, "predicted_s": predicted})
@@ -341,7 +349,7 @@ def training_prediction(args, records, here, beyond, limit):
     print("|---|---|---|---|---|---|")
     for p in (int(n) for n in args.predict.split(",") if n):
         compute = compute_here if args.mode == "weak" else compute_here * biggest["workers"] / p
-        comm_time = predict(beyond, nbytes, p, limit)  # each worker with its own core
+        comm_time = predict(beyond[0], nbytes, p, beyond[1])
         step = compute + overlap * comm_time
         efficiency = base["step"] / step if args.mode == "weak" else base["step"] / (p * step)
         predictions.append({"workers": p, "compute": compute, "allreduce": comm_time, "step": step,
@@ -356,22 +364,24 @@ def main():
     if args.worker:
         return (train_worker if args.worker == "train" else allreduce_worker)(args)
     limit = small_bytes()
+    beyond = Where(limit, None, 0)  # a real cluster: each worker its own core, links without a token bucket
     if args.cluster:
         sys.path.insert(0, str(HERE))
         from cluster import Cluster, ClusterError
 
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: the cluster goes
         try:
             with Cluster(args.cluster, args.link) as cluster:
-                return experiment(args, limit, cluster)
+                return experiment(args, Where(limit, CORES, cluster.burst), beyond, cluster)
         except ClusterError as exc:
             raise SystemExit(f"scaling.py --cluster: {exc}")
-    return experiment(args, limit, None)
+    return experiment(args, Where(limit, CORES, 0), beyond, None)
 
 
-def experiment(args, limit, cluster):
+def experiment(args, where, beyond_where, cluster):
     record = {"args": vars(args)}
     if cluster:
-        record.update(cluster_allreduce(args, cluster, limit))
+        record.update(cluster_allreduce(args, cluster, where))
         print()
     train_args = ["train", "--model", args.model, "--mode", args.mode, "--batch", str(args.batch),
                   "--seconds", str(args.seconds)]
@@ -380,16 +390,16 @@ def experiment(args, limit, cluster):
         return save(record, args)
     records = [run_job(args, n, train_args, cluster if n > 1 else None) for n in counts]
     title = records[0]["title"].rsplit(" b", 1)[0]  # the workload's own batch is not the one used here
-    where = f"{cluster.nodes} emulated nodes, links {args.link}" if cluster else f"{args.backend} backend"
-    print(f"{args.mode} scaling of {title}, {where}, batch {args.batch} "
+    on = f"{cluster.nodes} emulated nodes, links {args.link}" if cluster else f"{args.backend} backend"
+    print(f"{args.mode} scaling of {title}, {on}, batch {args.batch} "
           f"{'per worker' if args.mode == 'weak' else 'global'}")
     record.update({"title": title, "measured": scaling_table(args, records), "jobs": records})
     biggest = records[-1]
     if cluster:
         here = {k: (v["alpha"], v["beta"], v["gamma"]) for k, v in record["model"].items()}
-        beyond, network = here, f"the emulated {args.link} links"
+        beyond, network = here, f"the emulated {args.link} links, each worker with its own core"
     elif "allreduce" in biggest:
-        here = fit([(biggest["workers"], n, t) for n, t in biggest["allreduce"]], limit, CORES)
+        here = fit([(biggest["workers"], n, t) for n, t in biggest["allreduce"]], where)
         beyond = {kind: (args.latency, 1 / args.bandwidth, 0.0) for kind in ("doubling", "ring")}
         network = f"a network of {args.bandwidth / 1e9:g} GB/s and {1e6 * args.latency:g} us latency"
         print(f"\nalpha-beta fit on {biggest['workers']} local workers: " + ", ".join(
@@ -398,7 +408,7 @@ def experiment(args, limit, cluster):
         here = None
     if here:
         record["alpha"], record["beta"], _ = here["ring"] if "ring" in here else next(iter(here.values()))
-        record.update(training_prediction(args, records, here, beyond, limit))
+        record.update(training_prediction(args, records, (here, where), (beyond, beyond_where)))
         print(f"(predictions over {network})")
     return save(record, args)
 
