@@ -23,8 +23,8 @@ from distdl.comm.reduction import finish_mean, split_counts
 from distdl.comm.signature import describe, describe_signature, signature
 
 SPIN_SECONDS = 1e-3  # poll without yielding this long: a late peer is usually only a few microseconds late
-YIELD_SECONDS = 1.0  # then yield the interpreter between polls; past this, sleep between them (a peer that late
-# is not a question of speed, and a poll is what moves MPI's data: sleeping earlier would cost bandwidth)
+PATIENT_SECONDS = 1.0  # a small call waiting longer than this sleeps between polls: its peer is late
+SMALL_BYTES = 1 << 20  # (a large one keeps polling: a poll is what moves MPI's data, and it may just be long)
 
 
 def mpi():
@@ -66,8 +66,15 @@ class MPICommunicator(Communicator):
                 "same collectives in the same order with the same op, dtype and size")
 
     def _wait(self, request, collective, op, array):
-        """Wait for an MPI request, no longer than the timeout."""
+        """Wait for an MPI request, no longer than the timeout.
+
+        MPI moves a non-blocking collective's data only inside calls such as Test, so
+        the wait polls: it spins, then yields the processor and the interpreter between
+        polls; a small call (a signature, a barrier) still waiting after a second sleeps
+        a millisecond between them instead.
+        """
         start = time.monotonic()
+        patient = array is None or array.nbytes < SMALL_BYTES
         while not request.Test():
             elapsed = time.monotonic() - start
             if elapsed > self.timeout:
@@ -77,7 +84,7 @@ class MPICommunicator(Communicator):
                     f"rank {self.rank}: {what} waited {self.timeout:g} s for the other ranks; MPI does not say "
                     "which rank is missing: check that every rank is alive and calls the same collectives")
             if elapsed > SPIN_SECONDS:
-                time.sleep(0 if elapsed < YIELD_SECONDS else 1e-3)
+                time.sleep(1e-3 if patient and elapsed > PATIENT_SECONDS else 0)
 
     # -- collectives -------------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
