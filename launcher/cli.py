@@ -30,7 +30,7 @@ def build_parser():
     parser.add_argument("--rdzv-endpoint", "--rdzv_endpoint", type=options.endpoint_value, metavar="HOST:PORT",
                         help="torchrun's name for --master-addr HOST --master-port PORT")
     parser.add_argument("--standalone", action="store_true", help="one node on this machine, a free port (torchrun)")
-    parser.add_argument("-H", "--hosts", type=hosts.parse_hosts, help="MPI across hosts, as horovodrun -H "
+    parser.add_argument("-H", "--hosts", type=options.hosts_value, help="MPI across hosts, as horovodrun -H "
                         "a:2,b:2: the hosts go to mpiexec's own multi-host launcher (Hydra)")
     parser.add_argument("--hostfile", help="as -H, from a file of 'host slots=N' (or 'host:N') lines")
     parser.add_argument("--backend", choices=["auto", "mpi", "zmq"], default="auto",

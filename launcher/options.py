@@ -7,6 +7,8 @@ import argparse
 import os
 import re
 
+from launcher.hosts import HostsError, parse_hosts
+
 
 def gpu_count():
     """The GPUs this process may use: CUDA_VISIBLE_DEVICES where set, else the NVIDIA driver's list, else 0."""
@@ -83,3 +85,11 @@ def tee_value(text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r}: give 0 (none), 1 (stdout), 2 (stderr), 3 (both), or per local "
                                      "rank as 0:3,1:1")
+
+
+def hosts_value(text):
+    """horovodrun's and mpirun's -H a:2,b:2."""
+    try:
+        return parse_hosts(text)
+    except HostsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

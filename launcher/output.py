@@ -142,7 +142,7 @@ class Output:
                         continue
                     if name not in feeds:
                         feeds[name] = self.feeder(int(match.group(1)))
-                    with open(os.path.join(directory, name), errors="replace") as f:
+                    with open(os.path.join(directory, name), errors="replace", newline="") as f:
                         f.seek(offsets.get(name, 0))
                         text = f.read()
                         offsets[name] = f.tell()

@@ -1,0 +1,201 @@
+"""Launching as HPC and PyTorch users do: torchrun's, mpirun's and horovodrun's options of distdl-run, the variables
+each rank gets, the refusals that say what is allowed, the messages of failed and restarted jobs, and rank 0's live
+progress bar under a pseudo-terminal. Every job is a real one, under a hard timeout, and leaves no process behind."""
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from multiproc import WORKERS, free_port
+
+BACKENDS = ["mpi", "zmq"]
+ENV_LINE = re.compile(r"rank (?P<rank>\d+) of (?P<size>\d+) sum (?P<sum>\S+) backend (?P<backend>\w+) "
+                      r"local (?P<local>\d+) of (?P<local_size>\d+) threads \[(?P<threads>[\d, ]*)\] "
+                      r"RANK=(?P<RANK>\S+) LOCAL_RANK=(?P<LOCAL_RANK>\S+) WORLD_SIZE=(?P<WORLD_SIZE>\S+) "
+                      r"LOCAL_WORLD_SIZE=(?P<LOCAL_WORLD_SIZE>\S+) MASTER_ADDR=(?P<MASTER_ADDR>\S+) "
+                      r"MASTER_PORT=(?P<MASTER_PORT>\S+)")
+
+
+def distdl_run(*args, timeout=90, env=None):
+    """distdl-run in its own session; the whole session is killed at ``timeout`` and must be gone afterwards."""
+    process = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        out, err = process.communicate()
+        pytest.fail(f"distdl-run {args} ran past {timeout} s:\n{out}\n{err}")
+    assert not session_left(process.pid)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def session_left(sid):
+    """PIDs still in session ``sid`` (distdl-run's: its keepers start sessions of their own, swept at the end)."""
+    left = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            left.append(int(entry))
+    return left
+
+
+def ranks_told(output):
+    """rank -> what launch_env.py printed there (its world, backend, BLAS threads, torchrun variables)."""
+    return {int(m["rank"]): m.groupdict() for m in ENV_LINE.finditer(output)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torchruns_options_and_variables(backend):
+    result = distdl_run("--nproc_per_node", 2, "--standalone", "--backend", backend, WORKERS / "launch_env.py", "env")
+    assert result.returncode == 0, result.stderr
+    told = ranks_told(result.stdout)
+    assert sorted(told) == [0, 1], result.stdout
+    for rank, seen in told.items():
+        assert (seen["size"], seen["sum"], seen["backend"]) == ("2", "2", backend)
+        assert (seen["RANK"], seen["LOCAL_RANK"], seen["WORLD_SIZE"], seen["LOCAL_WORLD_SIZE"], seen["MASTER_ADDR"]) \
+            == (str(rank), str(rank), "2", "2", "127.0.0.1")
+    ports = {seen["MASTER_PORT"] for seen in told.values()}
+    assert len(ports) == 1 and 0 < int(ports.pop()) < 65536  # the same MASTER_PORT on every rank
+
+
+def test_mpiruns_np_and_a_rendezvous_endpoint():
+    port = free_port()
+    result = distdl_run("-np", 2, "--rdzv-endpoint", f"127.0.0.1:{port}", "--backend", "zmq",
+                        WORKERS / "launch_env.py", "env")
+    assert result.returncode == 0, result.stderr
+    told = ranks_told(result.stdout)
+    assert sorted(told) == [0, 1] and {seen["MASTER_PORT"] for seen in told.values()} == {str(port)}
+
+
+def test_auto_is_the_cores_without_a_gpu():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = distdl_run("--nproc-per-node", "auto", "--backend", "zmq", "--dry-run", "train.py", env=env)
+    assert f"world size {len(os.sched_getaffinity(0))}" in result.stdout
+    result = distdl_run("--nproc-per-node", "auto", "--dry-run", "train.py", env=dict(os.environ,
+                                                                                        CUDA_VISIBLE_DEVICES="0,1,2"))
+    assert "world size 3" in result.stdout
+
+
+@pytest.mark.parametrize("hosts", ["-H", "--hostfile"])
+def test_horovodruns_hosts_go_to_mpiexecs_hydra(hosts, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# horovod's form\nlocalhost slots=2\n")
+    where = ["-H", "localhost:2"] if hosts == "-H" else ["--hostfile", hostfile]
+    plan = distdl_run(*where, "--dry-run", "train.py")
+    assert re.search(r"mpiexec -hosts localhost:2 -n 2 ", plan.stdout), plan.stdout
+    result = distdl_run(*where, WORKERS / "launch_env.py", "env")  # the slots say how many
+    assert result.returncode == 0, result.stderr
+    told = ranks_told(result.stdout)
+    assert sorted(told) == [0, 1] and {seen["backend"] for seen in told.values()} == {"mpi"}
+    assert [(told[r]["RANK"], told[r]["LOCAL_RANK"]) for r in (0, 1)] == [("0", "0"), ("1", "1")]  # by the keepers
+
+
+@pytest.mark.parametrize("options, allowed", [
+    (["--nnodes", "1:2"], "elastic node ranges are not supported"),
+    (["--nproc-per-node", "many"], "'many' is not a whole number"),
+    (["-np", "0"], "0: give at least 1"),
+    (["--max-restarts", "-1"], "-1: give 0 or more"),
+    (["--rdzv-endpoint", "node0"], "give HOST:PORT"),
+    (["--tee", "7"], "give 0 (none), 1 (stdout), 2 (stderr), 3 (both)"),
+    (["--local-ranks-filter", "first"], "give local ranks separated by commas"),
+    (["-H", "a:0"], "a has 0 slots; give at least 1"),
+    (["--hostfile", "/nonexistent/hosts"], "--hostfile: [Errno 2] No such file"),
+    (["--standalone", "--nnodes", "2"], "--standalone is one node on this machine"),
+    (["-H", "localhost:2", "--backend", "zmq"], "they need --backend mpi"),
+    (["--nnodes", "2", "--node-rank", "2", "--master-port", "1"], "node ranks are 0 to 1"),
+])
+def test_bad_values_are_refused_saying_what_is_allowed(options, allowed):
+    result = distdl_run(*options, WORKERS / "launch_env.py", "env", timeout=30)
+    assert result.returncode == 2 and allowed in result.stderr, result.stderr
+
+
+def test_a_missing_script_is_refused_before_any_worker_starts(tmp_path):
+    start = time.monotonic()
+    result = distdl_run("-n", 2, tmp_path / "trian.py", timeout=30)
+    assert result.returncode == 2 and f"no such script: {tmp_path / 'trian.py'}" in result.stderr
+    assert "no worker was started" in result.stderr and time.monotonic() - start < 20
+
+
+def test_version():
+    result = distdl_run("--version", timeout=30)
+    assert result.returncode == 0 and re.fullmatch(r"distdl-run \d+\.\d+\S*\n", result.stdout), result.stdout
+
+
+def test_local_ranks_filter_shows_only_those_ranks_and_logs_all(tmp_path):
+    result = distdl_run("-n", 2, "--backend", "zmq", "--local-ranks-filter", 1, "--tee", 3, "--log-dir", tmp_path,
+                        WORKERS / "launch_env.py", "env")
+    assert result.returncode == 0, result.stderr
+    assert sorted(ranks_told(result.stdout)) == [1], result.stdout
+    assert sorted(ranks_told((tmp_path / "rank-0.log").read_text() + (tmp_path / "rank-1.log").read_text())) == [0, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restarts_without_a_checkpoint_directory_say_so_and_give_up_with_one_traceback(backend):
+    result = distdl_run("-n", 2, "--backend", backend, "--max-restarts", 1, "--timeout", 20,
+                        WORKERS / "launched.py", "raise")
+    assert result.returncode == 1
+    assert "restarting the job (1 of 1 restarts) after rank 1 failed with exit code 1, from the start: no " \
+           "checkpoint directory" in result.stderr, result.stderr
+    assert "giving up after 1 restart: rank 1 failed with exit code 1" in result.stderr
+    everything = result.stdout + result.stderr
+    assert everything.count("Traceback (most recent call last)") == 2, everything  # one per attempt
+    assert result.stderr.count("its traceback is above, in its output") == 2
+    assert "stopped rank 0 because of it" in result.stderr
+    assert "BAD TERMINATION" not in everything and "problem with your application" not in everything
+
+
+def pty_run(args, timeout):
+    """distdl-run with its stdout on a pseudo-terminal, as in a user's shell: what the terminal received."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "launcher", *map(str, args)], stdout=slave,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    os.close(slave)
+    received, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], max(deadline - time.monotonic(), 0))[0]:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+        process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+    assert not session_left(process.pid)
+    return process.returncode, received.decode(errors="replace"), process.stderr.read().decode()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_0s_progress_bar_is_live_on_a_terminal(backend):
+    code, screen, err = pty_run(["-n", 2, "--backend", backend, WORKERS / "launch_env.py", "progress"], timeout=90)
+    assert code == 0, err
+    redraws = re.findall(r"\r\x1b\[Krank0-bar: +(\d+)%", screen)  # in place, untagged
+    assert len(redraws) >= 4 and redraws == sorted(redraws, key=int) and redraws[-1] == "100", screen
+    assert "[rank 0] rank0-bar" not in screen
+    assert re.search(r"\[rank 1\] rank1-bar: 100%", screen)  # the other ranks' bars: their last state, tagged
+    assert "\r\x1b[Krank1-bar" not in screen
+    assert "[rank 0] rank 0 done" in screen and "[rank 1] rank 1 done" in screen
+
+
+def test_without_a_terminal_the_workers_are_not_told_to_draw():
+    result = distdl_run("-n", 2, "--backend", "zmq", WORKERS / "launch_env.py", "progress")
+    assert result.returncode == 0, result.stderr
+    assert "bar" not in result.stdout + result.stderr

@@ -1,0 +1,33 @@
+"""A worker for the launch-convention tests: python launch_env.py SCENARIO.
+
+env       every rank joins, reduces an array and prints what it was told: its torchrun variables, its BLAS threads
+progress  as env, and rank 0 (and 1) draw a 5-step tqdm bar where distdl-run says the console is live
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+import distdl as dl
+
+scenario = sys.argv[1]
+comm = dl.init()
+x = np.ones(3)
+comm.allreduce(x)
+torch = " ".join(f"{name}={os.environ.get(name)}" for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                                                "MASTER_ADDR", "MASTER_PORT"))
+threads = sorted({pool["num_threads"] for pool in threadpool_info()})
+print(f"rank {comm.rank} of {comm.size} sum {x[0]:g} backend {comm.backend} local {comm.local_rank} of "
+      f"{comm.local_size} threads {threads} {torch}", flush=True)
+if scenario == "progress":
+    from tqdm import tqdm
+
+    live = os.environ.get("DISTDL_LIVE_OUTPUT") == "1"
+    for _ in tqdm(range(5), desc=f"rank{comm.rank}-bar", disable=not live, mininterval=0, ncols=60):
+        comm.barrier()
+        time.sleep(0.3)  # slower than distdl-run's look at mpiexec's output files (50 ms): every redraw is seen
+    print(f"rank {comm.rank} done", flush=True)
+dl.shutdown()
