@@ -15,7 +15,7 @@ import threading
 
 TAIL_LINES = 20
 RANK_FILE = re.compile(r"^rank-(\d+)\.(out|err)$")  # mpiexec -outfile-pattern/-errfile-pattern DIR/rank-%r.*
-MPIEXEC_BANNER = re.compile(r"^=+$|^=   |^YOUR APPLICATION TERMINATED WITH THE EXIT STRING|"
+MPIEXEC_BANNER = re.compile(r"^\s*$|^=+$|^=   |^YOUR APPLICATION TERMINATED WITH THE EXIT STRING|"
                             r"^This typically refers to a problem with your application|^Please see the FAQ page")
 CLEAR_LINE = "\r\x1b[K"
 CHUNK = 65536

@@ -77,6 +77,7 @@ def test_a_worker_killed_by_a_signal_ends_the_job_within_seconds(backend):
     assert elapsed < 15, elapsed  # the others sleep for 600 s: the launcher stopped them
     assert "rank 1 failed with signal SIGKILL" in result.stderr, result.stderr  # by rank under mpiexec too
     assert "stopped ranks 0, 2 because of it" in result.stderr
+    assert "BAD TERMINATION" not in result.stdout and "[mpiexec]" not in result.stdout  # distdl-run's summary alone
     pids = pids_in(result.stdout)
     assert len(pids) == 3 and not [p for p in pids if alive(p)]
 
@@ -95,6 +96,7 @@ def test_a_signal_to_the_launcher_reaches_every_worker(backend, sig):
     out, err = launcher.communicate(timeout=30)
     assert launcher.returncode == 128 + sig, err
     assert f"received {signal.Signals(sig).name}: stopped every worker" in err
+    assert "BAD TERMINATION" not in out and "problem with your application" not in out + err
     time.sleep(0.2)
     assert len(pids) == 2 and not [p for p in pids if alive(p)]
 
