@@ -1,12 +1,13 @@
 """Allreduce latency and bandwidth of distdl's backends, next to raw mpi4py and torch.distributed (gloo).
 
-    python scripts/bench_allreduce.py [-n 2] [--max-mib 64] [--rounds 3] [--only mpi|zmq]
+    python scripts/bench_allreduce.py [-n 2] [--max-mib 64] [--rounds 3] [--only mpi|zmq] [--curve]
 
 Runs two jobs of ``n`` ranks on this machine:
 (1) under mpiexec: raw mpi4py ``Allreduce(IN_PLACE)`` against distdl's MPI backend,
     unchecked (DDP's steady state) and with the signature check;
 (2) as ZeroMQ workers: distdl's ZeroMQ backend against torch.distributed's gloo
-    backend (when torch is installed; it is never a dependency).
+    backend (when torch is installed; it is never a dependency); with ``--curve`` once more
+    with CURVE on every connection (DISTDL_ZMQ_SECURITY=curve), against the default scheme.
 float32 sum, sizes 4 KiB to ``--max-mib`` MiB. Per size the contenders alternate over
 ``--rounds`` rounds (machine drift hits all alike); each figure is the median round.
 algbw = bytes / time; busbw = algbw * 2(n-1)/n, the convention of nccl-tests.
@@ -36,6 +37,7 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.15, help="least time per contender, size and round")
     parser.add_argument("--only", choices=["mpi", "zmq"], help="run one of the two jobs")
+    parser.add_argument("--curve", action="store_true", help="also time ZeroMQ with CURVE encryption")
     parser.add_argument("--worker", choices=["mpi", "zmq"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -174,10 +176,10 @@ def zmq_worker(args):
     dl.shutdown()
 
 
-def launch(args, backend):
+def launch(args, backend, **extra_env):
     script = [sys.executable, __file__, "--worker", backend, "--max-mib", str(args.max_mib), "--rounds",
               str(args.rounds), "--seconds", str(args.seconds)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra_env)
     if backend == "mpi":
         mpiexec = Path(sys.executable).parent / "mpiexec"
         out = subprocess.run([str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.n)] + script,
@@ -252,6 +254,12 @@ def run_zmq_job(args):
                 zmq_rows, names, names[-1], args.n)
     print_overlap("ZeroMQ: a 16 MiB allreduce started before compute of the same length, then waited for",
                   zmq["overlap"])
+    if args.curve:
+        curve = launch(args, "zmq", DISTDL_ZMQ_SECURITY="curve")["table"]
+        rows = [{"bytes": plain["bytes"], "default": plain["distdl zmq"], "curve": encrypted["distdl zmq"]}
+                for plain, encrypted in zip(zmq_rows, curve)]
+        print_table("ZeroMQ: CURVE on every connection against the default scheme (README, threat model)",
+                    rows, ["default", "curve"], "default", args.n)
 
 
 if __name__ == "__main__":

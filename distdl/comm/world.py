@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = 300.0
 
 _current = None
 _uncaught = []  # set by the excepthook: the interpreter is ending on an error
+_exit_hooks = []  # installed once
 
 
 def launched_world_size():
@@ -114,9 +115,9 @@ def shutdown():
 
 
 def _close_at_exit_once():
-    if getattr(_close_at_exit_once, "installed", False):
+    if _exit_hooks:
         return
-    _close_at_exit_once.installed = True
+    _exit_hooks.append(_close_at_exit)
     previous = sys.excepthook
 
     def note_uncaught(kind, value, traceback):
