@@ -264,6 +264,13 @@ def test_ending_the_script_unclosed_runs_the_checked_barrier_and_exits_1():
     assert "CollectiveMismatchError" in result.outputs[1] and "allreduce #2" in result.outputs[1], str(result)
 
 
+def test_a_bad_frame_of_an_admitted_peer_is_a_protocol_error_naming_it():
+    result = run_zmq(2, "transport_faults.py", "bad_frame", collective_timeout=20, timeout=60)
+    assert re.search(r"rank 0 after [\d.]+ s: ProtocolError: rank 0: in allreduce #2 \(sum, float64, 10 elements\) "
+                     r"rank 1 sent 8 bytes for allreduce #2 .* where 10 float64 elements \(80 bytes\) belong",
+                     result.outputs[0]), str(result)
+
+
 def test_mpi_script_ending_unclosed_is_a_failure_too():
     result = run_mpi(2, "transport_faults.py", "exit", collective_timeout=20, timeout=60)
     assert not result.ok() and "CollectiveMismatchError" in "".join(result.outputs), str(result)

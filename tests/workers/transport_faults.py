@@ -4,6 +4,7 @@ broadcast_roots  every rank broadcasts from a root of its own
 gather_roots     every rank gathers to a root of its own
 close            rank 1 closes (dl.shutdown) while rank 0 allreduces
 exit             rank 1 ends its script without closing while rank 0 allreduces
+bad_frame        (ZeroMQ) rank 1, admitted, sends 1 element where rank 0's allreduce expects 10
 
 Each rank prints the DistError it got and how long after the common start it came, then exits 3.
 """
@@ -30,6 +31,11 @@ def main(scenario):
             comm.allreduce(np.ones(10))
         elif scenario == "close":
             dl.shutdown()
+        elif scenario == "bad_frame":
+            call = comm._call("allreduce", "sum", np.ones(10))
+            comm._send(0, call, 2, np.ones(1))  # the tag of the first exchange of recursive doubling
+            time.sleep(2)
+            return
         else:
             return  # the interpreter's exit closes the communicator
     except dl.DistError as exc:
