@@ -112,7 +112,7 @@ def test_uneven_inputs_without_join_are_a_named_error_not_a_hang(backend):
     assert time.monotonic() - start < 20
     output = "".join(result.outputs)
     assert not result.ok()
-    assert re.search(r"CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 85 elements\).*"
+    assert re.search(r"stopped: CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 85 elements\).*"
                      r"allreduce #20 \(sum, float64, 1 elements\)", output), output
     assert "no error" not in output and "killed by the test harness" not in output
 
@@ -122,9 +122,9 @@ def test_rank_0_evaluating_alone_while_rank_1_shuts_down_is_named_within_2_secon
     result = run(backend, 2, "ddp.py", "evaluate", timeout=60, collective_timeout=20)
     output = "".join(result.outputs)
     assert not result.ok()
-    named = re.search(r"rank 0: named after ([\d.]+) s: CollectiveMismatchError: .*allreduce #\d+ \(sum, float64, 2 "
-                      r"elements\).*barrier #\d+", output)
-    assert named and float(named.group(1)) < 2, output
+    named = re.findall(r"rank \d: named after ([\d.]+) s: CollectiveMismatchError: .*allreduce #\d+ \(sum, float64, "
+                       r"2 elements\).*barrier #\d+", output)  # both ranks, or the first under MPI (MPI_Abort)
+    assert named and all(float(seconds) < 2 for seconds in named), output
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,7 +12,7 @@ fp16                         the fp16_compress_hook stays close to the uncompres
 stall                        rank 1 stops itself (SIGSTOP) inside a 64 MiB allreduce: the others time out
 uneven join|nojoin           rank r has 6 - 2r batches: with join() one process on the same batches is the reference;
                              without, a named error
-evaluate                     rank 0 alone evaluates while rank 1 shuts down: a named error within 2 s
+evaluate                     rank 0 alone evaluates while rank 1 shuts down: a named error within 2 s (on both)
 nonfinite                    fp16 hook with an Inf and a NaN; NaN in rank 1's input at step 3 skipped alike
                              (nonfinite="skip", with and without the fp16 hook); then the error names rank 1 and step 3
 """
@@ -277,9 +277,13 @@ def uneven(comm, mode):
     x, y = data("mlp", np.float64, max(batches), BATCH * size)
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
     if mode == "nojoin":
-        for s in range(batches[rank]):
-            step(ddp, optimizer, x[s, mine], y[s, mine])
-        comm.allreduce(np.zeros(1), "sum")  # what a script reduces after its loop: the ranks still training differ
+        try:
+            for s in range(batches[rank]):
+                step(ddp, optimizer, x[s, mine], y[s, mine])
+            comm.allreduce(np.zeros(1), "sum")  # what a script reduces after its loop: the ranks still training differ
+        except DistError as exc:  # printed here and exit 1: MPI_Abort could cut the output short
+            print(f"rank {rank} stopped: {type(exc).__name__}: {exc}", flush=True)
+            sys.exit(1)
         raise AssertionError("no error")
     with ddp.join():
         for s in range(batches[rank]):
@@ -296,19 +300,22 @@ def uneven(comm, mode):
 
 
 def evaluate(comm):
+    """Each rank prints how long it took to be told; under MPI the first to fail may end the other first."""
     dl.seed(0)
     model = nn.Sequential(nn.Linear(4, 3))
     trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss())
     val = (np.ones((40, 4), np.float32), np.zeros(40, np.int64))
-    if comm.rank == 0:  # a PyTorch habit: only rank 0 evaluates
-        start = time.monotonic()
-        try:
+    start = time.monotonic()
+    try:
+        if comm.rank == 0:  # a PyTorch habit: only rank 0 evaluates
             trainer.evaluate(val)
-        except DistError as exc:
-            print(f"rank 0: named after {time.monotonic() - start:.2f} s: {type(exc).__name__}: {exc}", flush=True)
-            raise
-        raise AssertionError("no error")
-    dl.shutdown()
+        else:
+            dl.shutdown()
+    except DistError as exc:  # printed here and exit 1: MPI_Abort could cut the output short
+        print(f"rank {comm.rank}: named after {time.monotonic() - start:.2f} s: {type(exc).__name__}: {exc}",
+              flush=True)
+        sys.exit(1)
+    raise AssertionError("no error")
 
 
 def hook_alone(comm, bad):
