@@ -4,6 +4,7 @@ env       every rank joins, reduces an array and prints what it was told: its to
 progress  as env, and rank 0 (and 1) draw a 5-step tqdm bar where distdl-run says the console is live
 """
 
+import logging
 import os
 import sys
 import time
@@ -14,14 +15,16 @@ from threadpoolctl import threadpool_info
 import distdl as dl
 
 scenario = sys.argv[1]
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # what dl.init() says at info
 comm = dl.init()
 x = np.ones(3)
 comm.allreduce(x)
 torch = " ".join(f"{name}={os.environ.get(name)}" for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
                                                                 "MASTER_ADDR", "MASTER_PORT"))
 threads = sorted({pool["num_threads"] for pool in threadpool_info()})
-print(f"rank {comm.rank} of {comm.size} sum {x[0]:g} backend {comm.backend} local {comm.local_rank} of "
-      f"{comm.local_size} threads {threads} {torch}", flush=True)
+sys.stdout.write(f"rank {comm.rank} of {comm.size} sum {x[0]:g} backend {comm.backend} local {comm.local_rank} "
+                 f"of {comm.local_size} threads {threads} {torch}\n")  # one write: whole among other ranks' lines
+sys.stdout.flush()
 if scenario == "progress":
     from tqdm import tqdm
 
