@@ -462,7 +462,10 @@ def plot(record, path):
         right = axes[2]
         for p in ranks:
             ours = [m for m in record["allreduce_points"] if m["ranks"] == p]
-            line, = right.plot([m["bytes"] for m in ours], [m["measured_s"] for m in ours], "o", label=f"{p} measured")
+            line, = right.plot([m["bytes"] for m in ours if not m["held_out"]],
+                               [m["measured_s"] for m in ours if not m["held_out"]], "o", label=f"{p} fitted")
+            right.plot([m["bytes"] for m in ours if m["held_out"]], [m["measured_s"] for m in ours if m["held_out"]],
+                       "D", mfc="none", color=line.get_color(), label=f"{p} held out")
             right.plot([m["bytes"] for m in ours], [m["predicted_s"] for m in ours], "-", color=line.get_color(),
                        label=f"{p} model")
         right.set_xscale("log", base=2)
