@@ -12,6 +12,7 @@ arrives (dead, stopped, or in a loop of its own) gives a CollectiveTimeoutError
 naming the call; uncaught, it ends the job through MPI_Abort.
 """
 
+import os
 import sys
 import time
 
@@ -22,7 +23,7 @@ from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError
 from distdl.comm.reduction import finish_mean, split_counts
 from distdl.comm.signature import describe, describe_signature, signature
 
-SPIN_SECONDS = 1e-3  # poll without yielding this long: a late peer is usually only a few microseconds late
+SPIN_SECONDS = 1e-4  # poll without yielding this long: a late peer is usually only a few microseconds late
 PATIENT_SECONDS = 1.0  # a small call waiting longer than this sleeps between polls: its peer is late
 SMALL_BYTES = 1 << 20  # (a large one keeps polling: a poll is what moves MPI's data, and it may just be long)
 
@@ -69,9 +70,10 @@ class MPICommunicator(Communicator):
         """Wait for an MPI request, no longer than the timeout.
 
         MPI moves a non-blocking collective's data only inside calls such as Test, so
-        the wait polls: it spins, then yields the processor and the interpreter between
-        polls; a small call (a signature, a barrier) still waiting after a second sleeps
-        a millisecond between them instead.
+        the wait polls: it spins, then yields the processor (to a peer that shares it, as
+        MPICH's own blocking calls do) and the interpreter between polls; a small call (a
+        signature, a barrier) still waiting after a second sleeps a millisecond between
+        them instead.
         """
         start = time.monotonic()
         patient = array is None or array.nbytes < SMALL_BYTES
@@ -84,7 +86,10 @@ class MPICommunicator(Communicator):
                     f"rank {self.rank}: {what} waited {self.timeout:g} s for the other ranks; MPI does not say "
                     "which rank is missing: check that every rank is alive and calls the same collectives")
             if elapsed > SPIN_SECONDS:
-                time.sleep(1e-3 if patient and elapsed > PATIENT_SECONDS else 0)
+                if patient and elapsed > PATIENT_SECONDS:
+                    time.sleep(1e-3)
+                else:
+                    os.sched_yield()
 
     # -- collectives -------------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):
