@@ -43,6 +43,17 @@ def test_graph_is_freed_after_backward_unless_retained():
         y.backward()
 
 
+def test_requires_grad_false_is_refused_on_an_op_output_and_the_walk_skips_inputs_needing_none():
+    x = dl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x * 2
+    with pytest.raises(RuntimeError, match="only leaf tensors.*detach"):
+        y.requires_grad_(False)
+    assert y.requires_grad_(True) is y  # already true: a no-op, as in torch
+    y.requires_grad = False  # set behind the method's back: the walk must still not follow y
+    (y + x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0])  # d(y + x)/dx with y a constant
+
+
 def test_no_grad_builds_no_graph():
     x = dl.tensor(np.ones(3), requires_grad=True)
     with dl.no_grad():

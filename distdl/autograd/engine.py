@@ -4,12 +4,13 @@ from distdl.backend import xp_of
 
 
 def _toposort(root):
-    """Nodes reachable from ``root``, each before the nodes that produced its inputs.
+    """Nodes reachable from ``root`` through inputs that need a gradient, each before their producers.
 
-    Iterative depth-first search, so a chain of any length works (no recursion limit).
+    Iterative depth-first search, so a chain of any length works (no recursion limit). An input
+    that needs no gradient is not followed: its producer gets no gradient from this pass.
     """
     order, seen = [], {root}
-    stack = [(root, iter(root.inputs))]
+    stack = [(root, _needed_inputs(root))]
     while stack:
         node, pending = stack[-1]
         for tensor in pending:
@@ -21,13 +22,17 @@ def _toposort(root):
                         "pass retain_graph=True to the first backward() to run it twice"
                     )
                 seen.add(parent)
-                stack.append((parent, iter(parent.inputs)))
+                stack.append((parent, _needed_inputs(parent)))
                 break
         else:
             stack.pop()
             order.append(node)
     order.reverse()
     return order
+
+
+def _needed_inputs(node):
+    return (t for t, needed in zip(node.inputs, node.needs_input_grad) if needed)
 
 
 def _count_leaf_uses(order):

@@ -176,6 +176,12 @@ class Tensor:
         return Tensor._from_op(self.data, None, 0)
 
     def requires_grad_(self, requires_grad=True):
+        """Make this leaf record ops for backward (or stop); refused on an op's output, as torch does."""
+        if self._ctx is not None and not requires_grad:
+            raise RuntimeError(
+                "requires_grad_(False) on a tensor computed by an op: only leaf tensors can change "
+                "requires_grad. To use its value outside the graph, take y.detach()"
+            )
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only floating-point tensors can require gradients, got dtype {self.dtype}")
         self.requires_grad = requires_grad
