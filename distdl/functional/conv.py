@@ -1,41 +1,94 @@
-"""2-d convolution as im2col + GEMM per sample: no Python loop over pixels, one batched matmul."""
+"""2-d convolution over channels-last memory: blocked im2col over N*OH*OW rows, one GEMM per block.
+
+The API stays NCHW: the output is an NCHW-shaped view of NHWC memory, which ReLU and pooling
+keep (their ops follow the input's strides), so the next convolution reads it without a copy.
+"""
 
 from distdl.autograd.function import Function
+from distdl.backend import xp_of
 from distdl.functional._util import check_same_dtype
-from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
+from distdl.functional._windows import output_size, pair
+
+SAMPLES_PER_BLOCK = 4  # one block's columns (a few hundred KB for 3x3x32) stay in cache between copy and GEMM
+
+
+def channels_last(x, padding):
+    """``x`` (N, C, H, W) as padded (N, H, W, C) memory; no copy if it is already stored that way unpadded."""
+    xp = xp_of(x)
+    nhwc = x.transpose(0, 2, 3, 1)
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        return xp.pad(nhwc, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return xp.ascontiguousarray(nhwc)
+
+
+def _windows(x, kernel, stride, dilation, out_hw):
+    """Every window of NHWC ``x`` as a (N, OH, OW, KH, KW, C) strided view, without copying."""
+    sn, sy, sx, sc = x.strides
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    return xp_of(x).lib.stride_tricks.as_strided(
+        x, (x.shape[0], oh, ow, kh, kw, x.shape[3]), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
+
+
+def _blocks(n):
+    return [slice(s, min(s + SAMPLES_PER_BLOCK, n)) for s in range(0, n, SAMPLES_PER_BLOCK)]
 
 
 class Conv2d(Function):
-    """Columns are laid out (N, C*KH*KW, OH*OW), so ``W @ cols`` is already NCHW: no transposes."""
+    """Keeps the padded NHWC input and recomputes each block's columns in backward: no columns stay alive."""
 
     def forward(self, x, weight, bias=None, *, stride, padding, dilation):
+        xp = xp_of(x)
         o, c, kh, kw = weight.shape
-        x = pad2d(x, padding)
-        n, _, h, w = x.shape
+        xh = channels_last(x, padding)
+        n, h, w, _ = xh.shape
         oh, ow = output_size(h, kh, stride[0], dilation[0]), output_size(w, kw, stride[1], dilation[1])
         if oh <= 0 or ow <= 0:
             raise ValueError(f"conv2d: kernel {(kh, kw)} with dilation {dilation} is larger than the padded input {(h, w)}")
-        cols = window_view(x, (kh, kw), stride, dilation, (oh, ow)).reshape(n, c * kh * kw, oh * ow)
-        out = weight.reshape(o, -1) @ cols
+        self.geometry = (kh, kw), stride, dilation, (oh, ow)
+        wmat_t = weight.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)  # rows in the columns' (kh, kw, c) order
+        out = xp.empty((n, oh, ow, o), x.dtype)
+        windows = _windows(xh, *self.geometry)
+        for block in _blocks(n):
+            cols = windows[block].reshape(-1, kh * kw * c)
+            xp.matmul(cols, wmat_t, out=out[block].reshape(-1, o))
         if bias is not None:
-            out += bias[:, None]
-        self.save_for_backward(cols, weight)
-        self.padded_shape, self.padding, self.stride, self.dilation = x.shape, padding, stride, dilation
-        return out.reshape(n, o, oh, ow)
+            out += bias
+        self.save_for_backward(xh, weight)
+        self.padding = padding
+        return out.transpose(0, 3, 1, 2)
 
     def backward(self, g):
-        cols, weight = self.saved
+        xp = xp_of(g)
+        xh, weight = self.saved
         o, c, kh, kw = weight.shape
-        n, _, oh, ow = g.shape
-        g3 = g.reshape(n, o, oh * ow)
-        gw = (g3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape) if self.needs_input_grad[1] else None
-        gb = g3.sum(axis=(0, 2)) if len(self.needs_input_grad) == 3 and self.needs_input_grad[2] else None
+        (_, _), (sh, sw), (dh, dw), (oh, ow) = self.geometry
+        needs = self.needs_input_grad
+        gh = g.transpose(0, 2, 3, 1)  # NHWC, a view where g came from a channels-last op
+        windows = _windows(xh, *self.geometry)
+        gw = xp.zeros((o, kh * kw * c), g.dtype) if needs[1] else None
+        gxh = xp.zeros(xh.shape, g.dtype) if needs[0] else None
+        wmat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
+        for block in _blocks(g.shape[0]):
+            gb = xp.ascontiguousarray(gh[block]).reshape(-1, o)
+            if gw is not None:
+                gw += gb.T @ windows[block].reshape(-1, kh * kw * c)
+            if gxh is not None:
+                gcols = (gb @ wmat).reshape(-1, oh, ow, kh, kw, c)
+                target = gxh[block]
+                for i in range(kh):
+                    for j in range(kw):
+                        target[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
+                            gcols[:, :, :, i, j]
         gx = None
-        if self.needs_input_grad[0]:
-            gcols = (weight.reshape(o, -1).T @ g3).reshape(n, c, kh, kw, oh, ow)
-            gx = scatter_windows(lambda i, j: gcols[:, :, i, j], g, self.padded_shape, (kh, kw), self.stride, self.dilation)
-            gx = unpad2d(gx, self.padding)
-        return (gx, gw, gb) if len(self.needs_input_grad) == 3 else (gx, gw)
+        if gxh is not None:
+            (top, bottom), (left, right) = self.padding
+            gx = gxh[:, top:gxh.shape[1] - bottom, left:gxh.shape[2] - right].transpose(0, 3, 1, 2)
+        if gw is not None:
+            gw = xp.ascontiguousarray(gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
+        if len(needs) == 2:
+            return gx, gw
+        return gx, gw, (gh.sum(axis=(0, 1, 2)) if needs[2] else None)
 
 
 def _conv_padding(padding, kernel, dilation, stride):

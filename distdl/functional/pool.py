@@ -4,7 +4,8 @@ from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
 from distdl.functional.linalg import matmul
-from distdl.functional._windows import output_size, pad2d, pair, scatter_windows, unpad2d, window_view
+from distdl.functional._windows import (output_size, pad2d, pair, scatter_windows, unpad2d, window_view,
+                                       zeros_in_layout)
 
 
 def _ceil_output_size(size, kernel, stride, dilation, pad):
@@ -43,7 +44,7 @@ class MaxPool2d(Function):
         fill = -xp.inf if x.dtype.kind == "f" else xp.iinfo(x.dtype).min
         padded = pad2d(x, padding, value=fill)
         view = window_view(padded, kernel, stride, dilation, out_hw)
-        out = view[:, :, 0, 0].copy()
+        out = xp.copy(view[:, :, 0, 0])  # order "K": channels-last input, channels-last output
         for i in range(kernel[0]):
             for j in range(kernel[1]):
                 if i or j:
@@ -68,11 +69,15 @@ class MaxPool2d(Function):
         if all(s >= d * (k - 1) + 1 for s, k, d in zip(stride, kernel, dilation)):
             # Windows do not overlap (the usual stride == kernel): write each position's
             # gradient straight into its place, with no temporary and no read-modify-write.
-            grad = xp.zeros(padded_shape, g.dtype)
+            grad = zeros_in_layout(padded_shape, g.dtype, self.view)
             grad_windows = window_view(grad, kernel, stride, dilation, g.shape[2:])
-            for i in range(kernel[0]):
-                for j in range(kernel[1]):
-                    xp.multiply(g, first_max(i, j), out=grad_windows[:, :, i, j])
+            hits = self.view == self.out[:, :, None, None]  # one compare for all positions
+            xp.multiply(g[:, :, None, None], hits, out=grad_windows)
+            if xp.count_nonzero(hits) != hits.size // (kernel[0] * kernel[1]):
+                # a window with a tie (or a NaN) has not exactly one maximum: its first one takes it all
+                for i in range(kernel[0]):
+                    for j in range(kernel[1]):
+                        xp.multiply(g, first_max(i, j), out=grad_windows[:, :, i, j])
         else:
             grad = scatter_windows(lambda i, j: g * first_max(i, j).astype(g.dtype),  # a float mask multiplies faster
                                    g, padded_shape, kernel, stride, dilation)
