@@ -1,5 +1,8 @@
 """The engine: graph walk, accumulation, freeing, no_grad, hooks, dtypes."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,18 @@ def test_requires_grad_false_is_refused_on_an_op_output_and_the_walk_skips_input
     y.requires_grad = False  # set behind the method's back: the walk must still not follow y
     (y + x).sum().backward()
     np.testing.assert_array_equal(x.grad, [1.0, 1.0])  # d(y + x)/dx with y a constant
+
+
+def test_a_node_keeps_only_what_its_backward_reads():
+    x = dl.tensor(np.array([-1.0, 2.0, 3.0]), requires_grad=True)
+    h = x * 2  # ReLU's backward reads its output, not this input
+    freed = weakref.ref(h.data)
+    y = F.relu(h)
+    del h
+    gc.collect()
+    assert freed() is None
+    (y * y).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 16.0, 24.0])  # d(4 relu(x)^2)/dx = 8x where x > 0
 
 
 def test_no_grad_builds_no_graph():

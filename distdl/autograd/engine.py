@@ -75,10 +75,10 @@ def _accumulate_leaf(tensor, grad, owned):
 
 
 def _check_shape(node, tensor, grad):
-    if grad.shape != tensor.data.shape:
+    if grad.shape != tensor.shape:
         raise RuntimeError(
             f"{type(node).__name__}.backward returned a gradient of shape {grad.shape} "
-            f"for an input of shape {tensor.data.shape}"
+            f"for an input of shape {tensor.shape}"
         )
 
 

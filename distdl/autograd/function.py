@@ -4,6 +4,26 @@ from distdl.autograd.grad_mode import is_grad_enabled
 from distdl.autograd.tensor import Tensor
 
 
+class Edge:
+    """What the walk needs of an op's input made by another op: that op and which of its outputs.
+
+    A node keeps this rather than the input Tensor, so the input's array is freed as soon as
+    nothing else holds it (a backward that reads it saves it itself).
+    """
+
+    __slots__ = ("_ctx", "_idx", "shape")
+
+    def __init__(self, tensor):
+        self._ctx, self._idx, self.shape = tensor._ctx, tensor._idx, tensor.data.shape
+
+
+def _edge(tensor):
+    """A leaf that needs a gradient is kept (its .grad receives it); an op's output becomes an Edge."""
+    if not tensor.requires_grad:
+        return None
+    return tensor if tensor._ctx is None else Edge(tensor)
+
+
 class Function:
     """One op of the graph.
 
@@ -28,7 +48,7 @@ class Function:
         output = ctx.forward(*[t.data for t in inputs], **options)
         record = is_grad_enabled() and any(t.requires_grad for t in inputs)
         if record:
-            ctx.inputs = inputs
+            ctx.inputs = tuple(_edge(t) for t in inputs)
             ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
         if isinstance(output, tuple):
             outs = tuple(Tensor._from_op(o, ctx if record else None, i) for i, o in enumerate(output))
