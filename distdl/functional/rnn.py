@@ -2,7 +2,7 @@
 
 The input projection ``x @ W_ih.T + b`` of every time step is one GEMM done before
 the loop (an ordinary ``linear``); the op then runs the recurrence over time-major
-arrays (T, N, gates*H). Everything in backward that does not depend on the
+arrays (T, N, gates*H), the LSTM over (T, gates*H, N) inside (see LSTMSequence). Everything in backward that does not depend on the
 recurrence (the activation derivatives) is computed for all steps at once, and the
 gradient of ``W_hh`` is one GEMM over all steps after the loop. Gate orders are
 torch's: LSTM (i, f, g, o), GRU (r, z, n).
@@ -75,61 +75,70 @@ class RNNSequence(_Recurrence):
 
 
 class LSTMSequence(_Recurrence):
-    """c_t = f*c + i*g, h_t = o*tanh(c_t); both biases are folded into xw."""
+    """c_t = f*c + i*g, h_t = o*tanh(c_t); both biases are folded into xw.
+
+    Inside, every step's arrays are gates x batch (4H, N): each gate is a contiguous block
+    of rows, so the elementwise ops per step stream memory instead of striding through rows.
+    """
 
     def run(self, xw, h0, c0, w_hh):
         xp = xp_of(xw)
         steps, batch, width = xw.shape
         hidden = width // 4
-        # one tanh for all four gates: sigmoid(a) = 0.5*tanh(0.5a)+0.5 on i, f, o; tanh(a) on g
-        half = xp.full(width, 0.5, xw.dtype)
+        # one tanh for all four gates: sigmoid(a) = 0.5*tanh(0.5a)+0.5 on i, f, o; tanh(a) on g.
+        # The 0.5 is applied to xw and W_hh's rows once per sequence, not per step (exact: a power of 2).
+        half = xp.full((width, 1), 0.5, xw.dtype)
         half[2 * hidden:3 * hidden] = 1
         shift = half.copy()
         shift[2 * hidden:3 * hidden] = 0
-        gates = xp.empty_like(xw)
-        hs = xp.empty((steps + 1, batch, hidden), xw.dtype)
+        gates = xp.multiply(xw.transpose(0, 2, 1), half, order="C")  # (T, 4H, N)
+        w_scaled = w_hh * half
+        recurrent = xp.empty((width, batch), xw.dtype)
+        hs = xp.empty((steps + 1, hidden, batch), xw.dtype)
         cs = xp.empty_like(hs)
-        tanh_c = xp.empty((steps, batch, hidden), xw.dtype)
-        hs[0], cs[0] = h0, c0
-        w_t = w_hh.T
+        tanh_c = xp.empty((steps, hidden, batch), xw.dtype)
+        hs[0], cs[0] = h0.T, c0.T
         for t in range(steps):
             a = gates[t]
-            xp.matmul(hs[t], w_t, out=a)
-            a += xw[t]
-            a *= half
+            xp.matmul(w_scaled, hs[t], out=recurrent)
+            a += recurrent
             xp.tanh(a, out=a)
             a *= half
             a += shift
-            i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, 2 * hidden:3 * hidden], a[:, 3 * hidden:]
+            i, f, g, o = a[:hidden], a[hidden:2 * hidden], a[2 * hidden:3 * hidden], a[3 * hidden:]
             xp.multiply(f, cs[t], out=cs[t + 1])
             cs[t + 1] += i * g
             xp.tanh(cs[t + 1], out=tanh_c[t])
             xp.multiply(o, tanh_c[t], out=hs[t + 1])
         self.save_for_backward(gates, hs, cs, tanh_c, w_hh)
-        return hs[1:], hs[steps], cs[steps]
+        outputs = hs[1:].transpose(0, 2, 1)
+        return outputs, outputs[-1], cs[steps].T
 
     def run_backward(self, g_out, g_hn, g_cn):
         gates, hs, cs, tanh_c, w_hh = self.saved
         xp = xp_of(gates)
-        steps, batch, width = gates.shape
+        steps, width, batch = gates.shape
         hidden = width // 4
-        split = gates.reshape(steps, batch, 4, hidden)
-        i, f, g, o = (split[:, :, k] for k in range(4))
+        split = gates.reshape(steps, 4, hidden, batch)
+        i, f, g, o = (split[:, k] for k in range(4))
         # everything but the recurrence, for all steps at once
         dc_from_dh = o * (1 - tanh_c * tanh_c)
-        ifg_from_dc = xp.stack([g * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - g * g)], axis=2)
+        ifg_from_dc = xp.stack([g * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - g * g)], axis=1)
         o_from_dh = tanh_c * o * (1 - o)
+        g_out = g_out.transpose(0, 2, 1)
         d_pre = xp.empty_like(gates)
-        d_split = d_pre.reshape(steps, batch, 4, hidden)
-        dh, dc = g_hn.copy(), g_cn.copy()
+        d_split = d_pre.reshape(steps, 4, hidden, batch)
+        dh, dc = xp.array(g_hn.T, order="C"), xp.array(g_cn.T, order="C")
+        w_t = w_hh.T
         for t in range(steps - 1, -1, -1):
             dh += g_out[t]
             dc += dh * dc_from_dh[t]
-            xp.multiply(dc[:, None, :], ifg_from_dc[t], out=d_split[t, :, :3])
-            xp.multiply(dh, o_from_dh[t], out=d_split[t, :, 3])
+            xp.multiply(dc, ifg_from_dc[t], out=d_split[t, :3])
+            xp.multiply(dh, o_from_dh[t], out=d_split[t, 3])
             dc *= f[t]
-            dh = d_pre[t] @ w_hh
-        return d_pre, dh, dc, _recurrent_weight_grad(d_pre, hs)
+            xp.matmul(w_t, d_pre[t], out=dh)
+        d_w_hh = xp.tensordot(d_pre, hs[:-1], axes=([0, 2], [0, 2]))  # every step in one GEMM
+        return d_pre.transpose(0, 2, 1), dh.T, dc.T, d_w_hh
 
 
 class GRUSequence(_Recurrence):
