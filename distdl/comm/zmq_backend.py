@@ -53,6 +53,7 @@ SEGMENT_BYTES = int(os.environ.get("DISTDL_ZMQ_SEGMENT_BYTES", 512 * 1024))
 MAX_FRAME_BYTES = max(SMALL_BYTES, SEGMENT_BYTES, HEADER.size)  # the largest frame a peer may send
 WIRE_OVERHEAD_BYTES = 256  # what CURVE adds to a frame on the wire (command name, nonce, MAC, flags)
 STEP = 65536  # tag = step * STEP + segment
+FAILED_LINGER_MS = 1000
 AGREE_TAG = 2 ** 32 - 1  # the tag of the signature exchange before a broadcast or gather
 SIGNATURE_DTYPE = np.dtype(np.int64)
 
@@ -402,8 +403,9 @@ class ZMQCommunicator(Communicator):
             self._recursive_doubling(token, np.add, call)
 
     def _release(self):
-        """Close every socket: at once after a failure, else once ZeroMQ has delivered what is queued."""
-        linger = 0 if self._failure is not None else None
+        """Close every socket once ZeroMQ has delivered what is queued: within a second after a failure
+        (what was sent may tell a peer why; a dead peer never takes it)."""
+        linger = FAILED_LINGER_MS if self._failure is not None else None
         for sock in list(self._outbox.values()) + [self._inbox]:
             sock.close(linger=linger)
         self._gatekeeper.refusals.drain(self._inbox_monitor)
