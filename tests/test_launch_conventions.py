@@ -149,8 +149,8 @@ def test_restarts_without_a_checkpoint_directory_say_so_and_give_up_with_one_tra
            "checkpoint directory" in result.stderr, result.stderr
     assert "giving up after 1 restart: rank 1 failed with exit code 1" in result.stderr
     everything = result.stdout + result.stderr
-    assert everything.count("Traceback (most recent call last)") == 2, everything  # one per attempt
-    assert result.stderr.count("its traceback is above, in its output") == 2
+    assert result.stdout.count("[rank 1] Traceback (most recent call last)") == 2, everything  # one per attempt
+    assert "Traceback" not in result.stderr and result.stderr.count("its traceback is above, in its output") == 2
     assert "stopped rank 0 because of it" in result.stderr
     assert "BAD TERMINATION" not in everything and "problem with your application" not in everything
 
@@ -199,3 +199,136 @@ def test_without_a_terminal_the_workers_are_not_told_to_draw():
     result = distdl_run("-n", 2, "--backend", "zmq", WORKERS / "launch_env.py", "progress")
     assert result.returncode == 0, result.stderr
     assert "bar" not in result.stdout + result.stderr
+
+
+# dl.init() under other launchers: the thread limit, and never a silent world of one
+
+THREAD_NAMES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+LAUNCHERS = ("DISTDL_", "PMI_", "PMIX_", "OMPI_", "SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+             "MASTER_ADDR", "MASTER_PORT")
+
+
+def plain_env(**extra):
+    """This environment without any launcher's variables or thread settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHERS) and k not in THREAD_NAMES}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_workers(commands, env_for, timeout=60):
+    """Start one process per command (own sessions), collect (code, output) each; all killed at ``timeout``."""
+    processes = [subprocess.Popen(command, env=env_for(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True) for i, command in enumerate(commands)]
+    results, deadline = [], time.monotonic() + timeout
+    for p in processes:
+        try:
+            output = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))[0]
+            results.append((p.returncode, output))
+        except subprocess.TimeoutExpired:
+            for q in processes:
+                os.killpg(q.pid, 9)
+            pytest.fail(f"the workers ran past {timeout} s")
+    for p in processes:
+        assert not session_left(p.pid)
+    return results
+
+
+def default_threads(env):
+    """The BLAS threads a plain Python gets in ``env``: the reference for what the user chose."""
+    code = "import numpy; from threadpoolctl import threadpool_info; print(threadpool_info()[0]['num_threads'])"
+    return int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=60).stdout)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: every limit is one thread")
+def test_plain_mpiexec_limits_blas_threads_to_the_cores_per_rank_unless_the_user_chose():
+    from multiproc import mpiexec
+
+    command = [mpiexec(), "-n", "2", sys.executable, str(WORKERS / "launch_env.py"), "env"]
+    [(code, output)] = run_workers([command], lambda i: plain_env())
+    assert code == 0, output
+    told = ranks_told(output)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert sorted(told) == [0, 1] and {seen["threads"] for seen in told.values()} == {str(share)}, output
+    assert output.count(f"BLAS and OpenMP limited to {share} thread") == 2, output  # once per rank, at info level
+    chosen = plain_env(OMP_NUM_THREADS=2)
+    [(code, output)] = run_workers([command], lambda i: chosen)
+    assert code == 0, output
+    assert {seen["threads"] for seen in ranks_told(output).values()} == {str(default_threads(chosen))}
+    assert "limited to" not in output
+
+
+def slurm_env(rank, job, **extra):
+    """What srun sets for task ``rank`` of a 2-task step on this machine (no PMI: srun --mpi=none)."""
+    return plain_env(SLURM_JOB_ID=job, SLURM_STEP_ID=0, SLURM_PROCID=rank, SLURM_LOCALID=rank, SLURM_NTASKS=2,
+                     SLURM_STEP_NUM_TASKS=2, SLURM_JOB_NODELIST="localhost", SLURM_STEP_NODELIST="localhost",
+                     SLURM_NODEID=0, DISTDL_TIMEOUT=20, **extra)
+
+
+def free_slurm_job():
+    """A job id whose derived rendezvous port is free here now."""
+    import socket
+
+    from distdl.comm.launchers import slurm_step
+
+    for job in range(os.getpid() % 10000 + 1000, os.getpid() % 10000 + 1100):
+        port = slurm_step_port(slurm_step, job)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return job
+            except OSError:
+                continue
+    pytest.skip("no free port for a faked Slurm job")
+
+
+def slurm_step_port(slurm_step, job):
+    saved = dict(os.environ)
+    try:
+        os.environ.update(slurm_env(0, job, DISTDL_RUN_ID="x"))
+        return slurm_step()["master_port"]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_srun_without_pmi_joins_by_the_zeromq_rendezvous_with_the_jobs_secret():
+    job = free_slurm_job()
+    command = [sys.executable, str(WORKERS / "launch_env.py"), "env"]
+    results = run_workers([command, command],
+                          lambda rank: slurm_env(rank, job, DISTDL_JOB_SECRET="the job's secret, in its environment"))
+    assert [code for code, _ in results] == [0, 0], results
+    told = ranks_told(results[0][1] + results[1][1])
+    assert sorted(told) == [0, 1] and {(s["size"], s["sum"], s["backend"]) for s in told.values()} == \
+        {("2", "2", "zmq")}
+
+
+def test_srun_without_pmi_or_a_secret_is_an_error_saying_what_to_do():
+    command = [sys.executable, str(WORKERS / "launch_env.py"), "env"]
+    [(code, output)] = run_workers([command], lambda rank: slurm_env(1, 4242))
+    assert code != 0 and "srun started this process as one of 2 without PMI" in output, output
+    assert "export DISTDL_JOB_SECRET" in output
+
+
+def test_srun_with_pmi_is_an_mpi_launch():
+    from multiproc import mpiexec
+
+    command = [mpiexec(), "-n", "2", sys.executable, str(WORKERS / "launch_env.py"), "env"]  # Hydra gives the PMI
+    [(code, output)] = run_workers([command], lambda i: slurm_env(0, 4242))
+    assert code == 0, output
+    told = ranks_told(output)
+    assert sorted(told) == [0, 1] and {(s["size"], s["backend"]) for s in told.values()} == {("2", "mpi")}
+
+
+@pytest.mark.parametrize("launcher, variables, said", [
+    ("torchrun", {"RANK": 1, "WORLD_SIZE": 2, "LOCAL_RANK": 1, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500},
+     "torchrun started this process as rank 1 of 2"),
+    ("Open MPI", {"OMPI_COMM_WORLD_RANK": 0, "OMPI_COMM_WORLD_SIZE": 2},
+     "Open MPI's mpirun announced 2 processes (OMPI_COMM_WORLD_SIZE=2) but the MPI backend formed a world of 1"),
+    ("PMI", {"PMI_RANK": 0, "PMI_SIZE": 2}, "(PMI_SIZE=2) but the MPI backend formed a world of 1"),
+])
+def test_a_launchers_world_of_several_is_never_a_silent_world_of_one(launcher, variables, said):
+    command = [sys.executable, str(WORKERS / "launch_env.py"), "env"]
+    [(code, output)] = run_workers([command], lambda i: plain_env(**variables), timeout=60)
+    assert code != 0 and said in output, output
+    assert "rank 0 of 1" not in output

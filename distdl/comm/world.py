@@ -2,7 +2,11 @@
 
 ``backend="auto"`` picks MPI when mpirun/mpiexec started the process (their
 environment variables say so), the backend the launcher names in DISTDL_BACKEND
-when distdl-run started it, and a local world of one otherwise.
+when distdl-run started it, the ZeroMQ rendezvous under srun without PMI, and a
+local world of one otherwise. It is never a silent world of one: where a known
+launcher announced several processes (launchers.py), init joins them or raises
+saying what to do. It then limits BLAS and OpenMP threads to the cores per local
+rank (threads.py) unless the user chose.
 
 A communicator still open when the interpreter exits is closed then, with the
 closing barrier; if that fails the process exits 1, never 0. A process ending
@@ -14,7 +18,9 @@ import logging
 import os
 import sys
 
+from distdl.comm import launchers
 from distdl.comm.local import LocalCommunicator
+from distdl.comm.threads import limit_threads
 
 log = logging.getLogger("distdl.comm")
 
@@ -49,6 +55,11 @@ def choose_backend(requested="auto"):
         return "mpi", f"started by an MPI launcher ({started_by_mpi[0]} is set)"
     if os.environ.get("DISTDL_BACKEND") in ("mpi", "zmq"):
         return os.environ["DISTDL_BACKEND"], "named by the launcher in DISTDL_BACKEND"
+    if launchers.slurm_step_size():
+        return "zmq", f"started by srun without PMI (SLURM_STEP_NUM_TASKS={launchers.slurm_step_size()})"
+    several = launchers.announced()
+    if several:
+        raise RuntimeError(_unjoined(*several))
     return "local", "no launcher in the environment"
 
 
@@ -83,14 +94,50 @@ def init(backend="auto", timeout=None):
     elif name == "zmq":
         from distdl.comm.zmq_backend import ZMQCommunicator
 
-        _current = ZMQCommunicator(int(_required("DISTDL_RANK")), int(_required("DISTDL_WORLD_SIZE")),
-                                   _required("DISTDL_MASTER_ADDR"), int(_required("DISTDL_MASTER_PORT")),
-                                   _required("DISTDL_RUN_ID"), timeout)
+        step = launchers.slurm_step() if "DISTDL_BACKEND" not in os.environ else None
+        if step:
+            _current = ZMQCommunicator(step["rank"], step["size"], step["master_addr"], step["master_port"],
+                                       step["run_id"], timeout)
+        else:
+            _current = ZMQCommunicator(int(_required("DISTDL_RANK")), int(_required("DISTDL_WORLD_SIZE")),
+                                       _required("DISTDL_MASTER_ADDR"), int(_required("DISTDL_MASTER_PORT")),
+                                       _required("DISTDL_RUN_ID"), timeout)
     else:
         _current = LocalCommunicator()
     _close_at_exit_once()
+    mismatch = _mismatch(_current) if backend != "local" else None  # a world of one asked for by name is kept
+    if mismatch:
+        _current.abandon(mismatch)
+        _current = None
+        raise RuntimeError(mismatch)
     log.debug("distdl: %s backend (%s), rank %d of %d", name, reason, _current.rank, _current.size)
+    limit_threads(_current.local_size)
     return _current
+
+
+def _unjoined(launcher, size, variable):
+    """Why auto found no backend for the several processes ``launcher`` announced, and what to do."""
+    if launcher == "torchrun":
+        return (f"torchrun started this process as rank {os.environ.get('RANK')} of {size} ({variable}={size}), "
+                "but distdl does not join torch's rendezvous: start the script with distdl-run, which takes "
+                f"torchrun's options and sets the same variables (distdl-run --nproc-per-node "
+                f"{os.environ.get('LOCAL_WORLD_SIZE', size)} script.py)")
+    return (f"{launcher} announced {size} processes ({variable}={size}) but named no backend: start the script "
+            "with distdl-run, or call dl.init() with the backend (\"mpi\" or \"zmq\") and its variables")
+
+
+def _mismatch(comm):
+    """Why the world formed is not the one the launcher announced, and what to do; None when it is."""
+    several = launchers.announced()
+    if several is None or several[1] == comm.size:
+        return None
+    launcher, size, variable = several
+    name = {"mpi": "MPI", "zmq": "ZeroMQ"}.get(comm.backend, comm.backend)
+    advice = ("mpi4py's MPI is not the MPI whose launcher started this process: start it with the mpiexec of "
+              f"mpi4py's MPI ({os.path.join(sys.prefix, 'bin', 'mpiexec')} for the mpich wheel), or with distdl-run"
+              if comm.backend == "mpi" else "start every process with the same launcher, or with distdl-run")
+    return f"{launcher} announced {size} processes ({variable}={size}) but the {name} backend formed a world of " \
+           f"{comm.size}: {advice}"
 
 
 def get_comm():
