@@ -6,12 +6,14 @@ import os
 import pty
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from distdl.comm import launchers
 from multiproc import WORKERS, free_port
 
 BACKENDS = ["mpi", "zmq"]
@@ -267,29 +269,20 @@ def slurm_env(rank, job, **extra):
 
 def free_slurm_job():
     """A job id whose derived rendezvous port is free here now."""
-    import socket
-
-    from distdl.comm.launchers import slurm_step
-
     for job in range(os.getpid() % 10000 + 1000, os.getpid() % 10000 + 1100):
-        port = slurm_step_port(slurm_step, job)
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("127.0.0.1", launchers.slurm_port(job, 0)))
                 return job
             except OSError:
                 continue
     pytest.skip("no free port for a faked Slurm job")
 
 
-def slurm_step_port(slurm_step, job):
-    saved = dict(os.environ)
-    try:
-        os.environ.update(slurm_env(0, job, DISTDL_RUN_ID="x"))
-        return slurm_step()["master_port"]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+@pytest.mark.parametrize("nodes, first", [("node[07-09,12],gpu3", "node07"), ("a,b", "a"), ("gpu3", "gpu3"),
+                                          ("rack1-n[3-4]", "rack1-n3")])
+def test_the_first_host_of_a_slurm_node_list(nodes, first):
+    assert launchers.first_host(nodes) == first
 
 
 def test_srun_without_pmi_joins_by_the_zeromq_rendezvous_with_the_jobs_secret():

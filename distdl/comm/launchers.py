@@ -45,10 +45,14 @@ def slurm_step():
         raise RuntimeError("srun started this process as one of several (SLURM_STEP_NUM_TASKS is set) but "
                            "SLURM_JOB_ID or SLURM_JOB_NODELIST is missing: run it under srun as it is, or start "
                            "the ranks with MPI (srun --mpi=pmi2) or distdl-run")
-    digest = hashlib.sha256(f"distdl slurm rendezvous {job}.{step}".encode()).digest()
-    port = SLURM_PORTS[0] + int.from_bytes(digest[:4], "big") % SLURM_PORTS[1]
     return {"rank": int(os.environ["SLURM_PROCID"]), "size": int(size), "master_addr": first_host(nodes),
-            "master_port": port, "run_id": _slurm_token(job, step)}
+            "master_port": slurm_port(job, step), "run_id": _slurm_token(job, step)}
+
+
+def slurm_port(job, step):
+    """Rank 0's rendezvous port for a step: the same on every task, different for the job's other steps."""
+    digest = hashlib.sha256(f"distdl slurm rendezvous {job}.{step}".encode()).digest()
+    return SLURM_PORTS[0] + int.from_bytes(digest[:4], "big") % SLURM_PORTS[1]
 
 
 def _slurm_token(job, step):
