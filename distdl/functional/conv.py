@@ -2,7 +2,7 @@
 
 The API stays NCHW: the output is an NCHW-shaped view of NHWC memory, which ReLU and pooling
 keep (their ops follow the input's strides), so the next convolution reads it without a copy.
-An input of few channels (an RGB image) keeps the NCHW form, which is faster there.
+An input of few channels (an RGB image) is read in its NCHW form, which is faster there.
 """
 
 from distdl.autograd.function import Function
@@ -94,10 +94,11 @@ class Conv2d(Function):
 
 
 class Conv2dNCHW(Function):
-    """Few input channels: columns (N, C*KH*KW, OH*OW) copied from NCHW in runs of a row, ``W @ cols`` NCHW.
+    """Few input channels: columns (N, C*KH*KW, OH*OW) copied from NCHW memory in runs of a row.
 
     Channels-last windows of 3 channels are copied in runs of 9 values, which costs more than the
-    GEMM. Blocked and recomputed in backward as Conv2d, so no columns stay alive.
+    GEMM. The output is channels-last as Conv2d's (so what follows stays in one layout); blocked
+    and recomputed in backward like Conv2d, so no columns stay alive.
     """
 
     def forward(self, x, weight, bias=None, *, stride, padding, dilation):
@@ -111,13 +112,13 @@ class Conv2dNCHW(Function):
         self.geometry = (kh, kw), stride, dilation, (oh, ow)
         self.save_for_backward(x, weight)
         self.padding = padding
-        out = xp.empty((n, o, oh * ow), x.dtype)
-        wmat = weight.reshape(o, -1)
+        out = xp.empty((n, oh * ow, o), x.dtype)
+        wmat_t = weight.reshape(o, -1).T
         for block in _blocks(n):
-            xp.matmul(wmat, self._columns(block), out=out[block])
+            xp.matmul(self._columns(block).transpose(0, 2, 1), wmat_t, out=out[block])
         if bias is not None:
-            out += bias[:, None]
-        return out.reshape(n, o, oh, ow)
+            out += bias
+        return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
     def _columns(self, block):
         x = self.saved[0][block]
@@ -130,22 +131,22 @@ class Conv2dNCHW(Function):
         o, c, kh, kw = weight.shape
         n, _, oh, ow = g.shape
         needs = self.needs_input_grad
-        g3 = g.reshape(n, o, oh * ow)
+        gh = g.transpose(0, 2, 3, 1).reshape(n, oh * ow, o)  # a view where g is channels-last
         gw = None
         if needs[1]:
-            gw = xp.zeros((o, c * kh * kw), g.dtype)
+            gw = xp.zeros((c * kh * kw, o), g.dtype)
             for block in _blocks(n):
-                gw += (g3[block] @ self._columns(block).transpose(0, 2, 1)).sum(axis=0)
-            gw = gw.reshape(weight.shape)
+                gw += (self._columns(block) @ gh[block]).sum(axis=0)
+            gw = xp.ascontiguousarray(gw.T).reshape(weight.shape)
         gx = None
         if needs[0]:
-            gcols = (weight.reshape(o, -1).T @ g3).reshape(n, c, kh, kw, oh, ow)
+            gcols = (gh @ weight.reshape(o, -1)).transpose(0, 2, 1).reshape(n, c, kh, kw, oh, ow)
             _, stride, dilation, _ = self.geometry
             gx = unpad2d(scatter_windows(lambda i, j: gcols[:, :, i, j], g, x.shape, (kh, kw), stride, dilation),
                          self.padding)
         if len(needs) == 2:
             return gx, gw
-        return gx, gw, (g3.sum(axis=(0, 2)) if needs[2] else None)
+        return gx, gw, (gh.sum(axis=(0, 1)) if needs[2] else None)
 
 
 def _conv_padding(padding, kernel, dilation, stride):
