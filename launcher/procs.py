@@ -29,10 +29,9 @@ def _stop_with_launcher():
 
 
 def start(command, env, pass_fds=()):
-    """Start ``command`` under a keeper in its own session, output piped as text lines."""
-    return subprocess.Popen(kept(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True, preexec_fn=_stop_with_launcher, errors="replace",
-                            pass_fds=pass_fds)
+    """Start ``command`` under a keeper in its own session, its output on one pipe (read as it comes: Output.pump)."""
+    return subprocess.Popen(kept(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                            start_new_session=True, preexec_fn=_stop_with_launcher, pass_fds=pass_fds)
 
 
 def stop(processes, grace):
