@@ -329,8 +329,9 @@ def _checkpoint_dir():
 
 
 def _progress_bar(total, description, wanted):
-    """A tqdm bar on an interactive terminal; None elsewhere (a line per epoch is printed instead)."""
-    if not wanted or not sys.stdout.isatty():
+    """A tqdm bar on an interactive terminal, also through distdl-run's live console; None elsewhere (a line per
+    epoch is printed instead)."""
+    if not wanted or not (sys.stdout.isatty() or os.environ.get("DISTDL_LIVE_OUTPUT") == "1"):
         return None
     from tqdm import tqdm
 

@@ -91,6 +91,9 @@ class JobSpec:
         })
         if self.live:
             base["DISTDL_LIVE_OUTPUT"] = "1"
+            size = shutil.get_terminal_size()
+            base.setdefault("COLUMNS", str(size.columns))  # what tqdm reads where its output is not the terminal
+            base.setdefault("LINES", str(size.lines))
         if self.checkpoint_dir:
             base["DISTDL_CHECKPOINT_DIR"] = os.path.abspath(self.checkpoint_dir)
         if self.timeout:

@@ -197,6 +197,13 @@ def test_rank_0s_progress_bar_is_live_on_a_terminal(backend):
     assert "[rank 0] rank 0 done" in screen and "[rank 1] rank 1 done" in screen
 
 
+def test_the_trainers_bar_is_live_on_a_terminal():
+    code, screen, err = pty_run(["-n", 2, "--backend", "zmq", WORKERS / "launch_env.py", "trainer"], timeout=90)
+    assert code == 0, err
+    assert re.search(r"\r\x1b\[Kepoch 1/2: +\d+%", screen) and re.search(r"\r\x1b\[Kepoch 2/2: +\d+%", screen), screen
+    assert re.search(r"\r\x1b\[Kepoch 2/2  loss [\d.]+ .*\r\n", screen)  # the epoch's line, where its bar was
+
+
 def test_without_a_terminal_the_workers_are_not_told_to_draw():
     result = distdl_run("-n", 2, "--backend", "zmq", WORKERS / "launch_env.py", "progress")
     assert result.returncode == 0, result.stderr

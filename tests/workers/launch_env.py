@@ -2,6 +2,7 @@
 
 env       every rank joins, reduces an array and prints what it was told: its torchrun variables, its BLAS threads
 progress  as env, and rank 0 (and 1) draw a 5-step tqdm bar where distdl-run says the console is live
+trainer   as env, then two epochs of the Trainer on the embedded digits
 """
 
 import logging
@@ -33,4 +34,11 @@ if scenario == "progress":
         comm.barrier()
         time.sleep(0.3)  # slower than distdl-run's look at mpiexec's output files (50 ms): every redraw is seen
     print(f"rank {comm.rank} done", flush=True)
+if scenario == "trainer":
+    from distdl import nn, optim
+    from distdl.data import TensorDataset, load_digits
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    trainer = dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss())
+    trainer.fit(TensorDataset(*load_digits()), epochs=2, batch_size=16)
 dl.shutdown()
