@@ -93,16 +93,25 @@ class EarlyStopping(Callback):
 
 
 class LearningRateScheduler(Callback):
-    """Step an ``optim.lr_scheduler`` after every epoch (or every batch with ``per="batch"``)."""
+    """Step an ``optim.lr_scheduler`` after every epoch, every batch (``per="batch"``) or by samples.
+
+    ``per="sample"``: the schedule counts the samples seen over all ranks (``T_max`` etc. in
+    samples), so its curve is the same whatever the world size, across a resume on another
+    one too; a schedule counted in batches (steps) would stretch when the global batch changes.
+    """
+
+    PER = ("epoch", "batch", "sample")
 
     def __init__(self, scheduler, per="epoch"):
-        if per not in ("epoch", "batch"):
-            raise ValueError(f"per must be 'epoch' or 'batch', got {per!r}")
+        if per not in self.PER:
+            raise ValueError(f"per must be one of {self.PER}, got {per!r}")
         self.scheduler, self.per = scheduler, per
 
     def on_batch_end(self, trainer, step, logs):
         if self.per == "batch":
             self.scheduler.step()
+        elif self.per == "sample":
+            self.scheduler.step_to(trainer.samples_seen)
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.per == "epoch":

@@ -11,11 +11,21 @@ a few epochs of warmup for large factors).
 Losses and metrics are reduced over the ranks, so the figures rank 0 prints are
 those of the whole data. Evaluation shards the data exactly (no sample twice).
 
+Keras habits work: ``fit(x, y, batch_size, epochs, validation_split=0.1)`` with arrays,
+``loss="sparse_categorical_crossentropy"`` and ``optimizer="adam"`` by name (``distdl.named``),
+``summary()``; float inputs are cast to the model's dtype, as Keras's ``fit`` does.
+
+Resume on another world size keeps the run's curve: the data continue at the samples
+seen, ``scheduler_per="sample"`` counts the schedule in samples (the same function of
+them at any world size) and ``lr_scaling="linear"`` re-applies the linear scaling rule
+for the new size; the Trainer says so in a line.
+
 A non-finite loss stops the run on its rank before backward, naming the rank and the
 step (Keras's TerminateOnNaN), unless ``nonfinite="skip"``: then that step is skipped
 on every rank (DistributedDataParallel's policy) and the epoch line counts it.
 """
 
+import logging
 import math
 import os
 import sys
@@ -29,11 +39,15 @@ from distdl.autograd import no_grad
 from distdl.autograd.tensor import Tensor
 from distdl.callbacks import Checkpoint, LearningRateScheduler
 from distdl.comm import get_comm
-from distdl.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from distdl.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from distdl.functional import sigmoid, softmax
+from distdl.named import loss_named, optimizer_named
 from distdl.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
 from distdl.parallel import DistributedDataParallel, NonFiniteLossError
+from distdl.summary import summary
 from distdl.timing import StepTimer
+
+log = logging.getLogger("distdl.trainer")
 
 
 class History:
@@ -67,21 +81,66 @@ def as_dataset(data):
     raise TypeError(f"give a Dataset or a tuple of arrays (x, y), not {type(data).__name__}")
 
 
+def training_dataset(x, y):
+    """The (input, target) Dataset that ``fit(x, y)`` or ``fit(dataset)`` means; a clear error where targets lack."""
+    if y is not None:
+        if not hasattr(x, "shape") or not hasattr(y, "shape"):
+            raise TypeError(f"fit(x, y): give x and y as arrays, or a Dataset of (input, target) pairs as x alone; "
+                            f"got {type(x).__name__} and {type(y).__name__}")
+        if len(x) != len(y):
+            raise ValueError(f"fit(x, y): x holds {len(x)} samples but y {len(y)}; give one target per sample")
+        return TensorDataset(x, y)
+    dataset = as_dataset(x)
+    if len(dataset) and not (isinstance(dataset[0], (tuple, list)) and len(dataset[0]) == 2):
+        raise ValueError("fit: the data hold inputs without targets; pass the targets too: fit(x, y, ...), "
+                         "fit((x, y), ...), or a Dataset whose items are (input, target) pairs")
+    return dataset
+
+
+def split_off(dataset, fraction):
+    """(train, validation): the last ``fraction`` of the samples held out before shuffling, as Keras does."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must lie in (0, 1), got {fraction}")
+    cut = int(len(dataset) * (1 - fraction))
+    if not 0 < cut < len(dataset):
+        raise ValueError(f"validation_split={fraction} leaves no sample on one side of {len(dataset)}")
+    return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
+
+
 class Trainer:
     """``Trainer(model, optimizer, loss=nn.CrossEntropyLoss(), metrics=["accuracy"], scheduler=None)``.
 
-    ``bucket_cap_mb`` and ``nonfinite`` ("error" or "skip") go to DistributedDataParallel.
+    Args:
+        optimizer: an optimizer, or a name ("adam", "sgd", ...: ``distdl.named``).
+        loss: a loss module, or a name ("sparse_categorical_crossentropy", "mse", ...).
+        scheduler_per: what ``scheduler`` counts: "epoch", "batch" (steps), or "sample" (samples
+            seen over all ranks: the curve that stays the same at any world size).
+        lr_scaling: None, or "linear": every group's lr times the world size (the linear scaling
+            rule), re-applied when a run resumes on another world size.
+        bucket_cap_mb, nonfinite: go to DistributedDataParallel ("error" or "skip").
     """
 
     def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_cap_mb=25,
-                 nonfinite="error"):
+                 nonfinite="error", scheduler_per="epoch", lr_scaling=None):
+        if lr_scaling not in (None, "linear"):
+            raise ValueError(f"lr_scaling must be None or 'linear', got {lr_scaling!r}")
         self.comm = comm if comm is not None else get_comm()
         self.model = model
         self.ddp = (DistributedDataParallel(model, self.comm, bucket_cap_mb, nonfinite=nonfinite)
                     if self.comm.size > 1 else None)
         self.nonfinite = nonfinite
         self.skipped_steps = 0  # in the last epoch, for non-finite losses or gradients
-        self.optimizer, self.loss, self.scheduler = optimizer, loss, scheduler
+        self.optimizer = optimizer_named(optimizer, model.parameters())
+        self.loss, self.scheduler = loss_named(loss), scheduler
+        self.schedule = LearningRateScheduler(scheduler, per=scheduler_per) if scheduler is not None else None
+        self.lr_scaling = lr_scaling
+        self._reference_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
+        if lr_scaling:
+            self._scale_lr()
+            self._say(f"lr scaled linearly with the world size: {self._reference_lrs[0]:.4g} x {self.comm.size} "
+                      f"= {self._reference_lrs[0] * self.comm.size:.4g}")
+        self._cast_said = False
+        self._example = None
         self.metric_names = list(metrics)
         self._fresh_metrics()  # an unknown metric name fails here, not after the first epoch
         self.history = History()
@@ -98,12 +157,44 @@ class Trainer:
         """What the forward pass calls: the DDP wrapper when distributed, else the model."""
         return self.ddp if self.ddp is not None else self.model
 
+    @property
+    def samples_seen(self):
+        """Training samples seen over all ranks since the first epoch (an epoch counts the dataset's size)."""
+        sampler = self.sampler
+        return sampler.epoch * sampler.dataset_size + min(sampler.position * sampler.num_replicas,
+                                                          sampler.dataset_size)
+
+    def _say(self, line):
+        if self.comm.rank == 0:
+            print(line, flush=True)
+
+    def _scale_lr(self):
+        """Each group's base lr = its reference x the world size; the schedule, if any, recomputes the lr from it."""
+        bases = [reference * self.comm.size for reference in self._reference_lrs]
+        for group, base in zip(self.optimizer.param_groups, bases):
+            group["initial_lr"] = group["lr"] = base
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = bases
+            self.scheduler.step_to(self.scheduler.last_epoch)
+
+    def _as_model_dtype(self, array):
+        """Float inputs or targets in the model's float dtype (the layers refuse mixed dtypes; Keras's fit casts)."""
+        array = np.asarray(array) if not hasattr(array, "dtype") else array
+        dtype = next((p.dtype for p in self.model.parameters() if p.dtype.kind == "f"), None)
+        if dtype is None or array.dtype.kind != "f" or array.dtype == dtype:
+            return array
+        if not self._cast_said:
+            log.info("distdl: %s data cast to the model's %s", array.dtype, np.dtype(dtype))
+            self._cast_said = True
+        return array.astype(dtype)
+
     def _fresh_metrics(self):
         return {"loss": metrics_module.Mean(), **{n if isinstance(n, str) else n.name: metrics_module.get(n)
                                                   for n in self.metric_names}}
 
     def _target(self, y):
-        return Tensor(y) if np.asarray(y).dtype.kind == "f" and not isinstance(self.loss, CrossEntropyLoss) else y
+        y = self._as_model_dtype(y)
+        return Tensor(y) if y.dtype.kind == "f" and not isinstance(self.loss, CrossEntropyLoss) else y
 
     def _scores(self, output):
         """What metrics see: probabilities where the loss took logits."""
@@ -125,24 +216,33 @@ class Trainer:
         return {name: float(metric.compute(self.comm)) for name, metric in metrics.items()}
 
     # -- fit -------------------------------------------------------------------------------------------------------
-    def fit(self, train_data, epochs=1, batch_size=32, validation_data=None, callbacks=(), shuffle=True, seed=0,
-            transform=None, validation_transform=None, prefetch=2, verbose=True, pad=True):
+    def fit(self, x, y=None, batch_size=32, epochs=1, verbose=True, callbacks=(), validation_split=0.0,
+            validation_data=None, shuffle=True, seed=0, transform=None, validation_transform=None, prefetch=2,
+            pad=True):
         """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History.
 
+        ``x`` and ``y`` are arrays, or ``x`` is a Dataset of (input, target) pairs or a tuple
+        of arrays; Keras's order of arguments. ``validation_split`` holds out the last fraction of
+        the samples; ``validation_data`` is a Dataset or a tuple (x, y).
         ``transform`` is the training batches' transform (augmentation); ``validation_transform``
         the validation batches' (deterministic: scaling, normalisation). ``pad=False``: no
         sample is repeated to even out the shards; a rank out of batches answers the others'
         steps (``DistributedDataParallel.join``), so collective callbacks such as step
         checkpoints need ``pad=True``.
         """
-        dataset = as_dataset(train_data)
+        dataset = training_dataset(x, y)
+        if validation_split:
+            if validation_data is not None:
+                raise ValueError("fit: give validation_split or validation_data, not both")
+            dataset, validation_data = split_off(dataset, validation_split)
+        self._example = np.asarray(dataset[0][0])[None] if len(dataset) else None
         self.sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank,
                                           shuffle=shuffle, seed=seed, pad=pad)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, transform=transform,
                                  prefetch=prefetch)
         callbacks = list(callbacks)
-        if self.scheduler is not None:  # first: a checkpoint at the end of an epoch sees the stepped schedule
-            callbacks.insert(0, LearningRateScheduler(self.scheduler))
+        if self.schedule is not None:  # first: a checkpoint at the end of an epoch sees the stepped schedule
+            callbacks.insert(0, self.schedule)
         if _checkpoint_dir() and not any(isinstance(c, Checkpoint) for c in callbacks):
             callbacks.append(Checkpoint())  # resume automatically after distdl-run restarts the job
         self.stop_training = False
@@ -195,7 +295,7 @@ class Trainer:
         for batch, (x, y) in enumerate(self.loader):
             arrived = time.time()
             timer.add("data", last, arrived)
-            output = network(Tensor(x))
+            output = network(Tensor(self._as_model_dtype(x)))
             loss = self.loss(output, self._target(y))
             value = loss.item()
             forwarded = time.time()
@@ -262,7 +362,7 @@ class Trainer:
         self.model.eval()
         with no_grad():
             for x, y in loader:
-                output = self.model(Tensor(x))
+                output = self.model(Tensor(self._as_model_dtype(x)))
                 self._update(metrics, output, y, self.loss(output, self._target(y)))
         self.model.train()
         return self._reduced(metrics)
@@ -275,12 +375,22 @@ class Trainer:
         with no_grad():
             for batch in loader:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                parts.append(np.asarray(self.model(Tensor(x)).numpy()))
+                parts.append(np.asarray(self.model(Tensor(self._as_model_dtype(x))).numpy()))
         self.model.train()
         mine = np.concatenate(parts) if parts else np.zeros((0,), np.float32)
         if self.comm.size == 1:
             return mine
         return _interleave(self.comm, mine, len(dataset))
+
+    def summary(self, x=None, print_fn=print):
+        """The model's layers, output shapes (on ``x``, else on a sample of the last fit's data), parameter counts.
+
+        Printed as Keras prints it, on rank 0.
+        """
+        example = self._example if x is None else np.asarray(x)
+        text = summary(self.model, None if example is None else Tensor(self._as_model_dtype(example)))
+        if self.comm.rank == 0:
+            print_fn(text)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def checkpoint_objects(self):
@@ -311,9 +421,22 @@ class Trainer:
                     part = self._fresh_metrics()[name]
                     part.stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
                     self._epoch_metrics[name].merge(part)
-        if self.comm.rank == 0:
-            print(f"resumed from step {self.global_step} (epoch {state['epoch'] + 1}"
-                  f"{'' if state['epoch_done'] else ', part way'})", flush=True)
+        self._say(f"resumed from step {self.global_step} (epoch {state['epoch'] + 1}"
+                  f"{'' if state['epoch_done'] else ', part way'})")
+        if state["world_size"] != self.comm.size:
+            self._say_world_change(state["world_size"])
+
+    def _say_world_change(self, saved_size):
+        """One line: the world size changed, and what follows for the data, the lr and the schedule."""
+        words = [f"the world size changed from {saved_size} to {self.comm.size}: the data continue at sample "
+                 f"{self.samples_seen}"]
+        if self.lr_scaling:
+            self._scale_lr()
+            words.append(f"lr rescaled linearly to {self._reference_lrs[0]:.4g} x {self.comm.size}")
+        if self.schedule is not None and self.schedule.per == "batch":
+            words.append("the schedule counts steps, which now hold another number of samples: "
+                         "count it in samples (scheduler_per='sample') to keep its curve")
+        self._say("; ".join(words))
 
 
 def _interleave(comm, mine, total):

@@ -24,7 +24,15 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self):
-        self.last_epoch += 1
+        self.step_to(self.last_epoch + 1)
+
+    def step_to(self, count):
+        """Set each group's lr to that of epoch (or step, or sample) ``count``: the closed form makes it exact.
+
+        The Trainer's ``scheduler_per="sample"`` calls it with the samples seen over all ranks, so the
+        lr is the same function of them whatever the world size, across a resume too.
+        """
+        self.last_epoch = count
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.lr_at(self.last_epoch, base_lr)
 
