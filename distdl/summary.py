@@ -2,7 +2,7 @@
 
 Output shapes need an input: the layers are run once on an example (in eval mode,
 without gradients) and each layer's output is recorded; the batch dimension is shown
-as ``None``, as Keras shows it.
+as ``None``, as Keras shows it (where it leads: an LSTM's state (layers, batch, hidden) is shown whole).
 """
 
 from distdl.autograd import no_grad
@@ -36,10 +36,10 @@ def _output_shapes(model, layers, example):
                 value = example
                 for name, layer in layers:
                     value = layer(value)
-                    shapes[name] = _shape(value)
+                    shapes[name] = _shape(value, len(example))
             else:
                 for name, layer in layers:
-                    layer.forward = _recording(layer, name, shapes)
+                    layer.forward = _recording(layer, name, shapes, len(example))
                 model(example)
     finally:
         for _, layer in layers:
@@ -48,20 +48,21 @@ def _output_shapes(model, layers, example):
     return shapes
 
 
-def _recording(layer, name, shapes):
+def _recording(layer, name, shapes, batch):
     forward = type(layer).forward.__get__(layer)
 
     def record(*args, **kwargs):
         out = forward(*args, **kwargs)
-        shapes[name] = _shape(out)
+        shapes[name] = _shape(out, batch)
         return out
 
     return record
 
 
-def _shape(value):
+def _shape(value, batch):
     if isinstance(value, Tensor) or hasattr(value, "shape"):
-        return str((None, *value.shape[1:])).replace(",)", ")")
+        shape = tuple(value.shape)
+        return str((None, *shape[1:]) if shape[:1] == (batch,) else shape).replace(",)", ")")
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_shape(v) for v in value) + "]"
+        return "[" + ", ".join(_shape(v, batch) for v in value) + "]"
     return type(value).__name__

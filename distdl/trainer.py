@@ -137,6 +137,7 @@ class Trainer:
         self._reference_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
         if lr_scaling:
             self._scale_lr()
+        if lr_scaling and self.comm.size > 1:
             self._say(f"lr scaled linearly with the world size: {self._reference_lrs[0]:.4g} x {self.comm.size} "
                       f"= {self._reference_lrs[0] * self.comm.size:.4g}")
         self._cast_said = False

@@ -152,3 +152,44 @@ def test_unknown_metric_names_fail_at_construction():
     model = mlp()
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
         dl.Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(), metrics=["acc"])
+
+
+def steps_logged(prefix):
+    """Every step a run's ranks logged (trainer_job.py reshape), as dicts."""
+    return [json.loads(line) for path in sorted(prefix.parent.glob(prefix.name + ".*"))
+            for line in path.read_text().splitlines()]
+
+
+def course(*attempts):
+    """The data order (global position -> sample id) and the lr per worker at each sample count over attempts,
+    a later attempt's steps replacing those an earlier one took after its last checkpoint."""
+    order, lr = {}, {}
+    for steps in attempts:
+        for step in steps:
+            order.update(zip(step["positions"], step["ids"]))
+            lr[step["samples"]] = step["lr"] / step["world"]
+    return order, lr
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_resume_on_another_world_size_keeps_the_data_order_and_the_lr_at_each_sample_count(tmp_path, before, after):
+    reference = launch("-n", 1, "--backend", "zmq", "--checkpoint-dir", tmp_path / "plain", WORKERS / "trainer_job.py",
+                       "reshape", "--steps-log", tmp_path / "plain")
+    assert reference.returncode == 0, reference.stderr
+    crashed = launch("-n", before, "--backend", "zmq", "--checkpoint-dir", tmp_path / "ckpt",
+                     WORKERS / "trainer_job.py", "reshape", "--steps-log", tmp_path / "first", "--crash-at", 5)
+    assert crashed.returncode != 0 and "crash at step 5" in crashed.stdout + crashed.stderr
+    resumed = launch("-n", after, "--backend", "zmq", "--checkpoint-dir", tmp_path / "ckpt",
+                     WORKERS / "trainer_job.py", "reshape", "--steps-log", tmp_path / "then")
+    assert resumed.returncode == 0, resumed.stderr
+    samples = 4 * 8 * before  # the checkpoint of step 4
+    assert (f"the world size changed from {before} to {after}: the data continue at sample {samples}; "
+            f"lr rescaled linearly to 0.05 x {after}\n") in resumed.stdout, resumed.stdout
+    order, lr = course(steps_logged(tmp_path / "first"), steps_logged(tmp_path / "then"))
+    plain_order, plain_lr = course(steps_logged(tmp_path / "plain"))
+    assert len(plain_order) == 2 * 96 and order == plain_order
+    assert set(lr) <= set(plain_lr) and len(lr) >= 2 * 96 // 16
+    for count, value in lr.items():  # the curve in samples, per worker: the linear rule times the world size
+        assert value == pytest.approx(plain_lr[count], rel=1e-12, abs=1e-15), count
+    pids = {step["pid"] for prefix in ("plain", "first", "then") for step in steps_logged(tmp_path / prefix)}
+    assert len(pids) == 1 + before + after and not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]

@@ -7,6 +7,9 @@ uneven   rank 1's data loading is slow; the epoch summary must name it (run with
 nanloss  --policy error|skip: a NaN in rank 1's third batch; rank 1 reports it before backward, or the step is
          skipped on every rank and counted in the epoch line
 padless  fit(pad=False): rank 0 has 4 batches, rank 1 three; join() lets it finish with identical replicas
+reshape  --steps-log PREFIX: a cosine schedule in samples, the lr scaled linearly, checkpoints every 2 steps; with
+         --crash-at K the last rank raises at global step K; every rank writes, per step, the samples seen, the lr,
+         the world size, its PID and the (global position, sample id) pairs it trained on to PREFIX.RANK as JSON lines
 """
 
 import argparse
@@ -26,6 +29,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("scenario")
 parser.add_argument("--crash-at", type=int)
 parser.add_argument("--policy", default="error")
+parser.add_argument("--steps-log")
 args = parser.parse_args()
 
 comm = dl.init()
@@ -84,6 +88,39 @@ elif args.scenario == "padless":
     digests = comm.allgather_json(hashlib.sha256(b"".join(p.data.tobytes() for p in model.parameters())).hexdigest())
     assert len(set(digests)) == 1, "replicas differ"
     print(f"rank {comm.rank}: padless ok", flush=True)
+elif args.scenario == "reshape":
+    class Recording(nn.Module):
+        """A linear model on the features after column 0, which holds each sample's id."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear, self.ids = nn.Linear(5, 3), None
+
+        def forward(self, x):
+            self.ids = x.data[:, 0].astype(int).tolist()
+            return self.linear(x[:, 1:])
+
+    class Log(dl.callbacks.Callback):
+        def on_batch_end(self, trainer, step, logs):
+            sampler, size = trainer.sampler, comm.size
+            if step == args.crash_at and comm.rank == size - 1:
+                raise RuntimeError(f"crash at step {step}")
+            first = sampler.epoch * sampler.dataset_size + (sampler.position - len(recording.ids)) * size + comm.rank
+            with open(f"{args.steps_log}.{comm.rank}", "a") as f:
+                f.write(json.dumps({"samples": trainer.samples_seen, "lr": trainer.optimizer.param_groups[0]["lr"],
+                                    "world": size, "pid": os.getpid(), "positions": list(range(first, first + size * len(recording.ids),
+                                                                         size)), "ids": recording.ids}) + "\n")
+
+    n = 96
+    ids = np.arange(n, dtype=np.float32)[:, None]
+    data = TensorDataset(np.concatenate([ids, x[:n, :5]], axis=1), y[:n])
+    recording = Recording()
+    sgd = optim.SGD(recording.parameters(), lr=0.05)
+    cosine = optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=2 * n)
+    trainer = dl.Trainer(recording, sgd, loss="sparse_categorical_crossentropy", scheduler=cosine,
+                         scheduler_per="sample", lr_scaling="linear")
+    trainer.fit(data, batch_size=8, epochs=2, verbose=False,
+                callbacks=[Checkpoint(every_steps=2, every_epochs=None), Log()])
 else:
     history = trainer.fit(train, epochs=3, batch_size=8, validation_data=val, verbose=False,
                           callbacks=[Checkpoint(every_steps=4, every_epochs=None), CrashAt()])
