@@ -8,6 +8,7 @@ import pytest
 
 import distdl as dl
 from distdl import functional as F
+from distdl.autograd import engine
 
 
 def test_gradient_accumulates_across_backward_calls_and_reused_nodes():
@@ -67,6 +68,18 @@ def test_a_node_keeps_only_what_its_backward_reads():
     assert freed() is None
     (y * y).sum().backward()
     np.testing.assert_array_equal(x.grad, [0.0, 16.0, 24.0])  # d(4 relu(x)^2)/dx = 8x where x > 0
+
+
+def test_a_queued_callback_runs_once_at_the_end_of_the_pass_that_queued_it():
+    a, b = dl.tensor(np.ones(2), requires_grad=True), dl.tensor(np.ones(2), requires_grad=True)
+    seen = []
+    a.register_post_accumulate_grad_hook(lambda t: engine.queue_callback(lambda: seen.append(b.grad.copy())))
+    (a * 2 + b * 3).sum().backward()
+    np.testing.assert_array_equal(seen, [[3.0, 3.0]])  # once, after every leaf's gradient was final
+    (b * 3).sum().backward()  # a pass that does not reach ``a`` runs nothing
+    assert len(seen) == 1
+    with pytest.raises(RuntimeError, match="outside a backward pass"):
+        engine.queue_callback(lambda: None)
 
 
 def test_no_grad_builds_no_graph():

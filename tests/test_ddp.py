@@ -199,6 +199,16 @@ def test_a_world_of_one_trains_exactly_like_the_plain_model():
         np.testing.assert_array_equal(p.data, q.data)
 
 
+def test_only_a_backward_that_reaches_the_model_finishes_its_gradient_averaging():
+    ddp = dl.DistributedDataParallel(mlp())
+    out = ddp(dl.tensor(np.ones((2, 6), np.float32)))
+    other = dl.tensor(np.ones(3, np.float32), requires_grad=True)
+    (other * 2).sum().backward()  # reaches no parameter of the model: its step is not over
+    assert ddp.steps == 0
+    nn.CrossEntropyLoss()(out, np.array([0, 1])).backward()
+    assert ddp.steps == 1
+
+
 def test_no_sync_accumulates_in_place():
     ddp = dl.DistributedDataParallel(mlp())
     x, y = dl.tensor(np.ones((2, 6), np.float32)), np.array([0, 1])

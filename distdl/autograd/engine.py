@@ -1,5 +1,7 @@
 """The backward pass: an iterative walk of the graph in reverse topological order."""
 
+import threading
+
 from distdl.backend import xp_of
 
 
@@ -82,34 +84,33 @@ def _check_shape(node, tensor, grad):
         )
 
 
-_backward_end_callbacks = {}
+_pass = threading.local()  # .queue: the callbacks queued during the backward pass this thread runs
 
 
-class CallbackHandle:
-    """Returned by ``register_backward_end_callback``; ``remove()`` unregisters the callback."""
+def queue_callback(callback):
+    """Call ``callback()`` once, when the backward pass now running has accumulated every leaf gradient.
 
-    def __init__(self, callback):
-        self.id = id(self)
-        _backward_end_callbacks[self.id] = callback
-
-    def remove(self):
-        _backward_end_callbacks.pop(self.id, None)
-
-
-def register_backward_end_callback(callback):
-    """Call ``callback()`` after every backward pass, once all leaf gradients are accumulated.
-
-    DistributedDataParallel finishes its gradient averaging there: it launches the
-    buckets whose parameters got no gradient and waits for all of them.
+    As torch's ``queue_callback``: a leaf's post-accumulate-grad hook queues it, so it runs at
+    the end of the passes that reach that leaf and of no other. DistributedDataParallel finishes
+    its gradient averaging there: it launches the buckets whose parameters got no gradient and
+    waits for all of them.
     """
-    return CallbackHandle(callback)
+    queue = getattr(_pass, "queue", None)
+    if queue is None:
+        raise RuntimeError("queue_callback() outside a backward pass: call it from a hook that backward runs")
+    queue.append(callback)
 
 
 def backward(root, grad, retain_graph=False):
-    """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it."""
-    _walk(root, grad, retain_graph)
-    for callback in list(_backward_end_callbacks.values()):
-        callback()
+    """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it, then run queued callbacks."""
+    outer, _pass.queue = getattr(_pass, "queue", None), []
+    try:
+        _walk(root, grad, retain_graph)
+        queue = _pass.queue
+        for callback in queue:  # in order; one may queue another, which runs after it
+            callback()
+    finally:
+        _pass.queue = outer
 
 
 def _walk(root, grad, retain_graph):

@@ -25,7 +25,7 @@ from functools import partial
 
 import numpy as np
 
-from distdl.autograd.engine import register_backward_end_callback
+from distdl.autograd.engine import queue_callback
 from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.ordering import CommThread
 from distdl.parallel import control
@@ -86,13 +86,12 @@ class DistributedDataParallel:
         self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
         self._hook = self._hook_state = self._hook_thread = None
         self._armed = False  # a forward ran: the next backward must average
+        self._end_queued = False  # this backward pass will call _on_backward_end at its end
         self._next_bucket = 0
         self._local_nonfinite = None  # the first parameter whose gradient was not finite here, this step
         self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
         for p in self._params:
             p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
-        end = register_backward_end_callback(_weak(self, "_on_backward_end"))
-        weakref.finalize(self, end.remove)
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _check_same_model(self):
@@ -154,6 +153,7 @@ class DistributedDataParallel:
             bucket.pending = len(bucket.params)
         self._next_bucket = 0
         self._armed = self._sync
+        self._end_queued = False
         self.step_skipped = False
         self._local_nonfinite = None
         self.last_allreduces = []
@@ -166,6 +166,9 @@ class DistributedDataParallel:
     def _on_grad_ready(self, param):
         if not self._armed:
             return
+        if not self._end_queued:  # the first of this pass: finish at the end of this pass, not of any other
+            self._end_queued = True
+            queue_callback(self._on_backward_end)
         bucket = self._bucket_of[param]
         _home(param, bucket)
         bucket.pending -= 1
@@ -221,7 +224,7 @@ class DistributedDataParallel:
     def _on_backward_end(self):
         if not self._armed:
             return
-        self._armed = False
+        self._armed = self._end_queued = False
         for bucket in self.buckets[self._next_bucket:]:
             for p in bucket.params:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
