@@ -84,9 +84,10 @@ def as_dataset(data):
 def training_dataset(x, y):
     """The (input, target) Dataset that ``fit(x, y)`` or ``fit(dataset)`` means; a clear error where targets lack."""
     if y is not None:
-        if not hasattr(x, "shape") or not hasattr(y, "shape"):
+        if isinstance(x, (Dataset, tuple)):
             raise TypeError(f"fit(x, y): give x and y as arrays, or a Dataset of (input, target) pairs as x alone; "
                             f"got {type(x).__name__} and {type(y).__name__}")
+        x, y = np.asarray(x), np.asarray(y)
         if len(x) != len(y):
             raise ValueError(f"fit(x, y): x holds {len(x)} samples but y {len(y)}; give one target per sample")
         return TensorDataset(x, y)
@@ -148,7 +149,7 @@ class Trainer:
         self.global_step = 0
         self.stop_training = False
         self.timer = StepTimer(self.comm.rank)
-        self.loader = None
+        self.loader = self.sampler = None
         self._start_epoch = 0
         self._epoch_metrics = None
 
@@ -162,6 +163,8 @@ class Trainer:
     def samples_seen(self):
         """Training samples seen over all ranks since the first epoch (an epoch counts the dataset's size)."""
         sampler = self.sampler
+        if sampler is None:
+            return 0
         return sampler.epoch * sampler.dataset_size + min(sampler.position * sampler.num_replicas,
                                                           sampler.dataset_size)
 
@@ -209,6 +212,8 @@ class Trainer:
         metrics["loss"].update(loss, weight=len(y))
         if len(metrics) > 1:
             scores = self._scores(output).data
+            if isinstance(self.loss, CrossEntropyLoss) and np.ndim(y) == scores.ndim:
+                y = np.asarray(y).argmax(axis=1)  # class probabilities (one-hot): metrics count the likeliest class
             for name, metric in metrics.items():
                 if name != "loss":
                     metric.update(y, scores)
@@ -217,20 +222,22 @@ class Trainer:
         return {name: float(metric.compute(self.comm)) for name, metric in metrics.items()}
 
     # -- fit -------------------------------------------------------------------------------------------------------
-    def fit(self, x, y=None, batch_size=32, epochs=1, verbose=True, callbacks=(), validation_split=0.0,
+    def fit(self, x, y=None, batch_size=None, epochs=1, verbose=True, callbacks=(), validation_split=0.0,
             validation_data=None, shuffle=True, seed=0, transform=None, validation_transform=None, prefetch=2,
             pad=True):
         """Train for ``epochs`` (resuming from a checkpoint when a Checkpoint callback finds one); returns History.
 
         ``x`` and ``y`` are arrays, or ``x`` is a Dataset of (input, target) pairs or a tuple
         of arrays; Keras's order of arguments. ``validation_split`` holds out the last fraction of
-        the samples; ``validation_data`` is a Dataset or a tuple (x, y).
+        the samples; ``validation_data`` is a Dataset or a tuple (x, y). ``batch_size`` (per
+        worker) is 32 unless given.
         ``transform`` is the training batches' transform (augmentation); ``validation_transform``
         the validation batches' (deterministic: scaling, normalisation). ``pad=False``: no
         sample is repeated to even out the shards; a rank out of batches answers the others'
         steps (``DistributedDataParallel.join``), so collective callbacks such as step
         checkpoints need ``pad=True``.
         """
+        batch_size = 32 if batch_size is None else batch_size
         dataset = training_dataset(x, y)
         if validation_split:
             if validation_data is not None:

@@ -159,3 +159,18 @@ def test_a_schedule_counted_in_samples_gives_the_lr_of_the_samples_seen():
         assert lr == pytest.approx(0.05 * (1 + math.cos(math.pi * samples / 300)), rel=1e-12)
     with pytest.raises(ValueError, match=r"per must be one of \('epoch', 'batch', 'sample'\), got 'step'"):
         dl.Trainer(model, sgd, loss="mse", scheduler=cosine, scheduler_per="step")
+
+
+def test_one_hot_targets_under_categorical_crossentropy_train_and_score_as_class_indices():
+    x, y = problem()
+    runs = {}
+    for loss, targets in [("sparse_categorical_crossentropy", y), ("categorical_crossentropy", np.eye(2)[y])]:
+        dl.seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        trainer = dl.Trainer(model, "sgd", loss=loss, metrics=["accuracy", "f1"])
+        history = trainer.fit(x.tolist(), targets.tolist(), 16, 2, False, validation_split=0.2, shuffle=False)
+        runs[loss] = history.history, [p.data for p in model.parameters()]
+    (sparse, sparse_params), (onehot, onehot_params) = runs.values()
+    assert sparse.keys() == onehot.keys() and all(np.allclose(sparse[k], onehot[k], rtol=1e-6) for k in sparse)
+    for a, b in zip(sparse_params, onehot_params):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
