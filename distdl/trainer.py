@@ -411,7 +411,7 @@ class Trainer:
         running = self.comm.allgather_json({name: {k: np.asarray(v).tolist() for k, v in m.stats.items()}
                                             for name, m in metrics.items()})
         return {**self.checkpoint_objects(), "epoch": self.history.epoch[-1] if epoch_done else self.sampler.epoch,
-                "epoch_done": epoch_done, "global_step": self.global_step,
+                "epoch_done": epoch_done, "global_step": self.global_step, "samples_seen": self.samples_seen,
                 "history": {"epoch": self.history.epoch, "history": self.history.history},
                 "epoch_metrics": running}
 
@@ -432,12 +432,12 @@ class Trainer:
         self._say(f"resumed from step {self.global_step} (epoch {state['epoch'] + 1}"
                   f"{'' if state['epoch_done'] else ', part way'})")
         if state["world_size"] != self.comm.size:
-            self._say_world_change(state["world_size"])
+            self._say_world_change(state["world_size"], state.get("samples_seen", self.samples_seen))
 
-    def _say_world_change(self, saved_size):
+    def _say_world_change(self, saved_size, samples_seen):
         """One line: the world size changed, and what follows for the data, the lr and the schedule."""
         words = [f"the world size changed from {saved_size} to {self.comm.size}: the data continue at sample "
-                 f"{self.samples_seen}"]
+                 f"{samples_seen}"]
         if self.lr_scaling:
             self._scale_lr()
             words.append(f"lr rescaled linearly to {self._reference_lrs[0]:.4g} x {self.comm.size}")
