@@ -395,10 +395,10 @@ class Trainer:
 
         Printed as Keras prints it, on rank 0.
         """
+        if self.comm.rank != 0:
+            return
         example = self._example if x is None else np.asarray(x)
-        text = summary(self.model, None if example is None else Tensor(self._as_model_dtype(example)))
-        if self.comm.rank == 0:
-            print_fn(text)
+        print_fn(summary(self.model, None if example is None else Tensor(self._as_model_dtype(example))))
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def checkpoint_objects(self):

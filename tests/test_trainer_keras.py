@@ -132,12 +132,15 @@ def test_summary_lists_each_layer_with_its_output_shape_and_parameter_count():
     assert "forward" not in tagger.lstm.__dict__  # the watch is gone
 
 
-def test_summary_after_fit_uses_a_sample_of_its_data():
+def test_summary_after_fit_uses_a_sample_of_its_data_and_before_fit_has_no_shapes():
     x, y = problem()
     trainer, _, _ = trained((x, y))
     lines = []
     trainer.summary(print_fn=lines.append)
     assert "2 (Linear)" in lines[0] and "(None, 2)" in lines[0]
+    model = nn.Sequential(nn.Linear(4, 2))
+    dl.Trainer(model, "sgd", loss="mse").summary(print_fn=lines.append)
+    assert lines[1].splitlines()[4].split() == ["0", "(Linear)", "10"] and "None" not in lines[1]
 
 
 def test_a_schedule_counted_in_samples_gives_the_lr_of_the_samples_seen():
