@@ -193,3 +193,13 @@ def test_a_resume_on_another_world_size_keeps_the_data_order_and_the_lr_at_each_
         assert value == pytest.approx(plain_lr[count], rel=1e-12, abs=1e-15), count
     pids = {step["pid"] for prefix in ("plain", "first", "then") for step in steps_logged(tmp_path / prefix)}
     assert len(pids) == 1 + before + after and not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+def test_a_schedule_counted_in_steps_resumed_on_another_world_size_is_named_as_changing_its_curve(tmp_path):
+    job = [WORKERS / "trainer_job.py", "reshape", "--steps-log", tmp_path / "log", "--per", "batch"]
+    crashed = launch("-n", 2, "--backend", "zmq", "--checkpoint-dir", tmp_path, *job, "--crash-at", 5)
+    assert crashed.returncode != 0
+    resumed = launch("-n", 1, "--backend", "zmq", "--checkpoint-dir", tmp_path, *job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ("lr rescaled linearly to 0.05 x 1; the schedule counts steps, which now hold another number of samples: "
+            "count it in samples (scheduler_per='sample') to keep its curve\n") in resumed.stdout, resumed.stdout

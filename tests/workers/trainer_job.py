@@ -9,7 +9,8 @@ nanloss  --policy error|skip: a NaN in rank 1's third batch; rank 1 reports it b
 padless  fit(pad=False): rank 0 has 4 batches, rank 1 three; join() lets it finish with identical replicas
 reshape  --steps-log PREFIX: a cosine schedule in samples, the lr scaled linearly, checkpoints every 2 steps; with
          --crash-at K the last rank raises at global step K; every rank writes, per step, the samples seen, the lr,
-         the world size, its PID and the (global position, sample id) pairs it trained on to PREFIX.RANK as JSON lines
+         the world size, its PID and the (global position, sample id) pairs it trained on to PREFIX.RANK as JSON lines;
+         --per batch counts the schedule in steps instead
 """
 
 import argparse
@@ -30,6 +31,7 @@ parser.add_argument("scenario")
 parser.add_argument("--crash-at", type=int)
 parser.add_argument("--policy", default="error")
 parser.add_argument("--steps-log")
+parser.add_argument("--per", default="sample")
 args = parser.parse_args()
 
 comm = dl.init()
@@ -116,9 +118,9 @@ elif args.scenario == "reshape":
     data = TensorDataset(np.concatenate([ids, x[:n, :5]], axis=1), y[:n])
     recording = Recording()
     sgd = optim.SGD(recording.parameters(), lr=0.05)
-    cosine = optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=2 * n)
+    cosine = optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=2 * n if args.per == "sample" else 2 * n // 8)
     trainer = dl.Trainer(recording, sgd, loss="sparse_categorical_crossentropy", scheduler=cosine,
-                         scheduler_per="sample", lr_scaling="linear")
+                         scheduler_per=args.per, lr_scaling="linear")
     trainer.fit(data, batch_size=8, epochs=2, verbose=False,
                 callbacks=[Checkpoint(every_steps=2, every_epochs=None), Log()])
 else:
