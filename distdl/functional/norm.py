@@ -7,15 +7,19 @@ from distdl.functional._util import check_same_dtype
 
 
 class BatchNorm(Function):
-    """Normalise over every axis but 1 (channels); backward includes the path through the batch mean and variance."""
+    """Normalise over every axis but 1 (channels); backward includes the path through the batch mean and variance.
 
-    def forward(self, x, weight, bias, *, mean, var, eps, training):
+    ``reduce`` (see batch_statistics) sums backward's per-channel gradient sums over the ranks that
+    share the batch statistics; ``count`` is the number of values per channel they were taken over.
+    """
+
+    def forward(self, x, weight, bias, *, mean, var, eps, training, count=None, reduce=None):
         xp = xp_of(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         inv_std = 1 / xp.sqrt(var + eps)
         xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, weight)
-        self.training, self.shape = training, shape
+        self.training, self.shape, self.count, self.reduce = training, shape, count, reduce
         return xhat * weight.reshape(shape) + bias.reshape(shape)
 
     def backward(self, g):
@@ -27,8 +31,12 @@ class BatchNorm(Function):
         if self.needs_input_grad[0]:
             scale = (weight * inv_std).reshape(self.shape)
             if self.training:
-                count = g.size // g.shape[1]
-                gx = scale * (g - (gb.reshape(self.shape) + xhat * gw.reshape(self.shape)) / count)
+                total_gb, total_gw = gb, gw
+                if self.reduce is not None:
+                    sums = xp_of(g).concatenate([gb, gw])
+                    self.reduce(sums)
+                    total_gb, total_gw = sums[:len(gb)], sums[len(gb):]
+                gx = scale * (g - (total_gb.reshape(self.shape) + xhat * total_gw.reshape(self.shape)) / self.count)
             else:
                 gx = g * scale
         return gx, gw, gb
@@ -38,25 +46,54 @@ def _array(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def batch_statistics(x, reduce=None):
+    """Per-channel mean and (biased) variance of ``x`` over every axis but 1, and the values per channel.
+
+    ``reduce(array)`` sums an array in place over the ranks whose batches make one (SyncBatchNorm's
+    allreduce); None takes this batch alone. Two passes (the mean, then the squared deviations)
+    keep the variance accurate.
+    """
+    xp = xp_of(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    count = x.size // x.shape[1]
+    sums = x.sum(axis=axes)
+    if reduce is not None:
+        totals = xp.concatenate([sums, xp.array([count], sums.dtype)])
+        reduce(totals)
+        sums, count = totals[:-1], int(totals[-1])
+    if count < 2:
+        where = " over all ranks" if reduce is not None else ""
+        raise ValueError(f"batch_norm: training needs more than one value per channel{where}, "
+                         f"got input shape {x.shape}")
+    mean = sums / count
+    centred = x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))
+    squares = (centred * centred).sum(axis=axes)
+    if reduce is not None:
+        reduce(squares)
+    return mean, squares / count, count
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch normalisation as torch.nn.functional.batch_norm.
 
     In training the batch's statistics normalise, and the running statistics (if
     given) are updated in place with ``momentum``, the variance unbiased as PyTorch does.
     """
+    return reduced_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, reduce=None)
+
+
+def reduced_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, reduce):
+    """batch_norm whose training statistics and their gradient sums are summed by ``reduce`` (see batch_statistics)."""
     x = input.data
     xp = xp_of(x)
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expects (N, C, ...) input, got shape {input.shape}")
     channels = x.shape[1]
-    axes = (0,) + tuple(range(2, x.ndim))
     running_mean, running_var = _array(running_mean), _array(running_var)
     check_same_dtype("batch_norm", input, weight if weight is not None else running_mean)
+    count = None
     if training:
-        count = x.size // channels
-        if count < 2:
-            raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape {input.shape}")
-        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        mean, var, count = batch_statistics(x, reduce)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -70,7 +107,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         weight = Tensor._from_op(xp.ones(channels, x.dtype), None, 0)
     if bias is None:
         bias = Tensor._from_op(xp.zeros(channels, x.dtype), None, 0)
-    return BatchNorm.apply(input, weight, bias, mean=mean, var=var, eps=eps, training=training)
+    return BatchNorm.apply(input, weight, bias, mean=mean, var=var, eps=eps, training=training, count=count,
+                           reduce=reduce)
 
 
 class LayerNorm(Function):

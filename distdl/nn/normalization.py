@@ -4,6 +4,7 @@ import numpy as np
 
 from distdl import functional as F
 from distdl.backend import get_default_dtype
+from distdl.functional.norm import reduced_batch_norm
 from distdl.nn import init
 from distdl.nn.init import empty_parameter
 from distdl.nn.module import Module
@@ -37,8 +38,12 @@ class _BatchNorm(Module):
             if momentum is None:  # a cumulative average, as torch
                 momentum = 1.0 / float(self.num_batches_tracked.data)
         use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=momentum, eps=self.eps)
+        return reduced_batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                  use_batch_stats, momentum, self.eps, self._reduction() if use_batch_stats else None)
+
+    def _reduction(self):
+        """How batch statistics are summed beyond this batch: not at all (SyncBatchNorm: over the ranks)."""
+        return None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
