@@ -91,7 +91,8 @@ class LSTMSequence(_Recurrence):
         half[2 * hidden:3 * hidden] = 1
         shift = half.copy()
         shift[2 * hidden:3 * hidden] = 0
-        gates = xp.multiply(xw.transpose(0, 2, 1), half, order="C")  # (T, 4H, N)
+        gates = xp.empty((steps, width, batch), xw.dtype)
+        xp.multiply(xw.transpose(0, 2, 1), half, out=gates)
         w_scaled = w_hh * half
         recurrent = xp.empty((width, batch), xw.dtype)
         hs = xp.empty((steps + 1, hidden, batch), xw.dtype)
@@ -128,7 +129,7 @@ class LSTMSequence(_Recurrence):
         g_out = g_out.transpose(0, 2, 1)
         d_pre = xp.empty_like(gates)
         d_split = d_pre.reshape(steps, 4, hidden, batch)
-        dh, dc = xp.array(g_hn.T, order="C"), xp.array(g_cn.T, order="C")
+        dh, dc = g_hn.T.copy(), g_cn.T.copy()  # C order, and ours to change in place
         w_t = w_hh.T
         for t in range(steps - 1, -1, -1):
             dh += g_out[t]
