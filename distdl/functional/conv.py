@@ -72,11 +72,11 @@ class Conv2d(Function):
         gxh = xp.zeros(xh.shape, g.dtype) if needs[0] else None
         wmat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
         for block in _blocks(g.shape[0]):
-            gb = xp.ascontiguousarray(gh[block]).reshape(-1, o)
+            g_block = xp.ascontiguousarray(gh[block]).reshape(-1, o)
             if gw is not None:
-                gw += gb.T @ windows[block].reshape(-1, kh * kw * c)
+                gw += g_block.T @ windows[block].reshape(-1, kh * kw * c)
             if gxh is not None:
-                gcols = (gb @ wmat).reshape(-1, oh, ow, kh, kw, c)
+                gcols = (g_block @ wmat).reshape(-1, oh, ow, kh, kw, c)
                 target = gxh[block]
                 for i in range(kh):
                     for j in range(kw):
