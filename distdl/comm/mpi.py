@@ -26,6 +26,7 @@ from distdl.comm.signature import describe, describe_signature, signature
 SPIN_SECONDS = 1e-4  # poll without yielding this long: a late peer is usually only a few microseconds late
 PATIENT_SECONDS = 1.0  # a small call waiting longer than this sleeps between polls: its peer is late
 SMALL_BYTES = 1 << 20  # (a large one keeps polling: a poll is what moves MPI's data, and it may just be long)
+ABORT_DELAY_SECONDS = 0.3  # before MPI_Abort, so that mpiexec has forwarded the traceback
 
 
 def mpi():
@@ -152,7 +153,9 @@ def abort_on_uncaught_exception():
 
     def hook(kind, value, traceback):
         previous(kind, value, traceback)
+        sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_DELAY_SECONDS)  # mpiexec forwards output asynchronously
         mpi().COMM_WORLD.Abort(1)
 
     sys.excepthook = hook
