@@ -17,7 +17,7 @@ from launcher.spec import THREAD_VARIABLES, TORCH_VARIABLES, JobSpec, find_mpiex
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="distdl-run", description="Start N distdl workers, watch them, stop the job when one fails, "
+        prog="distdl-run", allow_abbrev=False, description="Start N distdl workers, watch them, stop the job when one fails, "
         "restart it from the newest checkpoint if asked. torchrun's, mpirun's and horovodrun's option names work.")
     parser.add_argument("-n", "-np", "--nproc-per-node", "--nproc_per_node", type=options.workers_value,
                         dest="nproc", help="workers on this node (with -H/--hostfile: in all); a number, or auto "
@@ -64,11 +64,33 @@ def _version():
         return "(not installed)"
 
 
+def split_at_target(parser, argv):
+    """distdl-run's own arguments, and the script (or -m module's arguments) with what follows it.
+
+    Nothing after the script is read as an option of distdl-run, as with torchrun and
+    mpirun: a script may have its own ``--timeout`` or ``--log``.
+    """
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv[:i], argv[i + 1:]
+        if not token.startswith("-") or token == "-":
+            return argv[:i], argv[i:]
+        action = parser._option_string_actions.get(token)  # --name=value and -n4 carry their value
+        if action is not None and action.dest == "module":
+            return argv[:i + 2], argv[i + 2:]
+        i += 2 if action is not None and action.nargs != 0 else 1
+    return argv, []
+
+
 def parse_args(argv):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.module and args.script:
-        args.args = [args.script] + args.args
+    own, target = split_at_target(parser, list(argv))
+    args = parser.parse_args(own)
+    if not args.module:
+        args.script, target = (target[0], target[1:]) if target else (None, [])
+    args.args = target
     if not args.module and not args.script and not args.check:
         parser.error("give a script to run (or -m module)")
     if args.script and not args.module and not args.dry_run and not os.path.isfile(args.script):

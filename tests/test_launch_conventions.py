@@ -129,6 +129,16 @@ def test_a_missing_script_is_refused_before_any_worker_starts(tmp_path):
     assert "no worker was started" in result.stderr and time.monotonic() - start < 20
 
 
+def test_what_follows_the_script_is_the_scripts_even_where_it_looks_like_distdl_runs(tmp_path):
+    script = tmp_path / "echo_args.py"
+    script.write_text("import sys\nprint('args', sys.argv[1:])\n")
+    result = distdl_run("-n", 1, "--timeout=30", script, "--log", "x", "--timeout", "5", "-n", "9", "--", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "args ['--log', 'x', '--timeout', '5', '-n', '9', '--']" in result.stdout, result.stdout
+    refused = distdl_run("--max-rest", 1, script, timeout=30)  # no abbreviations: they would take the script's names
+    assert refused.returncode == 2 and "unrecognized arguments: --max-rest" in refused.stderr
+
+
 def test_version():
     result = distdl_run("--version", timeout=30)
     assert result.returncode == 0 and re.fullmatch(r"distdl-run \d+\.\d+\S*\n", result.stdout), result.stdout
