@@ -146,7 +146,8 @@ class ZMQCommunicator(Communicator):
         """Send ``payload`` (an array) to ``peer`` as part of ``call``; large ones without a copy, tracked."""
         header = pack_header(call, self.rank, tag)
         if payload.nbytes >= ZERO_COPY_BYTES:
-            self._trackers.append(self._outbox[peer].send_multipart([header, payload], copy=False, track=True))
+            tracker = self._outbox[peer].send_multipart([header, payload], copy=False, track=True)
+            self._trackers.append((peer, tracker))
         else:
             self._outbox[peer].send_multipart([header, payload])
 
@@ -184,17 +185,21 @@ class ZMQCommunicator(Communicator):
                 if now < spin_until:
                     continue
                 self._check_peer(peer, call, now - start)
-                for sock, _ in self._poller.poll(POLL_MS):
-                    if sock is self._inbox_monitor:
-                        self._gatekeeper.refusals.drain(sock)
-                    elif sock in self._monitor_of:
-                        if recv_monitor_message(sock)["event"] == zmq.EVENT_DISCONNECTED:
-                            self._lost.setdefault(self._monitor_of[sock], time.monotonic())
+                self._watch_connections(POLL_MS)
                 continue
             sender = self._sender_of(frames, call)
             if sender == peer:
                 return frames
             self._stash[sender].append(frames)
+
+    def _watch_connections(self, timeout_ms):
+        """Wait up to ``timeout_ms`` for the inbox; meanwhile note peers whose connection went away."""
+        for sock, _ in self._poller.poll(timeout_ms):
+            if sock is self._inbox_monitor:
+                self._gatekeeper.refusals.drain(sock)
+            elif sock in self._monitor_of:
+                if recv_monitor_message(sock)["event"] == zmq.EVENT_DISCONNECTED:
+                    self._lost.setdefault(self._monitor_of[sock], time.monotonic())
 
     def _sender_of(self, frames, call):
         """The rank whose connection ``frames`` came by, once they are seen to be a message of its own."""
@@ -227,16 +232,18 @@ class ZMQCommunicator(Communicator):
 
         A send may take long (a peer paused, a loaded machine); only DISTDL_TIMEOUT makes it an error.
         """
-        deadline = time.monotonic() + self.timeout
-        for tracker in self._trackers:
+        start = time.monotonic()
+        for peer, tracker in self._trackers:
             while not tracker.done:
-                if time.monotonic() > deadline:
+                if time.monotonic() - start > self.timeout:
                     raise CollectiveTimeoutError(f"rank {self.rank}: {describe_signature(call)} could not deliver "
-                                                 f"its data within {self.timeout:g} s: a peer stopped receiving")
+                                                 f"its data to rank {peer} within {self.timeout:g} s: it stopped "
+                                                 "receiving")
                 try:
-                    tracker.wait(0.05)
+                    tracker.wait(POLL_MS / 1000)
                 except zmq.NotDone:
-                    pass
+                    self._watch_connections(0)
+                    self._check_peer(peer, call, 0)  # a peer that died takes its unread data with it
         self._trackers.clear()
 
     def _call(self, collective, op, array, root=-1):
