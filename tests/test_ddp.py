@@ -129,7 +129,8 @@ def test_rank_0_evaluating_alone_while_rank_1_shuts_down_is_named_within_2_secon
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skipped_alike(backend):
-    """fp16 with an Inf and a NaN: bit-identical; "skip": both ranks skip step 3, replicas bit-identical, the
+    """Finite gradients whose sum overflows: skipped alike, or named; fp16 with an Inf and a NaN: bit-identical;
+    "skip": both ranks skip step 3, replicas bit-identical, the
     parameters those of one process that left step 3 out; "error": every rank names rank 1 and step 3."""
     result = run(backend, 2, "ddp.py", "nonfinite", timeout=90)
     ran_everywhere(result, 2, "nonfinite")
@@ -137,6 +138,8 @@ def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skippe
     for rank in range(2):
         assert (f"rank {rank} stopped: rank {rank}: step 3: a NaN or Inf gradient on rank 1 (first non-finite "
                 "parameter: rank 1: 4.bias)") in output, output
+        assert f"rank {rank} stopped: rank {rank}: step 1: every rank's gradient was finite, but their sum " \
+               "overflowed to Inf in bias" in output, output
 
 
 def mlp():

@@ -192,17 +192,11 @@ class DistributedDataParallel:
             self._next_bucket += 1
 
     def _locally_nonfinite(self, bucket):
-        """Whether this rank's gradients in ``bucket`` hold a NaN or Inf; the first such parameter is remembered.
-
-        One BLAS dot product: NaN and Inf make it non-finite. Only then (or when it
-        overflowed) are the parameters looked at one by one.
-        """
-        if math.isfinite(bucket.grads.dot(bucket.grads)):
-            return False
-        bad = [p for p in bucket.params if not np.isfinite(bucket.views[p]).all()]
-        if bad and self._local_nonfinite is None:
-            self._local_nonfinite = self._names[bad[0]]
-        return bool(bad)
+        """Whether this rank's gradients in ``bucket`` hold a NaN or Inf; the first such parameter is remembered."""
+        bad = _first_nonfinite(bucket)
+        if bad is not None and self._local_nonfinite is None:
+            self._local_nonfinite = self._names[bad]
+        return bad is not None
 
     def _start(self, bucket):
         """Average ``bucket`` over the ranks: the hook on its thread, else an allreduce.
@@ -280,6 +274,10 @@ class DistributedDataParallel:
         self.steps += had_batch
         if any(bucket.control[control.NONFINITE] for bucket in self.buckets):
             self._on_nonfinite(had_batch)
+        else:  # finite on every rank, but the sum may still overflow: the same verdict on every rank
+            overflowed = next((bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
+            if overflowed is not None:
+                self._on_overflow(had_batch, self._names[overflowed])
 
     def _raise_step_mismatch(self, had_batch):
         """Every rank's step, gathered (one extra collective, only now) to name them."""
@@ -291,13 +289,16 @@ class DistributedDataParallel:
             f"({described}); every rank must run the same synced steps: a rank skipped or added one (for uneven "
             "inputs use `with ddp.join():`)")
 
+    def _skip_step(self):
+        for p in self._params:
+            p.grad = None  # optimizers skip parameters without a gradient: nothing moves
+        self.skipped_steps += 1
+        self.step_skipped = True
+
     def _on_nonfinite(self, had_batch):
         """Some rank's gradient was NaN or Inf: stop every rank, naming them, or skip the step on every rank."""
         if self.nonfinite == "skip":
-            for p in self._params:
-                p.grad = None  # optimizers skip parameters without a gradient: nothing moves
-            self.skipped_steps += 1
-            self.step_skipped = True
+            self._skip_step()
             return
         culprits = self.comm.allgather_json(self._local_nonfinite)  # one extra collective, only now
         ranks = [r for r, name in enumerate(culprits) if name is not None]
@@ -308,6 +309,17 @@ class DistributedDataParallel:
             f"{', '.join(map(str, ranks))} (first non-finite parameter: {where}); averaged, it would reach every "
             "replica, so every rank stops here. Look at those ranks' inputs of this step and the learning rate, or "
             "pass nonfinite='skip' to skip such steps")
+
+    def _on_overflow(self, had_batch, name):
+        """Every rank's gradient was finite but their average is not: the reduction overflowed."""
+        if self.nonfinite == "skip":
+            self._skip_step()
+            return
+        step = f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
+        raise NonFiniteGradientError(
+            f"rank {self.comm.rank}: {step}: every rank's gradient was finite, but their sum overflowed to Inf in "
+            f"{name}; the gradients are too large for {self.buckets[0].grads.dtype}: lower the learning rate or "
+            "the loss scale, clip the gradients, or pass nonfinite='skip' to skip such steps")
 
     @contextmanager
     def no_sync(self):
@@ -402,6 +414,17 @@ def _run_hook(hook, state, bucket):
     handle = hook(state, bucket)
     if handle is not None:
         handle.wait()
+
+
+def _first_nonfinite(bucket):
+    """The first parameter of ``bucket`` whose gradient holds a NaN or Inf, else None.
+
+    One BLAS dot product in the common case: NaN and Inf make it non-finite. Only then
+    (or when the dot product itself overflowed) are the parameters looked at one by one.
+    """
+    if math.isfinite(bucket.grads.dot(bucket.grads)):
+        return None
+    return next((p for p in bucket.params if not np.isfinite(bucket.views[p]).all()), None)
 
 
 def _home(param, bucket):

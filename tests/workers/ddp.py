@@ -13,8 +13,9 @@ stall                        rank 1 stops itself (SIGSTOP) inside a 64 MiB allre
 uneven join|nojoin           rank r has 6 - 2r batches: with join() one process on the same batches is the reference;
                              without, a named error
 evaluate                     rank 0 alone evaluates while rank 1 shuts down: a named error within 2 s (on both)
-nonfinite                    fp16 hook with an Inf and a NaN; NaN in rank 1's input at step 3 skipped alike
-                             (nonfinite="skip", with and without the fp16 hook); then the error names rank 1 and step 3
+nonfinite                    finite gradients whose sum overflows; fp16 hook with an Inf and a NaN; NaN in rank 1's
+                             input at step 3 skipped alike (nonfinite="skip", with and without the fp16 hook);
+                             then the error names rank 1 and step 3
 """
 
 import copy
@@ -363,7 +364,22 @@ def train_with_a_nan(comm, policy, hook, bad_step=3, steps=5):
         np.testing.assert_allclose(p.data, q.data, rtol=0, atol=tolerance * np.abs(q.data).max())
 
 
+def overflow(comm):
+    """Every rank's gradient is finite (3e38) but their float32 sum is not: skipped alike, or named."""
+    for policy in ("skip", "error"):
+        model = nn.Linear(2, 1)
+        ddp = dl.DistributedDataParallel(model, nonfinite=policy)
+        try:
+            (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
+        except NonFiniteGradientError as exc:
+            assert policy == "error" and "sum overflowed to Inf in bias" in str(exc), exc
+            print(f"rank {comm.rank} stopped: {exc}", flush=True)
+        else:
+            assert policy == "skip" and ddp.step_skipped and model.weight.grad is None, policy
+
+
 def nonfinite(comm):
+    overflow(comm)
     for bad in (np.inf, np.nan):
         hook_alone(comm, bad)
     train_with_a_nan(comm, "skip", None)
