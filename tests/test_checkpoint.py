@@ -310,9 +310,11 @@ def test_twenty_kills_at_random_moments_of_20_mb_saves_never_lose_the_previous_c
     assert writer.stdout.readline() == "saved\n"
     duration = time.monotonic() - begun  # of the save alone: the kills fall inside it
     assert writer.wait(timeout=60) == 0
-    model, good, interrupted = nn.Linear(2500, 2000), 0, 0
+    model, good, interrupted, step = nn.Linear(2500, 2000), 0, 0, 0
     rng = random.Random(16)
-    for step in range(1, 21):
+    while step < 20 or interrupted < 5:  # at least 20 kills, and 5 of them mid-write, whatever the load
+        step += 1
+        assert step <= 80, f"only {interrupted} of {step - 1} kills landed mid-write"
         writer = write(step)
         try:
             assert writer.stdout.readline() == "saving\n"
@@ -321,19 +323,20 @@ def test_twenty_kills_at_random_moments_of_20_mb_saves_never_lose_the_previous_c
         finally:
             writer.kill()
             writer.wait(timeout=30)
-        interrupted += any(".tmp-" in name for name in os.listdir(tmp_path))
+        mid_write = any(".tmp-" in name for name in os.listdir(tmp_path))
+        interrupted += mid_write
+        duration *= 1 if mid_write else 1.2  # a loaded machine stretches the time before the write begins
         with dl.CheckpointManager(tmp_path) as manager:
             state = manager.restore_latest(model=model)
         assert state["step"] in (good, step)  # the previous one, or the new one if the kill came after its rename
         good = state["step"]
         assert np.all(model.weight.data == good)
         assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]  # the dead writer's file is gone
-    assert interrupted >= 5, f"only {interrupted} of 20 kills landed mid-write"
-    writer = write(21)
+    writer = write(step + 1)
     assert writer.wait(timeout=60) == 0
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
-    assert dl.CheckpointManager(tmp_path).steps()[-1] == 21
-    assert time.monotonic() - start < 120
+    assert dl.CheckpointManager(tmp_path).steps()[-1] == step + 1
+    assert time.monotonic() - start < 180
 
 
 def handmade_zip(path, members):
