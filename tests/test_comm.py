@@ -302,9 +302,14 @@ def test_zmq_under_load_with_a_rank_paused_every_second(tmp_path):
 
 
 def job_sockets(directory, size):
-    """The abstract ipc names the ranks of a job listened at (they leave no file), and the distdl files in /tmp."""
+    """The abstract ipc names the ranks of a job listened at (they leave no file), and the socket files in /tmp."""
     names = [json.loads((directory / f"rank-{rank}.json").read_text())["ipc"][len("ipc://@"):] for rank in range(size)]
-    return names, set(Path(tempfile.gettempdir()).glob("distdl-*"))
+    return names, socket_files()
+
+
+def socket_files():
+    """distdl's socket files in /tmp (other distdl files, e.g. a concurrent launcher's, are not this test's)."""
+    return set(Path(tempfile.gettempdir()).glob("distdl-*.sock"))
 
 
 def listening(names):
@@ -313,7 +318,7 @@ def listening(names):
 
 
 def test_no_socket_of_a_job_remains_after_it_was_killed(tmp_path):
-    files_before = set(Path(tempfile.gettempdir()).glob("distdl-*"))
+    files_before = socket_files()
     job = ZMQJob(2, "exact_job.py", tmp_path)
     try:
         for rank in range(2):
@@ -324,4 +329,4 @@ def test_no_socket_of_a_job_remains_after_it_was_killed(tmp_path):
     finally:
         result = job.finish(60)
     assert result.returncodes[1] == -9 and "PeerLostError" in result.outputs[0], str(result)
-    assert listening(names) == [] and set(Path(tempfile.gettempdir()).glob("distdl-*")) == files_before
+    assert listening(names) == [] and socket_files() == files_before
