@@ -31,24 +31,22 @@ def workers_value(text):
     return positive(text)
 
 
-def positive(text):
+def _whole_number(text, least, allowed):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value}: give {allowed}")
     return value
+
+
+def positive(text):
+    return _whole_number(text, 1, "at least 1")
 
 
 def non_negative(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: give 0 or more")
-    return value
+    return _whole_number(text, 0, "0 or more")
 
 
 def nodes_value(text):

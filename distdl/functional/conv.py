@@ -36,6 +36,15 @@ def _blocks(n):
     return [slice(s, min(s + SAMPLES_PER_BLOCK, n)) for s in range(0, n, SAMPLES_PER_BLOCK)]
 
 
+def _geometry(size, kernel, stride, dilation):
+    """(kernel, stride, dilation, output size) of a convolution over a padded input of ``size``."""
+    (h, w), (kh, kw) = size, kernel
+    oh, ow = output_size(h, kh, stride[0], dilation[0]), output_size(w, kw, stride[1], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"conv2d: kernel {kernel} with dilation {dilation} is larger than the padded input {size}")
+    return kernel, stride, dilation, (oh, ow)
+
+
 class Conv2d(Function):
     """Keeps the padded NHWC input and recomputes each block's columns in backward: no columns stay alive."""
 
@@ -44,10 +53,8 @@ class Conv2d(Function):
         o, c, kh, kw = weight.shape
         xh = channels_last(x, padding)
         n, h, w, _ = xh.shape
-        oh, ow = output_size(h, kh, stride[0], dilation[0]), output_size(w, kw, stride[1], dilation[1])
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"conv2d: kernel {(kh, kw)} with dilation {dilation} is larger than the padded input {(h, w)}")
-        self.geometry = (kh, kw), stride, dilation, (oh, ow)
+        self.geometry = _geometry((h, w), (kh, kw), stride, dilation)
+        oh, ow = self.geometry[3]
         wmat_t = weight.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)  # rows in the columns' (kh, kw, c) order
         out = xp.empty((n, oh, ow, o), x.dtype)
         windows = _windows(xh, *self.geometry)
@@ -106,10 +113,8 @@ class Conv2dNCHW(Function):
         o, c, kh, kw = weight.shape
         x = pad2d(x, padding)
         n, _, h, w = x.shape
-        oh, ow = output_size(h, kh, stride[0], dilation[0]), output_size(w, kw, stride[1], dilation[1])
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"conv2d: kernel {(kh, kw)} with dilation {dilation} is larger than the padded input {(h, w)}")
-        self.geometry = (kh, kw), stride, dilation, (oh, ow)
+        self.geometry = _geometry((h, w), (kh, kw), stride, dilation)
+        oh, ow = self.geometry[3]
         self.save_for_backward(x, weight)
         self.padding = padding
         out = xp.empty((n, oh * ow, o), x.dtype)
