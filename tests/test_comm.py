@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import distdl as dl
-from distdl.comm import LocalCommunicator, choose_backend
+from distdl.comm import LocalCommunicator, choose_backend, security
 from multiproc import WORKERS, ZMQJob, run, run_mpi, run_zmq
 
 BACKENDS = ["mpi", "zmq"]
@@ -140,6 +140,16 @@ def test_a_peer_that_never_calls_times_out_with_a_named_collective(backend):
     assert "CollectiveTimeoutError: rank 0: allreduce #1 (sum, float64, 10 elements) waited 2 s" in output, output
     if backend == "zmq":
         assert "for rank 1" in output
+
+
+def test_a_rendezvous_cookie_is_valid_at_once_on_its_connection_only_and_not_once_it_expired():
+    cookies = security.Cookies(lifetime=0.2)
+    assert all(cookies.valid(b"route-a", cookies.issue(b"route-a")) for _ in range(2000))  # at once, as a fast
+    fresh = [cookies.issue(b"route-a") for _ in range(10)]  # rank's answer comes: a rounded issue time failed half
+    assert not any(cookies.valid(b"route-b", cookie) for cookie in fresh)
+    assert not cookies.valid(b"route-a", fresh[0].replace(":", ":0", 1)) and not cookies.valid(b"route-a", "1:2")
+    time.sleep(0.3)
+    assert not cookies.valid(b"route-a", fresh[-1])
 
 
 def test_init_is_idempotent_and_local_by_default(monkeypatch):
