@@ -265,6 +265,7 @@ def test_closing_while_a_peer_is_in_another_collective_fails_both_within_a_secon
         line = re.search(rf"rank {rank} after ([\d.]+) s: CollectiveMismatchError: (.*)", output)
         assert line and float(line.group(1)) < 1.0, output
         assert "allreduce #2 (sum, float64, 10 elements)" in line.group(2) and "barrier #2" in line.group(2), output
+    assert "rank 1 is closing its communicator (dl.shutdown(), or the end of the script)" in output, output
 
 
 def test_ending_the_script_unclosed_runs_the_checked_barrier_and_exits_1():

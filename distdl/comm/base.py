@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from distdl.comm.errors import DistError
+from distdl.comm.errors import CollectiveMismatchError, DistError
 from distdl.comm.ordering import CommThread
 from distdl.comm.signature import OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES
 
@@ -172,11 +172,20 @@ class Communicator:
             if self._failure is None:
                 self._before_collective()
                 if self.size > 1:
-                    self._run(self._barrier)
+                    self._closing_barrier()
         finally:
             self._calls.stop()
             self._closed = True
             self._release()
+
+    def _closing_barrier(self):
+        try:
+            self._run(self._barrier)
+        except CollectiveMismatchError as exc:
+            raise CollectiveMismatchError(
+                f"rank {self.rank} is closing its communicator (dl.shutdown(), or the end of the script) while "
+                "another rank is still in a collective: a rank ended its loop early (for uneven inputs use "
+                f"`with ddp.join():`), left by sys.exit, or only some ranks made a call. {exc}") from exc
 
     def abandon(self, reason):
         """Close at once, without the barrier: this process is ending on an error (its peers will see it go)."""
