@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 
 import numpy as np
@@ -50,8 +51,9 @@ from distdl.timing import StepTimer
 log = logging.getLogger("distdl.trainer")
 
 
-class History:
-    """Per-epoch figures, as Keras keeps them: ``history.history["val_accuracy"][-1]``."""
+class History(Mapping):
+    """Per-epoch figures, as Keras keeps them: ``history.history["val_accuracy"][-1]``; also a read-only mapping
+    of those lists (``history["loss"]``, ``"val_loss" in history``, ``dict(history)``)."""
 
     def __init__(self, epoch=None, history=None):
         self.epoch = list(epoch or [])
@@ -64,6 +66,12 @@ class History:
 
     def __getitem__(self, key):
         return self.history[key]
+
+    def __iter__(self):
+        return iter(self.history)
+
+    def __len__(self):
+        return len(self.history)
 
     def __repr__(self):
         last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
