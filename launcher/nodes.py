@@ -254,8 +254,8 @@ class Coordinator(_Link):
         return True
 
     def _peer_failure(self):
-        for node, why in self.lost.items():
-            return Failure(Kind.PEER_NODE_FAILED, detail=why)
+        if self.lost:
+            return Failure(Kind.PEER_NODE_FAILED, detail=next(iter(self.lost.values())))
         for node, result in sorted(self.results.get(self.attempt, {}).items()):
             if not result.get("ok"):
                 return Failure(Kind.PEER_NODE_FAILED, detail=f"node {node}: {str(result.get('why'))[:500]}")

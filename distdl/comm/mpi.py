@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from distdl.comm.base import Communicator
-from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError
+from distdl.comm.errors import CollectiveTimeoutError
 from distdl.comm.reduction import finish_mean, split_counts
-from distdl.comm.signature import describe, describe_signature, signature
+from distdl.comm.signature import check_agreed, describe, signature
 
 SPIN_SECONDS = 1e-4  # poll without yielding this long: a late peer is usually only a few microseconds late
 PATIENT_SECONDS = 1.0  # a small call waiting longer than this sleeps between polls: its peer is late
@@ -61,11 +61,7 @@ class MPICommunicator(Communicator):
         mine = np.array(signature(self._seq, collective, op, array, root), np.int64)
         everyone = np.empty((self.size, len(mine)), np.int64)
         self._wait(self._comm.Iallgather(mine, everyone), collective, op, array)
-        if not (everyone == mine).all():
-            calls = "; ".join(f"rank {r}: {describe_signature(row)}" for r, row in enumerate(everyone))
-            raise CollectiveMismatchError(
-                f"rank {self.rank}: ranks made different collective calls ({calls}); every rank must call the "
-                "same collectives in the same order with the same op, dtype and size")
+        check_agreed(self.rank, everyone, mine)
 
     def _wait(self, request, collective, op, array):
         """Wait for an MPI request, no longer than the timeout.

@@ -43,10 +43,10 @@ def _receive(socket, deadline):
     return socket.recv_multipart(copy=False)
 
 
-def _json_object(frame):
-    """The JSON object in ``frame``, or None when it is anything else."""
+def _json_object(data):
+    """The JSON object in ``data`` (bytes or text), or None when it is anything else."""
     try:
-        value = json.loads(frame.bytes)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -92,7 +92,7 @@ def _answer(socket, deadline, rank, master):
     if frames is None:
         raise RendezvousError(f"rank {rank}: rank 0 did not answer at {master} in time; check that rank 0 runs "
                               "and that DISTDL_MASTER_ADDR and DISTDL_MASTER_PORT point at it")
-    message = _json_object(frames[-1])
+    message = _json_object(frames[-1].bytes)
     if message is None:
         raise RendezvousError(f"rank {rank}: the process at {master} is not a distdl rendezvous (it answered "
                               f"{frames[-1].bytes[:40]!r})")
@@ -173,7 +173,7 @@ class _Rendezvous:
         route = [frames[0].bytes]
         if route[0] in self.refused or any(route == r for r, _ in self.routes):
             return  # refused already, or a rank that registered and now waits: nothing more to say
-        message = _json_object(frames[-1]) if len(frames) == 2 else None
+        message = _json_object(frames[-1].bytes) if len(frames) == 2 else None
         if message is None or message.get("type") not in ("hello", "register"):
             return self.refuse(frames, route, "a message that is not a distdl registration")
         if message["type"] == "hello":
@@ -184,7 +184,7 @@ class _Rendezvous:
         if not security.verify(self.run_id, message.get("proof"), "register", *parts):
             return self.refuse(frames, route, "a wrong proof of the run token: it belongs to another job, or the "
                                               "job's workers were started with different environments")
-        hello = _json_object_text(parts[2])
+        hello = _json_object(parts[2])
         problem = _malformed(hello)
         if problem:
             return self.refuse(frames, route, problem)
@@ -221,14 +221,6 @@ class _Rendezvous:
             _send(self.socket, route, {"type": "error", "error": reason,
                                        "proof": security.proof(self.run_id, "error", own_nonce, reason)})
         raise RendezvousError(f"rank 0: {reason}")
-
-
-def _json_object_text(text):
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 PEER_FIELDS = {"host": str, "tcp": str, "key": str}

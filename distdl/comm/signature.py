@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 
+from distdl.comm.errors import CollectiveMismatchError
+
 REDUCE_OPS = ("sum", "mean", "max", "min", "prod")
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))
 WIRE_DTYPES = SUPPORTED_DTYPES + (np.dtype(np.uint8),)  # uint8: JSON bytes, moved only by the communicator itself
@@ -59,3 +61,12 @@ def describe_signature(sig):
     text = describe(name(COLLECTIVES, collective, "collective") or "no collective", name(REDUCE_OPS, op, "op"),
                     name(WIRE_DTYPES, dtype, "dtype"), count if count >= 0 else None, seq)
     return text + (f" root {root}" if root >= 0 else "")
+
+
+def check_agreed(rank, everyone, mine):
+    """Raise CollectiveMismatchError naming every rank's call unless every row of ``everyone`` is ``mine``."""
+    if not (everyone == mine).all():
+        calls = "; ".join(f"rank {r}: {describe_signature(row)}" for r, row in enumerate(everyone))
+        raise CollectiveMismatchError(
+            f"rank {rank}: ranks made different collective calls ({calls}); every rank must call the same "
+            "collectives in the same order with the same op, dtype, size and root")

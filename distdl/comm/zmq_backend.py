@@ -42,7 +42,7 @@ from distdl.comm import rendezvous, security
 from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
 from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
-from distdl.comm.signature import HEADER, describe_signature, pack_header, signature, unpack_header
+from distdl.comm.signature import HEADER, check_agreed, describe_signature, pack_header, signature, unpack_header
 
 SPIN_SECONDS = 200e-6
 POLL_MS = 50  # a blocked receive wakes this often to check deadlines and lost peers
@@ -275,11 +275,7 @@ class ZMQCommunicator(Communicator):
             everyone[(self.rank - step - 1) % self.size] = self._recv(left, call, AGREE_TAG, SIGNATURE_DTYPE,
                                                                       mine.size, agree=True)
         self._flush(call)
-        if not (everyone == mine).all():
-            calls = "; ".join(f"rank {r}: {describe_signature(row)}" for r, row in enumerate(everyone))
-            raise CollectiveMismatchError(
-                f"rank {self.rank}: ranks made different collective calls ({calls}); every rank must call the "
-                "same collectives in the same order with the same op, dtype, size and root")
+        check_agreed(self.rank, everyone, mine)
 
     # -- algorithms ----------------------------------------------------------------------------------------------
     def _allreduce(self, array, op, check):

@@ -136,16 +136,19 @@ class DistributedDataParallel:
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if self._broadcasts_buffers():
-            self._broadcast(self._buffers())
+        self._sync_buffers()
         self._prepare_for_backward()
         return self.module(*args, **kwargs)
 
     def _buffers(self):
         return [b for b in self.module.buffers() if b is not None]
 
-    def _broadcasts_buffers(self):
-        return self.module.training and self.broadcast_buffers and self.comm.size > 1 and bool(self._buffers())
+    def _sync_buffers(self):
+        """Rank 0's buffers (BatchNorm's running statistics) to every rank before a training forward, as torch."""
+        if self.module.training and self.broadcast_buffers and self.comm.size > 1:
+            buffers = self._buffers()
+            if buffers:
+                self._broadcast(buffers)
 
     def _prepare_for_backward(self):
         """Arm the sync for the next backward; every bucket waits for all its gradients again."""
@@ -272,12 +275,17 @@ class DistributedDataParallel:
                 for bucket in self.buckets:
                     bucket.grads *= bucket.grads.dtype.type(size / active)
         self.steps += had_batch
-        if any(bucket.control[control.NONFINITE] for bucket in self.buckets):
-            self._on_nonfinite(had_batch)
-        else:  # finite on every rank, but the sum may still overflow: the same verdict on every rank
-            overflowed = next((bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
-            if overflowed is not None:
-                self._on_overflow(had_batch, self._names[overflowed])
+        somewhere = any(bucket.control[control.NONFINITE] for bucket in self.buckets)
+        # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
+        overflowed = None if somewhere else next(
+            (bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
+        if somewhere or overflowed is not None:
+            if self.nonfinite == "skip":
+                self._skip_step()
+            elif somewhere:
+                self._raise_nonfinite(had_batch)
+            else:
+                self._raise_overflow(had_batch, self._names[overflowed])
 
     def _raise_step_mismatch(self, had_batch):
         """Every rank's step, gathered (one extra collective, only now) to name them."""
@@ -289,35 +297,30 @@ class DistributedDataParallel:
             f"({described}); every rank must run the same synced steps: a rank skipped or added one (for uneven "
             "inputs use `with ddp.join():`)")
 
+    def _step_name(self, had_batch):
+        return f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
+
     def _skip_step(self):
         for p in self._params:
             p.grad = None  # optimizers skip parameters without a gradient: nothing moves
         self.skipped_steps += 1
         self.step_skipped = True
 
-    def _on_nonfinite(self, had_batch):
-        """Some rank's gradient was NaN or Inf: stop every rank, naming them, or skip the step on every rank."""
-        if self.nonfinite == "skip":
-            self._skip_step()
-            return
+    def _raise_nonfinite(self, had_batch):
+        """Some rank's gradient was NaN or Inf: stop every rank, naming them."""
         culprits = self.comm.allgather_json(self._local_nonfinite)  # one extra collective, only now
         ranks = [r for r, name in enumerate(culprits) if name is not None]
         where = "; ".join(f"rank {r}: {culprits[r]}" for r in ranks)
-        step = f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
         raise NonFiniteGradientError(
-            f"rank {self.comm.rank}: {step}: a NaN or Inf gradient on rank{'s' * (len(ranks) > 1)} "
+            f"rank {self.comm.rank}: {self._step_name(had_batch)}: a NaN or Inf gradient on rank{'s' * (len(ranks) > 1)} "
             f"{', '.join(map(str, ranks))} (first non-finite parameter: {where}); averaged, it would reach every "
             "replica, so every rank stops here. Look at those ranks' inputs of this step and the learning rate, or "
             "pass nonfinite='skip' to skip such steps")
 
-    def _on_overflow(self, had_batch, name):
+    def _raise_overflow(self, had_batch, name):
         """Every rank's gradient was finite but their average is not: the reduction overflowed."""
-        if self.nonfinite == "skip":
-            self._skip_step()
-            return
-        step = f"step {self.steps}" if had_batch else "a step of the ranks still training (this one is in join())"
         raise NonFiniteGradientError(
-            f"rank {self.comm.rank}: {step}: every rank's gradient was finite, but their sum overflowed to Inf in "
+            f"rank {self.comm.rank}: {self._step_name(had_batch)}: every rank's gradient was finite, but their sum overflowed to Inf in "
             f"{name}; the gradients are too large for {self.buckets[0].grads.dtype}: lower the learning rate or "
             "the loss scale, clip the gradients, or pass nonfinite='skip' to skip such steps")
 
@@ -359,8 +362,7 @@ class DistributedDataParallel:
 
     def _shadow_step(self):
         """Answer one step of the ranks still training with zeros; False once every rank has joined."""
-        if self._broadcasts_buffers():
-            self._broadcast(self._buffers())
+        self._sync_buffers()
         for bucket in self.buckets:
             bucket.flat[...] = 0  # zero gradients, and control elements that say "no batch here"
         self.last_allreduces = []
