@@ -3,6 +3,7 @@
 import numpy as np
 
 import distdl as dl
+from distdl import backend
 
 
 def noncontiguous(a):
@@ -43,22 +44,30 @@ def _compare(label, analytic, shape, objective_at, rng, eps, rtol, atol, max_ful
                                        err_msg=f"directional derivative of {label}")
 
 
-def gradcheck(fn, *arrays, eps=1e-6, rtol=1e-5, atol=1e-7, max_full=150, directions=4, noncontig=False, seed=0):
-    """Check the analytic gradient of ``sum(fn(*inputs) * w)`` (w random) for every input."""
+def _host(array):
+    return None if array is None else backend.to_device(array, "cpu")
+
+
+def gradcheck(fn, *arrays, eps=1e-6, rtol=1e-5, atol=1e-7, max_full=150, directions=4, noncontig=False, seed=0,
+              device=None):
+    """Check the analytic gradient of ``sum(fn(*inputs) * w)`` (w random) for every input.
+
+    ``device`` ("cuda", "cuda:N") runs the op there; the differences are taken on the host values.
+    """
     rng = np.random.default_rng(seed)
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    tensors = [dl.tensor(noncontiguous(a) if noncontig else a, requires_grad=True) for a in arrays]
+    tensors = [dl.tensor(noncontiguous(a) if noncontig else a, requires_grad=True, device=device) for a in arrays]
     out = fn(*tensors)
-    weights = rng.standard_normal(out.shape)
+    weights = backend.as_array(rng.standard_normal(out.shape), device=device)
     out.backward(weights)
 
     for i, a in enumerate(arrays):
         def objective_at(step, i=i):
             values = [v + step if j == i else v for j, v in enumerate(arrays)]
             with dl.no_grad():
-                return float((fn(*[dl.tensor(v) for v in values]).data * weights).sum())
+                return float((fn(*[dl.tensor(v, device=device) for v in values]).data * weights).sum())
 
-        _compare(f"input {i}", tensors[i].grad, a.shape, objective_at, rng, eps, rtol, atol, max_full, directions)
+        _compare(f"input {i}", _host(tensors[i].grad), a.shape, objective_at, rng, eps, rtol, atol, max_full, directions)
 
 
 def module_gradcheck(module, *arrays, eps=1e-6, rtol=1e-5, atol=1e-7, max_full=60, directions=4, seed=0):

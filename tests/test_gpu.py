@@ -5,8 +5,21 @@ import pytest
 
 import distdl as dl
 from distdl import functional as F
+from op_checks import check_against_numpy, check_gradient
+from op_table import CASES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not dl.gpu_available(), reason="needs CuPy and a CUDA GPU")]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_gradient_on_cupy_in_float64(name):
+    check_gradient(name, "cuda")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_value_and_gradient_equal_numpy(name, dtype):
+    check_against_numpy(name, "cuda", dtype)
 
 
 def small_cnn(x, w1, w2, emb):
