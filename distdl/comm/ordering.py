@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 
+from distdl import device
 from distdl.comm.errors import DistError
 
 
@@ -83,6 +84,7 @@ class CommThread:
             self._thread = None
 
     def _serve(self):
+        device.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
         while True:
             job = self._jobs.get()
             if job is None:
