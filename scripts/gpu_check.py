@@ -1,0 +1,357 @@
+"""Every GPU check, in order, each step in its own process under its own timeout: the first run on a lent GPU.
+
+    python scripts/gpu_check.py [--simulate] [--report FILE] [--only STEP,STEP] [--budget SECONDS]
+
+Prints one line per step (name, passed/failed/skipped, seconds, detail), then ``N passed, M failed``;
+exits 0 only when every step passed. Writes a JSON report (--report; by default gpu_check.json in $OUT
+when it is set, else in the current directory) with each step's detail, figures and, on failure, the
+end of its output. The whole run stays within --budget (400 s: the 7 minutes of one H200 lease, less
+the start); a step that would start past it fails as not run, and ``--only`` reruns the ones named.
+
+``--simulate`` runs the same steps on the CPU against the simulated asynchronous device ("sim", where a
+missing event wait reads stale data) and must pass in CI. There the engine computes on NumPy, so the
+op steps compare NumPy with itself (they still run the whole checking code); the steps that need a real
+GPU report "skipped (simulate)" and count neither way: pinned_memory, nccl_one_rank, bench_vs_torch.
+
+Needs numpy, distdl's dependencies and, on a GPU, CuPy (PyTorch for the benchmark); never pytest.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (ROOT, ROOT / "tests", HERE):  # distdl from this checkout; the op table and workloads beside it
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import numpy as np  # noqa: E402
+
+import distdl as dl  # noqa: E402
+from distdl import backend, device  # noqa: E402
+
+
+class CheckFailed(AssertionError):
+    """A step's verdict with the figures that explain it (kept in the report)."""
+
+    def __init__(self, message, data=None):
+        super().__init__(message)
+        self.data = data or {}
+
+
+def engine_device(simulate):
+    """Where the engine's tensors go: the GPU, or None (NumPy, which is what the simulated device computes on)."""
+    return None if simulate else "cuda"
+
+
+def layer_device(simulate):
+    return device.get("sim" if simulate else "cuda")
+
+
+def on_host(array):
+    return backend.to_device(array, "cpu")
+
+
+def no_hidden_sync(simulate):
+    """CuPy's detector of device synchronisations (raises cupyx.DeviceSynchronized); nothing on the simulator."""
+    if simulate:
+        return contextlib.nullcontext()
+    import cupyx
+
+    warnings.filterwarnings("ignore", message="cupyx.allow_synchronize")  # deprecated, still the documented detector
+    return cupyx.allow_synchronize(False)
+
+
+def first_line(exc):
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def synchronize(simulate):
+    if not simulate:
+        backend.cupy().cuda.get_current_stream().synchronize()
+
+
+# ---------------------------------------------------------------------------------------------- the steps
+
+
+def environment(simulate):
+    """Versions, the device, its memory, NCCL, and whether MPI is CUDA-aware."""
+    info = {"python": platform.python_version(), "numpy": np.__version__, "distdl": dl.__version__}
+    for module in ("mpi4py", "zmq", "torch", "cupy"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    if simulate:
+        info["device"] = repr(layer_device(simulate))
+        return f"simulated device on numpy {np.__version__}", info
+    cp = backend.cupy()
+    count = cp.cuda.runtime.getDeviceCount()
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    free, total = cp.cuda.Device(0).mem_info
+    from cupy.cuda import nccl
+
+    info.update(devices=count, name=props["name"].decode(), memory_gib=round(total / 2**30, 1),
+                free_gib=round(free / 2**30, 1), cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                cuda_driver=cp.cuda.runtime.driverGetVersion(),
+                nccl=nccl.get_version() if nccl.available else None)
+    return (f"{count} x {info['name']} {info['memory_gib']} GiB, CuPy {cp.__version__}, CUDA {info['cuda_runtime']}, "
+            f"NCCL {info['nccl']}, torch {info['torch']}"), info
+
+
+def device_layer(simulate):
+    """Copies both ways on a side stream, ordered by events against the compute stream; a kernel launched there."""
+    dev = device.bind("sim" if simulate else "cuda")
+    xp, n = dev.xp, 1 << 20
+    compute, side = dev.compute_stream(), dev.new_stream()
+    x = dev.empty((n,), np.float32)
+    x[...] = xp.arange(n, dtype=xp.float32)  # on the compute stream
+    side.wait_event(dev.record_event(compute))
+    host = dev.pinned_empty((n,), np.float32)
+    host.fill(-1)
+    dev.copy_to_host(x, host, side)
+    copied = dev.record_event(side)
+    if simulate and not (host == -1).all():
+        raise CheckFailed("the simulated copy to the host took effect before its event was synchronized")
+    copied.synchronize()
+    if not np.array_equal(host, np.arange(n, dtype=np.float32)):
+        raise CheckFailed("device -> pinned host copy: wrong values after its event")
+    staged = dev.pinned_empty((n,), np.float32)
+    staged[...] = 2 * np.arange(n, dtype=np.float32)
+    y = dev.empty((n,), np.float32)
+    dev.copy_to_device(staged, y, side)
+    dev.launch(side, lambda a: xp.multiply(a, 3, out=a), y)
+    tripled = dev.record_event(side)
+    compute.wait_event(tripled)  # what the compute stream does next sees the kernel's result
+    got = on_host(y + 0)
+    if not np.array_equal(got, 6 * np.arange(n, dtype=np.float32)):
+        raise CheckFailed("pinned host -> device copy and a kernel on a side stream: wrong values after the wait")
+    if not tripled.query():
+        raise CheckFailed("an event the compute stream has waited on is not done")
+    return f"{dev}: device->host, host->device and a kernel on a side stream, ordered by events", {}
+
+
+def pinned_memory(simulate):
+    """pinned_empty is page-locked (so copies are asynchronous), and what a large copy each way achieves."""
+    dev, cp = device.bind("cuda"), backend.cupy()
+    n = 64 << 20  # 256 MiB of float32
+    host = dev.pinned_empty((n,), np.float32)
+    kind = cp.cuda.runtime.pointerGetAttributes(host.ctypes.data).type
+    if kind != cp.cuda.runtime.memoryTypeHost:
+        raise CheckFailed(f"pinned_empty gave memory of CUDA type {kind}, not page-locked host memory")
+    x, stream = cp.ones(n, cp.float32), dev.new_stream()
+    figures = {}
+    for name, copy, args in (("d2h_GBps", dev.copy_to_host, (x, host)), ("h2d_GBps", dev.copy_to_device, (host, x))):
+        dev.compute_stream().synchronize()
+        start = time.perf_counter()
+        launch_end = None
+        for _ in range(4):
+            copy(*args, stream)
+            launch_end = launch_end or time.perf_counter() - start
+        dev.record_event(stream).synchronize()
+        figures[name] = round(4 * 4 * n / (time.perf_counter() - start) / 1e9, 1)
+        figures[name.replace("GBps", "first_call_ms")] = round(1e3 * launch_end, 2)
+    if not np.all(host == 1):
+        raise CheckFailed("pinned round trip: wrong values")
+    return f"page-locked; 256 MiB copies: {figures['d2h_GBps']} GB/s to the host, {figures['h2d_GBps']} GB/s back", figures
+
+
+def _each_case(check, names):
+    failures = []
+    for name in names:
+        try:
+            check(name)
+        except Exception as exc:  # every op's verdict in one run: a lent GPU is rare
+            failures.append(f"{name}: {first_line(exc)[:200]}")
+    return failures
+
+
+def ops_gradcheck(simulate):
+    """Every op of tests/op_table.py: its gradient on the device against finite differences, in float64."""
+    from op_checks import check_gradient
+    from op_table import CASES
+
+    where = engine_device(simulate)
+    failures = _each_case(lambda name: check_gradient(name, where), sorted(CASES))
+    if failures:
+        raise CheckFailed(f"{len(failures)} of {len(CASES)} ops: " + "; ".join(failures[:4]), {"failures": failures})
+    return f"{len(CASES)} ops on {where or 'numpy'}: gradients equal finite differences (float64)", {"ops": len(CASES)}
+
+
+def ops_vs_numpy(simulate):
+    """Every op's value and gradients on the device equal NumPy's: 1e-10 in float64, 1e-4 in float32."""
+    from op_checks import check_against_numpy
+    from op_table import CASES
+
+    where = engine_device(simulate)
+    failures = []
+    for dtype in ("float64", "float32"):
+        failures += [f"{dtype} {f}" for f in _each_case(lambda n: check_against_numpy(n, where, dtype), sorted(CASES))]
+    if failures:
+        raise CheckFailed(f"{len(failures)} of {2 * len(CASES)} op x dtype: " + "; ".join(failures[:4]),
+                          {"failures": failures})
+    return f"{len(CASES)} ops x float64, float32 on {where or 'numpy'} equal numpy", {"ops": len(CASES)}
+
+
+def train_steps(simulate):
+    """A step of the MLP, CNN and LSTM benchmark models on the device, the second under CuPy's sync detector,
+    lands where the same steps on NumPy do (float64)."""
+    from workloads import workload
+
+    where = engine_device(simulate)
+    for key in ("mlp", "cnn", "lstm"):
+        title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(0))
+        y = y.astype(np.float64) if y.dtype.kind == "f" else y
+        dl.seed(0)
+        reference = build(dl.nn).double()
+        states = []
+        for place in (None, where):
+            model = build(dl.nn).double()
+            model.load_state_dict(reference.state_dict())
+            if place:
+                model.to(place)
+            optimizer = getattr(dl.optim, opt_name)(model.parameters(), lr=lr)
+            loss_fn = getattr(dl.nn, loss_name)()
+            inputs, targets = dl.tensor(x, device=place), backend.as_array(y, device=place)
+            if y.dtype.kind == "f":
+                targets = dl.tensor(targets)
+            for guarded in (False, True):  # the first step may allocate and compile; the second must not sync
+                with no_hidden_sync(simulate) if guarded and place else contextlib.nullcontext():
+                    optimizer.zero_grad()
+                    loss_fn(model(inputs), targets).backward()
+                    optimizer.step()
+            synchronize(simulate)
+            states.append({k: on_host(v) for k, v in model.state_dict().items()})
+        for name, value in states[0].items():
+            np.testing.assert_allclose(states[1][name], value, rtol=1e-8, atol=1e-10, err_msg=f"{title}: {name}")
+    sync = "no hidden device sync in the second step" if not simulate else "no sync detector on the simulator"
+    return f"MLP, CNN, LSTM: two steps equal NumPy's (float64); {sync}", {}
+
+
+STEPS = [  # (name, function, timeout in s, needs a real GPU)
+    ("environment", environment, 60, False),
+    ("device_layer", device_layer, 30, False),
+    ("pinned_memory", pinned_memory, 30, True),
+    ("ops_gradcheck", ops_gradcheck, 120, False),
+    ("ops_vs_numpy", ops_vs_numpy, 90, False),
+    ("train_steps", train_steps, 90, False),
+]
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+
+
+def run_step(name, simulate, result_file):
+    """In the step's own process: run it, write {"detail", "data"} to ``result_file``; a failure exits 1."""
+    fn = {step[0]: step[1] for step in STEPS}[name]
+    try:
+        detail, data = fn(simulate)
+    except Exception as exc:
+        traceback.print_exc()
+        Path(result_file).write_text(json.dumps({"detail": first_line(exc), "data": getattr(exc, "data", {})}))
+        sys.exit(1)
+    Path(result_file).write_text(json.dumps({"detail": detail, "data": data}))
+
+
+def child_env(simulate):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    if simulate:
+        env["DISTDL_DEVICE"] = "sim"
+    return env
+
+
+def spawn(name, simulate, timeout, workdir):
+    """One step in its own process group (killed whole on timeout): (status, detail, data, output tail)."""
+    result = Path(workdir) / f"{name}.json"
+    command = [sys.executable, __file__, "--step", name, "--result", str(result)] + (["--simulate"] if simulate else [])
+    with open(Path(workdir) / f"{name}.log", "w+") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(simulate),
+                                cwd=workdir, start_new_session=True)
+        try:
+            proc.wait(timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # also what the step started (workers, a launcher)
+        proc.wait()
+        log.seek(0)
+        tail = log.read()[-4000:]
+    answer = json.loads(result.read_text()) if result.exists() else {}
+    if timed_out:
+        return "failed", f"timed out after {timeout:.0f} s", answer.get("data", {}), tail
+    if proc.returncode == 0 and answer:
+        return "passed", answer["detail"], answer["data"], ""
+    detail = answer.get("detail") or f"exit status {proc.returncode}: {tail.strip().splitlines()[-1:] or ''}"
+    return "failed", detail, answer.get("data", {}), tail
+
+
+def default_report():
+    return str(Path(os.environ.get("OUT") or ".") / "gpu_check.json")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--simulate", action="store_true", help="run on the CPU against the simulated device")
+    parser.add_argument("--report", default=default_report(), help="the JSON report (default: %(default)s)")
+    parser.add_argument("--only", help="comma-separated steps to run (default: all)")
+    parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole run")
+    parser.add_argument("--step", help=argparse.SUPPRESS)  # in a step's own process
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        return run_step(args.step, args.simulate, args.result)
+
+    names = [step[0] for step in STEPS]
+    wanted = args.only.split(",") if args.only else names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        parser.error(f"unknown step(s) {', '.join(unknown)}: the steps are {', '.join(names)}")
+    if not args.simulate and not backend.gpu_available():
+        print("gpu_check: no CUDA GPU here (CuPy missing, or no driver or device); "
+              "run with --simulate to check on the CPU against the simulated device", file=sys.stderr)
+    start, rows = time.monotonic(), []
+    mode = "simulate" if args.simulate else "gpu"
+    with tempfile.TemporaryDirectory(prefix="gpu_check.") as workdir:
+        for name, _, timeout, gpu_only in STEPS:
+            if name not in wanted:
+                continue
+            began, left = time.monotonic(), args.budget - (time.monotonic() - start)
+            if args.simulate and gpu_only:
+                status, detail, data, tail = "skipped", "skipped (simulate): needs a real GPU", {}, ""
+            elif left < 5:
+                status, detail, data, tail = "failed", f"not run: the {args.budget:.0f} s budget is spent", {}, ""
+            else:
+                status, detail, data, tail = spawn(name, args.simulate, min(timeout, left), workdir)
+            seconds = time.monotonic() - began
+            rows.append({"name": name, "status": status, "seconds": round(seconds, 2), "detail": detail, "data": data,
+                         "output_tail": tail})
+            print(f"{name:<16} {status:<7} {seconds:7.1f} s  {detail}", flush=True)
+            if data.get("table"):
+                print(data["table"], flush=True)
+    passed = sum(r["status"] == "passed" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    skipped = [r["name"] for r in rows if r["status"] == "skipped"]
+    report = {"mode": mode, "host": platform.node(), "seconds": round(time.monotonic() - start, 1),
+              "passed": passed, "failed": failed, "skipped": skipped, "steps": rows}
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(json.dumps(report, indent=2))
+    print(f"{passed} passed, {failed} failed" + (f", {len(skipped)} skipped (simulate)" if skipped else "")
+          + f" in {report['seconds']:.0f} s; report: {args.report}")
+    sys.exit(1 if failed or not passed else 0)
+
+
+if __name__ == "__main__":
+    main()
