@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from distdl import backend
+from distdl import backend, value_checks
 from distdl.autograd import engine
 
 
@@ -192,12 +192,14 @@ class Tensor:
 
     # ---- conversion -------------------------------------------------------
     def numpy(self):
-        """The data as a NumPy array (copied from the GPU when it lives there)."""
+        """The data as a NumPy array (copied from the GPU when it lives there, after the queued input checks)."""
+        value_checks.verify()
         return backend.to_device(self.data, "cpu")
 
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        value_checks.verify()  # this read waits for the device anyway: the queued input checks come first
         return self.data.item()
 
     def tolist(self):

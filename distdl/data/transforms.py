@@ -147,7 +147,8 @@ class RandomHorizontalFlip:
     def __call__(self, batch, keys=None):
         keys = _keys_for(batch, keys)
         xp = xp_of(batch)
-        flip = _on(xp, keys.uniform() < self.p)
+        # the flipped samples' indices, made on the host: a mask on the device would be read back to index with
+        flip = _on(xp, np.flatnonzero(keys.uniform() < self.p))
         out = batch.copy()
         out[flip] = batch[flip, ..., ::-1]
         return out

@@ -3,6 +3,7 @@
 import math
 
 from distdl.backend import xp_of
+from distdl.value_checks import readable
 
 _SERIES_LIMIT = 1.5  # below: Taylor series of erf; above: continued fraction of erfc
 _SERIES_TERMS = 40
@@ -35,9 +36,14 @@ def erfc(x):
     work = x.astype(xp.float64)
     a = xp.abs(work)
     small = a < _SERIES_LIMIT
-    out = xp.empty_like(work)
-    out[small] = 1 - xp.sign(work[small]) * _erf_series(a[small])
-    large = ~small
-    tail = _erfc_fraction(a[large])
-    out[large] = xp.where(work[large] > 0, tail, 2 - tail)
+    if readable(a):  # on the host each element takes one branch, picked by a boolean mask
+        out = xp.empty_like(work)
+        out[small] = 1 - xp.sign(work[small]) * _erf_series(a[small])
+        large = ~small
+        tail = _erfc_fraction(a[large])
+        out[large] = xp.where(work[large] > 0, tail, 2 - tail)
+    else:  # a mask's size would be a read from the device: both branches everywhere (each on inputs it takes), then a pick
+        tail = _erfc_fraction(xp.where(small, _SERIES_LIMIT, a))
+        out = xp.where(small, 1 - xp.sign(work) * _erf_series(xp.where(small, a, 0)),
+                       xp.where(work > 0, tail, 2 - tail))
     return out.astype(x.dtype, copy=False)

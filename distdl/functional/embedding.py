@@ -3,6 +3,7 @@
 from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import scatter_add, xp_of
+from distdl.value_checks import check, readable
 
 
 class Embedding(Function):
@@ -27,11 +28,12 @@ def embedding(input, weight, padding_idx=None):
     if indices.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {indices.dtype}")
     rows = weight.shape[0]
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= rows):
-        raise IndexError(
-            f"embedding: indices must lie in [0, {rows}) for a table of {rows} rows, "
-            f"got values from {int(indices.min())} to {int(indices.max())}"
-        )
+    if indices.size:  # read at once on the host, once per step on a device (value_checks)
+        check(xp_of(indices).stack([indices.min(), indices.max()]), lambda v: v[0] < 0 or v[1] >= rows,
+              lambda v: f"embedding: indices must lie in [0, {rows}) for a table of {rows} rows, "
+                        f"got values from {v[0]} to {v[1]}", IndexError)
+        if not readable(indices):  # until the step's check raises, a bad index wraps around, as CuPy's indexing
+            indices = indices % rows
     if padding_idx is not None and padding_idx < 0:
         padding_idx += rows
     return Embedding.apply(weight, indices=indices, padding_idx=padding_idx)

@@ -6,6 +6,7 @@ from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
 from distdl.functional.activation import _log_softmax, stable_sigmoid
+from distdl.value_checks import check, readable
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -40,7 +41,9 @@ def _unrows(rows, shape):
 def _class_targets(input, target, name, ignore_index):
     """Validate integer class targets: shape (N, d1, ...), values in [0, C) or ``ignore_index``.
 
-    Returns the flat targets and the mask of rows to count, or None when every row counts.
+    Returns the flat targets and the mask of rows to count, or None when every row counts (known on
+    the host; on a device the mask is kept, as knowing would mean a read). The range is checked at
+    once on the host, once per step on a device (value_checks).
     """
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
@@ -50,16 +53,19 @@ def _class_targets(input, target, name, ignore_index):
         )
     classes = input.shape[1]
     flat = target.reshape(-1)
-    valid = None
-    if flat.size:
-        low, high = int(flat.min()), int(flat.max())
-        if low <= ignore_index <= high:
-            valid = flat != ignore_index
-            picked = flat[valid]
-            low, high = (int(picked.min()), int(picked.max())) if picked.size else (0, 0)
-        if low < 0 or high >= classes:
-            raise IndexError(f"{name}: target class indices must lie in [0, {classes}), got values from {low} to {high}")
-    return flat, valid
+    if not flat.size:
+        return flat, None
+    xp = xp_of(flat)
+    wide = flat.astype(xp.int64, copy=False)  # room for ignore_index (-100) beside unsigned targets
+    ignored = wide == ignore_index
+    limits = np.iinfo(np.int64)
+    figures = xp.stack([xp.where(ignored, limits.max, wide).min(), xp.where(ignored, limits.min, wide).max()])
+    check(figures, lambda v: v[0] < 0 or v[1] >= classes,
+          lambda v: f"{name}: target class indices must lie in [0, {classes}), got values from {v[0]} to {v[1]}",
+          IndexError)
+    if readable(ignored):
+        return flat, None if not ignored.any() else ~ignored
+    return flat % classes, ~ignored  # until the step's check raises, a bad label wraps around, as CuPy's indexing
 
 
 def _safe_targets(target, valid):
@@ -76,8 +82,14 @@ def _row_weights(safe, valid, weight, dtype):
 
 
 def _mean_divisor(row_weight, rows):
-    """torch's weighted mean divides by the sum of the counted rows' class weights (by their count without)."""
-    return rows if row_weight is None else float(row_weight.sum())
+    """torch's weighted mean divides by the sum of the counted rows' class weights (by their count without).
+
+    On a device the sum stays there (a 0-d array): reading it would wait for the device.
+    """
+    if row_weight is None:
+        return rows
+    total = row_weight.sum()
+    return float(total) if readable(total) else total
 
 
 def _reduce_rows(loss_rows, reduction, count, out_shape):
@@ -87,7 +99,11 @@ def _reduce_rows(loss_rows, reduction, count, out_shape):
     total = loss_rows.sum()
     if reduction == "sum":
         return total, 1
-    scale = 1 / count if count else float("nan")  # every row ignored: the mean is undefined, as in PyTorch
+    if isinstance(count, (int, float)):
+        scale = 1 / count if count else float("nan")  # every row ignored: the mean is undefined, as in PyTorch
+    else:  # a device scalar, not read: 1 / 0 is inf there, and the mean over no row (0 x inf) NaN alike
+        with np.errstate(divide="ignore"):
+            scale = 1 / count
     return total * scale, scale
 
 
@@ -343,12 +359,10 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
     """BCE of probabilities in [0, 1], each element's loss times ``weight``; for logits use the ``_with_logits`` form."""
-    lo, hi = (float(input.data.min()), float(input.data.max())) if input.numel() else (0.0, 1.0)
-    if lo < 0 or hi > 1:
-        raise ValueError(
-            f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {lo} to {hi}; "
-            "for raw scores use binary_cross_entropy_with_logits"
-        )
+    if input.numel():  # read at once on the host, once per step on a device (value_checks)
+        check(xp_of(input.data).stack([input.data.min(), input.data.max()]), lambda v: v[0] < 0 or v[1] > 1,
+              lambda v: f"binary_cross_entropy: input must hold probabilities in [0, 1], got values from {v[0]} to "
+                        f"{v[1]}; for raw scores use binary_cross_entropy_with_logits")
     return _pointwise(BCE, "binary_cross_entropy", input, target, legacy_reduction(size_average, reduce, reduction),
                       differentiable_target=False, weight=weight)
 

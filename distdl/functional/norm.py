@@ -4,6 +4,7 @@ from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
 from distdl.functional._util import check_same_dtype
+from distdl.value_checks import check, readable
 
 
 class BatchNorm(Function):
@@ -57,14 +58,18 @@ def batch_statistics(x, reduce=None):
     axes = (0,) + tuple(range(2, x.ndim))
     count = x.size // x.shape[1]
     sums = x.sum(axis=axes)
-    if reduce is not None:
-        totals = xp.concatenate([sums, xp.array([count], sums.dtype)])
+    too_few = f"batch_norm: training needs more than one value per channel{' over all ranks' * (reduce is not None)}, " \
+              f"got input shape {x.shape}"
+    if reduce is None:
+        if count < 2:
+            raise ValueError(too_few)
+    else:
+        totals = xp.concatenate([sums, xp.full(1, count, sums.dtype)])  # a fill, no host-to-device copy
         reduce(totals)
-        sums, count = totals[:-1], int(totals[-1])
-    if count < 2:
-        where = " over all ranks" if reduce is not None else ""
-        raise ValueError(f"batch_norm: training needs more than one value per channel{where}, "
-                         f"got input shape {x.shape}")
+        check(totals[-1:], lambda v: v[0] < 2, lambda v: too_few)  # at once on the host, once per step on a device
+        sums, count = totals[:-1], totals[-1]  # on a device the count stays there: reading it would wait
+        if readable(count):
+            count = int(count)
     mean = sums / count
     centred = x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))
     squares = (centred * centred).sum(axis=axes)
