@@ -1,6 +1,6 @@
 """Data-parallel weak scaling: 1 worker against N workers with the same per-worker batch.
 
-    python scripts/bench_ddp.py [-n 2] [--models mlp,cnn] [--buckets 0.25,1,25] [--seconds 2]
+    python scripts/bench_ddp.py [-n 2] [--models mlp,cnn] [--buckets 0.25,1,25] [--seconds 2] [--device cuda]
 
 For the MLP and the CNN of bench_engine.py (built by scripts/workloads.py), one BLAS
 thread per worker, N workers under mpiexec (distdl's MPI backend):
@@ -12,6 +12,11 @@ thread per worker, N workers under mpiexec (distdl's MPI backend):
 - the same N processes training without any communication: the ceiling of this machine;
 - PyTorch DistributedDataParallel over gloo on the same model, worker count and
   batch, in the same job (when torch is installed; never a dependency).
+
+With --device cuda every worker trains on GPU local_rank % GPUs (several share one when there are
+fewer GPUs than workers, as distdl's staging path allows), each timed step ending in a device
+synchronisation; PyTorch runs on the same GPU, over NCCL when every worker has its own GPU, else over
+gloo (NCCL refuses two ranks on one GPU).
 """
 
 import argparse
@@ -31,6 +36,7 @@ def parse_args():
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--buckets", default="0.25,1,25", help="bucket sizes in MB (25: the whole model here)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workers train")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -43,7 +49,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
 import distdl as dl  # noqa: E402
-from workloads import agreed_steps, free_port, make_step, timed, workload  # noqa: E402
+from distdl import backend, device  # noqa: E402
+from workloads import agreed_steps, free_port, gpu_peer, make_step, require_gpu, timed, workload  # noqa: E402
 
 try:
     import torch
@@ -51,15 +58,45 @@ try:
     from torch.nn.parallel import DistributedDataParallel as TorchDDP
 except ImportError:
     torch = None
+if ARGS.device == "cuda":
+    require_gpu()
+    torch = gpu_peer(torch)
+
+
+def gpu_index():
+    """This worker's GPU: local rank modulo the GPUs there are."""
+    return dl.local_rank() % backend.cupy().cuda.runtime.getDeviceCount()
+
+
+def where():
+    """The device of this worker's model and data, by the name both frameworks understand."""
+    return f"cuda:{gpu_index()}" if ARGS.device == "cuda" else "cpu"
+
+
+def synced(step, synchronize):
+    """The step followed by a wait for the device, so that a time covers the work and not only its launch."""
+    if ARGS.device == "cpu":
+        return step
+
+    def step_and_wait():
+        step()
+        synchronize()
+    return step_and_wait
+
+
+def distdl_sync():
+    backend.cupy().cuda.Device().synchronize()  # every stream: DDP's communication stream too
 
 
 def distdl_figures(key, comm, bucket_mb):
     title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
     dl.seed(0)
-    model = build(dl.nn)
+    model = build(dl.nn).to(where())
     ddp = dl.DistributedDataParallel(model, bucket_cap_mb=bucket_mb) if bucket_mb else model
-    step = make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
-                     dl.tensor(x.astype(np.float32)), y if y.dtype.kind == "i" else dl.tensor(y))
+    target = backend.as_array(y, device=where())
+    step = synced(make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
+                            dl.tensor(x.astype(np.float32), device=where()),
+                            target if y.dtype.kind == "i" else dl.tensor(target)), distdl_sync)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     times, waits = timed(step, steps, (lambda: ddp.last_sync_wait) if bucket_mb else None)
@@ -72,6 +109,8 @@ def distdl_figures(key, comm, bucket_mb):
         def allreduce_alone():
             for bucket in ddp.buckets:
                 comm.allreduce(bucket.flat, "mean", check=False)
+            if ARGS.device == "cuda":
+                distdl_sync()
 
         figures["comm"] = statistics.median(timed(allreduce_alone, 50)[0])
     return figures
@@ -80,11 +119,12 @@ def distdl_figures(key, comm, bucket_mb):
 def torch_figures(key, comm, distributed):
     title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
     torch.manual_seed(0)
-    model = build(torch.nn)
+    model = build(torch.nn).to(where())
     if distributed:
-        model = TorchDDP(model)
-    step = make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr), getattr(torch.nn, loss_name)(),
-                     torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y))
+        model = TorchDDP(model, device_ids=[gpu_index()] if ARGS.device == "cuda" else None)
+    step = synced(make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr),
+                            getattr(torch.nn, loss_name)(), torch.from_numpy(x.astype(np.float32)).to(where()),
+                            torch.from_numpy(y).to(where())), torch.cuda.synchronize if ARGS.device == "cuda" else None)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     return {"title": title, "step": statistics.median(timed(step, steps)[0]), "steps": steps}
@@ -92,10 +132,12 @@ def torch_figures(key, comm, distributed):
 
 def worker():
     comm = dl.init()
+    if ARGS.device == "cuda":
+        device.bind(where())
     if torch is not None:
         torch.set_num_threads(1)
         if comm.size > 1:
-            td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['BENCH_GLOO_PORT']}",
+            td.init_process_group(torch_backend(comm.size), init_method=f"tcp://127.0.0.1:{os.environ['BENCH_GLOO_PORT']}",
                                   rank=comm.rank, world_size=comm.size)
     results = []
     for key in ARGS.models.split(","):
@@ -112,6 +154,13 @@ def worker():
     dl.shutdown()
 
 
+def torch_backend(workers):
+    """NCCL where every worker has a GPU of its own, else gloo (NCCL refuses two ranks on one GPU)."""
+    if ARGS.device == "cuda" and workers <= backend.cupy().cuda.runtime.getDeviceCount():
+        return "nccl"
+    return "gloo"
+
+
 def _slowest(comm, figures):
     """Each timing as the slowest rank's: the job goes at the pace of its slowest worker."""
     everyone = comm.allgather_json(figures)
@@ -121,7 +170,7 @@ def _slowest(comm, figures):
 def launch(n):
     mpiexec = Path(sys.executable).parent / "mpiexec"
     command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(n), sys.executable, __file__, "--worker",
-               "--models", ARGS.models, "--buckets", ARGS.buckets, "--seconds", str(ARGS.seconds)]
+               "--models", ARGS.models, "--buckets", ARGS.buckets, "--seconds", str(ARGS.seconds), "--device", ARGS.device]
     env = dict(os.environ, BENCH_GLOO_PORT=str(free_port()))
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -135,8 +184,9 @@ def main():
     n = ARGS.n
     single = {(r["model"], r["framework"]): r for r in launch(1)}
     rows = launch(n)
-    print(f"weak scaling, 1 -> {n} workers on this machine, one BLAS thread each, distdl over MPI"
-          + ("; PyTorch DDP over gloo" if torch is not None else " (torch not installed)"))
+    on = "one BLAS thread each" if ARGS.device == "cpu" else f"on GPU local_rank % {backend.cupy().cuda.runtime.getDeviceCount()}"
+    print(f"weak scaling, 1 -> {n} workers on this machine, {on}, distdl over MPI"
+          + (f"; PyTorch DDP over {torch_backend(n)}" if torch is not None else " (torch not installed or without CUDA)"))
     print("| model | framework | bucket MB | buckets | step ms (1 worker) | step ms | samples/s | efficiency | "
           "comm alone ms | exposed ms | compute ms | hidden share of comm |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

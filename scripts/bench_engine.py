@@ -1,4 +1,4 @@
-"""Step time of zero_grad + forward + backward + optimizer step, distdl against PyTorch CPU in the same run.
+"""Step time of zero_grad + forward + backward + optimizer step, distdl against PyTorch in the same run.
 
 Models, built by the same code from ``distdl.nn`` and ``torch.nn`` and started from the same weights:
 (a) MLP 784-128-64-10 ReLU, cross-entropy, SGD, batch 128;
@@ -8,9 +8,11 @@ Models, built by the same code from ``distdl.nn`` and ``torch.nn`` and started f
     Adam, batch 32;
 (d) autoencoder 784-256-256-256-784, ReLU, sigmoid output, BCE, Adam, batch 256.
 Both get the same data and thread count. PyTorch is an optional peer: without it only distdl's times are printed.
-For the CNN, the peak memory one step adds is measured too, for each framework in a fresh process.
+For the CNN on the CPU, the peak memory one step adds is measured too, for each framework in a fresh process.
+With --device cuda both run on the same GPU (distdl through CuPy), each timed step ending in a device
+synchronisation, so that a time covers the work and not only its launch.
 
-    python scripts/bench_engine.py [--threads 1] [--seconds 1] [--rounds 3] [--models mlp,cnn,lstm,ae]
+    python scripts/bench_engine.py [--threads 1] [--seconds 1] [--rounds 3] [--models mlp,cnn,lstm,ae] [--device cuda]
 """
 
 import argparse
@@ -29,6 +31,7 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=3, help="alternating distdl/torch rounds (drift hits both)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--models", default="mlp,cnn,lstm,ae")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both frameworks run")
     parser.add_argument("--peak-of", metavar="MODEL:FRAMEWORK", help=argparse.SUPPRESS)  # the child of step_peak_mb
     return parser.parse_args()
 
@@ -41,12 +44,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import distdl as dl  # noqa: E402
-from workloads import make_step, workload  # noqa: E402
+from workloads import gpu_peer, make_step, require_gpu, workload  # noqa: E402
 
 try:
     import torch
 except ImportError:
     torch = None
+if ARGS.device == "cuda":
+    require_gpu()
+    torch = gpu_peer(torch)
 
 TARGETS = {"mlp": 0.9, "cnn": 1.0, "lstm": 1.4, "ae": 0.9}
 PEAK_TARGET_MB = 60
@@ -62,6 +68,17 @@ def timed_steps(step, repeats, seconds):
     return times
 
 
+def synced(step, synchronize):
+    """The step followed by a wait for the device (on the CPU there is nothing to wait for)."""
+    if ARGS.device == "cpu":
+        return step
+
+    def step_and_wait():
+        step()
+        synchronize()
+    return step_and_wait
+
+
 def build_steps(key, frameworks=("distdl", "torch")):
     """The title and each framework's step function (torch's where it is installed), from the same weights."""
     rng = np.random.default_rng(0)
@@ -69,13 +86,20 @@ def build_steps(key, frameworks=("distdl", "torch")):
     x = x.astype(np.float32)
     dl.seed(0)
     model = build(dl.nn)
-    steps = {"distdl": make_step(model, getattr(dl.optim, opt_name)(model.parameters(), lr=lr),
-                                 getattr(dl.nn, loss_name)(), dl.tensor(x), y if y.dtype.kind == "i" else dl.tensor(y))}
+    steps = {}
     if torch is not None and "torch" in frameworks:
         peer = build(torch.nn)
         peer.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-        steps["torch"] = make_step(peer, getattr(torch.optim, opt_name)(peer.parameters(), lr=lr),
-                                   getattr(torch.nn, loss_name)(), torch.from_numpy(x), torch.from_numpy(y))
+        peer.to(ARGS.device)
+        steps["torch"] = synced(make_step(peer, getattr(torch.optim, opt_name)(peer.parameters(), lr=lr),
+                                          getattr(torch.nn, loss_name)(), torch.from_numpy(x).to(ARGS.device),
+                                          torch.from_numpy(y).to(ARGS.device)),
+                                torch.cuda.synchronize if ARGS.device == "cuda" else None)
+    model.to(ARGS.device)
+    target = dl.backend.as_array(y, device=ARGS.device)
+    step = make_step(model, getattr(dl.optim, opt_name)(model.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
+                     dl.tensor(x, device=ARGS.device), target if y.dtype.kind == "i" else dl.tensor(target))
+    steps = {"distdl": synced(step, lambda: dl.backend.cupy().cuda.Device().synchronize()), **steps}
     return title, {name: step for name, step in steps.items() if name in frameworks}
 
 
@@ -130,8 +154,13 @@ def main():
     if torch is not None:
         torch.set_num_threads(ARGS.threads)
     peer = f"torch {torch.__version__}" if torch is not None else "torch not installed"
-    print(f"zero_grad+forward+backward+optimizer step, median over {ARGS.rounds} alternating rounds, {ARGS.threads} thread(s); "
-          f"numpy {np.__version__}, {peer}")
+    if ARGS.device == "cuda":
+        cp = dl.backend.cupy()
+        name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
+        where = f"on {name}, CuPy {cp.__version__}, a device sync after each step"
+    else:
+        where = f"{ARGS.threads} thread(s), numpy {np.__version__}"
+    print(f"zero_grad+forward+backward+optimizer step, median over {ARGS.rounds} alternating rounds, {where}; {peer}")
     print(f"| {'model':<26} | {'steps':>5} | {'distdl ms':>9} | {'torch ms':>9} | {'ratio':>6} | {'target':>7} |")
     print(f"|{'-' * 28}|{'-' * 7}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 9}|")
     for key in ARGS.models.split(","):
@@ -139,7 +168,7 @@ def main():
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         torch_ms = f"{theirs:9.2f}" if theirs else f"{'-':>9}"
         print(f"| {name:<26} | {count:5d} | {ours:9.2f} | {torch_ms} | {ratio:>6} | {'<=' + str(TARGETS[key]) + 'x':>7} |")
-    if "cnn" in ARGS.models.split(","):
+    if "cnn" in ARGS.models.split(",") and ARGS.device == "cpu":
         theirs = f"{step_peak_mb('cnn', 'torch'):.1f} MB" if torch is not None else "-"
         print(f"\nCNN step, peak resident memory added (fresh process each): distdl {step_peak_mb('cnn', 'distdl'):.1f} MB, "
               f"torch {theirs}; target <= {PEAK_TARGET_MB} MB")

@@ -6,6 +6,7 @@ ones. Import it after setting the BLAS thread variables.
 """
 
 import socket
+import sys
 import time
 
 import numpy as np
@@ -95,3 +96,24 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require_gpu():
+    """For --device cuda: CuPy and a CUDA GPU, or a clear exit saying which is missing and what to do."""
+    from distdl import backend
+
+    try:
+        cp = backend.cupy()
+    except RuntimeError as exc:
+        raise SystemExit(f"--device cuda: {exc}") from None
+    if not backend.gpu_available():
+        raise SystemExit(f"--device cuda: CuPy {cp.__version__} is installed but sees no CUDA GPU (no driver or no "
+                         "device here): run on a GPU machine, or leave --device at cpu")
+
+
+def gpu_peer(torch):
+    """PyTorch as the peer on the GPU, or None (said on stderr) where it is missing or has no CUDA."""
+    if torch is not None and not torch.cuda.is_available():
+        print(f"torch {torch.__version__} has no CUDA here: distdl's GPU times only", file=sys.stderr)
+        return None
+    return torch
