@@ -9,14 +9,14 @@ import numbers
 
 import numpy as np
 
+from distdl import rng
 from distdl._allocator import tune_allocator
 
 tune_allocator()  # before the first large array: see _allocator for why and how to opt out
 
 _cupy = None  # the cupy module, once a GPU has been asked for
 _default_dtype = np.dtype(np.float32)
-_numpy_rng = np.random.default_rng()
-_seed = None
+_generator = rng.Generator()  # every engine draw, on NumPy and CuPy alike; dl.seed replaces it
 
 
 def cupy():
@@ -31,8 +31,6 @@ def cupy():
                 "pip install 'distdl[gpu]' (or the cupy-cudaXXx wheel matching your CUDA)"
             ) from exc
         _cupy = cp
-        if _seed is not None:
-            cp.random.seed(_seed)
     return _cupy
 
 
@@ -46,18 +44,18 @@ def gpu_available():
 
 def xp_of(array):
     """The array module (numpy or cupy) that owns ``array``."""
-    if _cupy is not None and isinstance(array, _cupy.ndarray):
+    if type(array) is not np.ndarray and is_gpu_array(array):
         return _cupy
     return np
 
 
 def is_gpu_array(array):
-    return _cupy is not None and isinstance(array, _cupy.ndarray)
-
-
-def _foreign_gpu_array(data):
-    """A CuPy array handed in by a user who imported CuPy before distdl did."""
-    return type(data).__module__.startswith("cupy")
+    """True for a CuPy array, even one made before distdl imported CuPy (then CuPy is imported here)."""
+    if _cupy is None:
+        if not type(array).__module__.startswith("cupy"):
+            return False
+        cupy()
+    return isinstance(array, _cupy.ndarray)
 
 
 def parse_device(device):
@@ -94,14 +92,53 @@ def to_device(array, device):
         return cp.asarray(array)
 
 
+PACK_BYTES = 1 << 30  # a pack of device arrays for one copy to the host: at most this much extra device memory
+
+
+def pack_plan(arrays, limit=PACK_BYTES):
+    """Which of ``arrays`` travel to the host together: lists of indices of GPU arrays of one device and dtype.
+
+    Consecutive arrays of a group share a pack until it would exceed ``limit`` bytes
+    (an array larger than that is a pack alone). Host arrays are in no pack.
+    """
+    open_packs, packs = {}, []
+    for i, array in enumerate(arrays):
+        if not is_gpu_array(array):
+            continue
+        key = (array.device.id, array.dtype)
+        pack = open_packs.get(key)
+        if pack is None or pack[1] + array.nbytes > limit:
+            pack = open_packs[key] = [[], 0]
+            packs.append(pack[0])
+        pack[0].append(i)
+        pack[1] += array.nbytes
+    return packs
+
+
+def gather_to_host(arrays, limit=PACK_BYTES):
+    """NumPy arrays of ``arrays`` (a list): host arrays as they are; device arrays in one copy per pack.
+
+    Each pack (``pack_plan``) is concatenated on its device, copied to the host in one
+    transfer and split there into views of that one buffer: a few large copies instead
+    of one small synchronous copy per parameter.
+    """
+    host = list(arrays)
+    for pack in pack_plan(arrays, limit):
+        members = [arrays[i] for i in pack]
+        with _cupy.cuda.Device(members[0].device.id):
+            flat = _cupy.concatenate([a.reshape(-1) for a in members]).get()
+        parts = np.split(flat, np.cumsum([a.size for a in members])[:-1])
+        for i, a, part in zip(pack, members, parts):
+            host[i] = part.reshape(a.shape)
+    return host
+
+
 def as_array(data, dtype=None, device=None):
     """Turn user data into an array of the right module, dtype and device.
 
     Arrays keep their dtype (float64 stays float64, as NumPy and PyTorch do);
     Python numbers and lists of numbers become the default float dtype.
     """
-    if _foreign_gpu_array(data):
-        cupy()
     if isinstance(data, np.ndarray) or is_gpu_array(data):
         array = data
     else:
@@ -129,41 +166,49 @@ def set_default_dtype(dtype):
 
 
 def seed(value):
-    """Seed every random number the engine draws (init, dropout), on CPU and GPU."""
-    global _numpy_rng, _seed
-    _seed = int(value)
-    _numpy_rng = np.random.default_rng(_seed)
-    if _cupy is not None:
-        _cupy.random.seed(_seed)
+    """Seed every random number the engine draws (init, dropout, transforms' keys), on CPU and GPU alike."""
+    global _generator
+    _generator = rng.Generator(value)
 
 
 def rng_state():
-    """The CPU generator's state as plain JSON-able data (for checkpoints)."""
-    return _numpy_rng.bit_generator.state
+    """The engine's RNG position, {"generator", "seed", "counter"}: plain JSON data (for checkpoints)."""
+    return _generator.state()
 
 
 def set_rng_state(state):
-    _numpy_rng.bit_generator.state = state
+    """Go back to a position ``rng_state()`` returned; the next draws repeat the ones that followed it."""
+    _generator.set_state(state)
 
 
 def random(shape, dtype, xp=np):
-    """Uniform [0, 1) samples of ``dtype`` from the seeded generator of ``xp``."""
-    if xp is np:
-        return _numpy_rng.random(shape, dtype=dtype)
-    return xp.random.random(shape).astype(dtype, copy=False)
+    """Uniform [0, 1) samples of ``dtype`` made by ``xp`` (the same values on NumPy and CuPy)."""
+    return _generator.uniform(shape, dtype, xp)
 
 
 def normal(shape, dtype, xp=np, scale=1.0):
-    if xp is np:
-        return (_numpy_rng.standard_normal(shape, dtype=np.float64) * scale).astype(dtype)
-    return (xp.random.standard_normal(shape) * scale).astype(dtype)
+    """Normal samples of mean 0 and standard deviation ``scale``, made by ``xp``."""
+    return _generator.normal(shape, dtype, xp, scale)
+
+
+def keep_mask(shape, p, xp=np):
+    """Booleans that are True with probability ``1 - p``: dropout's kept entries (``random(shape, float32) >= p``)."""
+    return _generator.keep(shape, p, xp)
 
 
 def scatter_add(target, indices, values):
-    """``target[indices] += values`` where an index may repeat (np.add.at; cupyx.scatter_add on a GPU)."""
+    """``target[indices] += values`` where an index may repeat (np.add.at; cupyx.scatter_add on a GPU).
+
+    On a GPU the index arrays and the values are moved to the target's device first
+    (cupyx.scatter_add takes device arrays only; a NumPy batch's indices are host arrays).
+    """
     if is_gpu_array(target):
         import cupyx
 
-        cupyx.scatter_add(target, indices, values)
+        device = device_of(target)
+        parts = indices if isinstance(indices, tuple) else (indices,)
+        parts = tuple(to_device(p, device) if isinstance(p, (np.ndarray, list)) or is_gpu_array(p) else p
+                      for p in parts)
+        cupyx.scatter_add(target, parts if isinstance(indices, tuple) else parts[0], to_device(values, device))
     else:
         np.add.at(target, indices, values)

@@ -479,3 +479,38 @@ def test_ranks_that_read_different_files_agree_on_the_newest_every_rank_reads_wh
     assert result.ok(), result
     for rank in (0, 1):
         assert f"rank {rank} restored step 2 weight 2.0" in result.outputs[rank], result
+
+
+def test_a_format_1_checkpoint_loads_with_the_stream_seeded_from_its_pcg64_state(tmp_path, caplog):
+    path, model = saved(tmp_path)
+    meta, _ = read_checkpoint(path)
+    old_state = np.random.default_rng(5).bit_generator.state  # what distdl before format 2 saved
+    legacy = tmp_path / "legacy.npz"
+    repack(path, legacy, dict(meta, format_version=1, distdl_version="0.9", rng=[old_state]))
+    other = build()[0]
+    with caplog.at_level("WARNING", logger="distdl.checkpoint"):
+        assert dl.load_checkpoint(legacy, model=other)["step"] == 1
+    assert "legacy.npz: written by distdl 0.9, whose random numbers came from NumPy's PCG64" in caplog.text
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)
+    seed = int(np.random.default_rng(5).bit_generator.random_raw())  # the old stream's next output
+    assert dl.backend.rng_state() == {"generator": "splitmix64", "seed": seed, "counter": 0}
+
+    for name, version, state in [("mixed1.npz", 1, meta["rng"][0]), ("mixed2.npz", 2, old_state)]:
+        repack(path, tmp_path / name, dict(meta, format_version=version, rng=[state]))
+        with pytest.raises(dl.CheckpointCorruptError, match=f"{name}: .*RNG state for rank 0 that does not fit"):
+            dl.load_checkpoint(tmp_path / name, model=other)
+
+
+def test_tensor_leaves_are_stored_as_their_arrays_and_map_location_places_the_extra_fields(tmp_path):
+    path = tmp_path / "c.npz"
+    when = np.array(["2026-01-02"], dtype="M8[D]")  # an array whose .data no buffer can view
+    dl.save_checkpoint(path, table=dl.tensor(np.arange(6.0).reshape(2, 3)), when=when, scalar=np.float16(2.5))
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        dl.load_checkpoint(tmp_path / "absent.npz", map_location="tpu")
+    for location in (None, "cpu"):
+        extra = dl.load_checkpoint(path, map_location=location)
+        assert type(extra["table"]) is np.ndarray and extra["table"].dtype == np.float64
+        np.testing.assert_array_equal(extra["table"], np.arange(6.0).reshape(2, 3))
+        np.testing.assert_array_equal(extra["when"], when)
+        assert extra["scalar"].shape == () and extra["scalar"].dtype == np.float16 and extra["scalar"] == 2.5

@@ -30,7 +30,8 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EO
 
 
 def digest(array):
-    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+    """SHA-256 of the array's bytes (viewed as bytes: datetime arrays export no buffer of their own)."""
+    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def write(path, meta, arrays):

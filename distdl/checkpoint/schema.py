@@ -11,12 +11,12 @@ import re
 
 import numpy as np
 
-from distdl import backend
+from distdl import rng
 from distdl.checkpoint.errors import CheckpointCorruptError, CheckpointError
 from distdl.version import __version__
 
 FORMAT = "distdl-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the RNG states are distdl.rng's (seed, counter); 1 held NumPy PCG64 states
 MAX_DEPTH = 64  # the format needs 6 levels; the rest is room for nested extra fields
 MAX_DIMS = 64
 MEMBERS = ("format", "format_version", "distdl_version", "saved_at", "step", "epoch", "world_size", "rng",
@@ -73,7 +73,7 @@ def _check(path, meta):
     if len(meta["rng"]) != meta["world_size"]:
         _fail(path, f"does not hold one RNG state per rank of its world of {meta['world_size']}")
     for rank, state in enumerate(meta["rng"]):
-        _rng_state(path, rank, state)
+        _rng_state(path, rank, state, meta["format_version"])
     members = set()
     for name, entry in meta["manifest"].items():
         _entry(path, name, entry)
@@ -86,13 +86,13 @@ def _check(path, meta):
                 _fail(path, f"refers to array {reference!r}, which its manifest does not list")
 
 
-def _rng_state(path, rank, state):
-    """Refuse an RNG state that the generator distdl uses would not take (tried on a scratch generator)."""
-    kind = backend.rng_state()["bit_generator"]
+def _rng_state(path, rank, state, version):
+    """Refuse an RNG state that distdl could not restore: ``distdl.rng``'s, or NumPy PCG64's in format 1."""
     try:
-        if state.get("bit_generator") != kind:
-            raise ValueError(f"not a state of {kind}")
-        getattr(np.random, kind)().state = state
+        if version >= 2:
+            rng.check_state(state)
+        else:
+            np.random.PCG64().state = state  # PCG64 itself checks the members, and raises if one is missing
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
         _fail(path, f"has an RNG state for rank {rank} that does not fit ({exc})")
 

@@ -4,28 +4,12 @@ A sample's crop and flip are a hash of its key, not a draw from a generator whos
 state depends on which samples came before it on this rank. So the same sample
 gets the same augmentation whether 1 or 8 workers train, and a resumed job redoes
 exactly what the interrupted one would have done. The hash is SplitMix64's
-finaliser (Steele, Lea and Flood, 2014), vectorised over the indices.
+finaliser (``distdl.rng``, which the engine's draws use too), vectorised over the indices.
 """
 
 import numpy as np
 
-_MASK = (1 << 64) - 1
-
-
-def _mix_int(z):
-    """SplitMix64 on one Python int (the per-key prefix)."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def _mix_array(z):
-    """SplitMix64 on a uint64 array (wrapping arithmetic)."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+from distdl.rng import MASK, mix_array, mix_int
 
 
 def permutation(n, seed, epoch):
@@ -43,18 +27,18 @@ class SampleKeys:
     def __init__(self, seed, epoch, indices, _prefix=None):
         self.seed, self.epoch = int(seed), int(epoch)
         self.indices = np.asarray(indices, dtype=np.int64)
-        self._prefix = _mix_int(_mix_int(self.seed & _MASK) ^ (self.epoch & _MASK)) if _prefix is None else _prefix
+        self._prefix = mix_int(mix_int(self.seed & MASK) ^ (self.epoch & MASK)) if _prefix is None else _prefix
 
     def __len__(self):
         return len(self.indices)
 
     def fork(self, tag):
-        return SampleKeys(self.seed, self.epoch, self.indices, _mix_int(self._prefix ^ (int(tag) + 1)))
+        return SampleKeys(self.seed, self.epoch, self.indices, mix_int(self._prefix ^ (int(tag) + 1)))
 
     def uniform(self, stream=0):
         """One float64 in [0, 1) per sample."""
-        key = np.uint64(_mix_int(self._prefix ^ ((int(stream) + 1) << 32)))
-        bits = _mix_array(self.indices.astype(np.uint64) ^ key)
+        key = np.uint64(mix_int(self._prefix ^ ((int(stream) + 1) << 32)))
+        bits = mix_array(self.indices.astype(np.uint64) ^ key)
         return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
     def integers(self, high, stream=0):

@@ -8,8 +8,7 @@ from distdl.backend import xp_of
 class Dropout(Function):
     def forward(self, x, p):
         xp = xp_of(x)
-        keep = backend.random(x.shape, x.dtype, xp) >= p
-        self.mask = keep * x.dtype.type(1 / (1 - p))
+        self.mask = backend.keep_mask(x.shape, p, xp) * x.dtype.type(1 / (1 - p))
         return x * self.mask
 
     def backward(self, g):
