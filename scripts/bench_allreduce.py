@@ -1,6 +1,7 @@
 """Allreduce latency and bandwidth of distdl's backends, next to raw mpi4py and torch.distributed (gloo).
 
     python scripts/bench_allreduce.py [-n 2] [--max-mib 64] [--rounds 3] [--only mpi|zmq] [--curve]
+    python scripts/bench_allreduce.py --cluster 2 --link 1gbit -n 2   # as root: 2 emulated nodes x 2 ranks
 
 Runs two jobs of ``n`` ranks on this machine:
 (1) under mpiexec: raw mpi4py ``Allreduce(IN_PLACE)`` against distdl's MPI backend,
@@ -10,6 +11,9 @@ Runs two jobs of ``n`` ranks on this machine:
     with CURVE on every connection (DISTDL_ZMQ_SECURITY=curve), against the default scheme.
 float32 sum, sizes 4 KiB to ``--max-mib`` MiB. Per size the contenders alternate over
 ``--rounds`` rounds (machine drift hits all alike); each figure is the median round.
+With ``--cluster K --link RATE`` the ZeroMQ job alone runs on an emulated cluster
+(scripts/cluster.py: a network namespace per node, links shaped with tc tbf), ``n`` ranks
+on each of the K nodes: the hierarchical allreduce against the flat ring, in the same job.
 algbw = bytes / time; busbw = algbw * 2(n-1)/n, the convention of nccl-tests.
 """
 
@@ -38,6 +42,8 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=0.15, help="least time per contender, size and round")
     parser.add_argument("--only", choices=["mpi", "zmq"], help="run one of the two jobs")
     parser.add_argument("--curve", action="store_true", help="also time ZeroMQ with CURVE encryption")
+    parser.add_argument("--cluster", type=int, help="nodes of an emulated cluster (root needed); -n ranks on each")
+    parser.add_argument("--link", default="1gbit", help="the emulated cluster's link rate, as tc writes it")
     parser.add_argument("--worker", choices=["mpi", "zmq"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -144,6 +150,8 @@ def zmq_worker(args):
 
     comm = dl.init("zmq")
     try:
+        if "BENCH_GLOO_PORT" not in os.environ:
+            raise ImportError("no gloo on the emulated cluster")
         import torch
         import torch.distributed as td
 
@@ -159,6 +167,8 @@ def zmq_worker(args):
     for nbytes in sizes(args.max_mib):
         a = np.zeros(nbytes // 4, np.float32)
         contenders = {"distdl zmq": lambda: comm.allreduce(a, check=False)}
+        if comm.ring_layout != "flat ring":
+            contenders["distdl zmq flat ring"] = lambda: flat_ring(comm, a)
         if torch is not None:
             t = torch.zeros(nbytes // 4)
             contenders["gloo"] = lambda: td.all_reduce(t)
@@ -176,6 +186,33 @@ def zmq_worker(args):
     dl.shutdown()
 
 
+def flat_ring(comm, array):
+    """The allreduce with the hierarchy set aside for the call: the flat ring it replaces, for comparison."""
+    groups, comm._hierarchy = comm._hierarchy, None
+    try:
+        comm.allreduce(array, check=False)
+    finally:
+        comm._hierarchy = groups
+
+
+def launch_on_cluster(args, script, env):
+    """The zmq job as ``-n`` ranks on each of ``--cluster`` emulated nodes; rank 0's output."""
+    from cluster import Cluster, ClusterError
+
+    try:
+        with Cluster(args.cluster, args.link) as cluster:
+            procs = cluster.start_job([sys.executable, "-m", "launcher", "-n", str(args.n), "--backend", "zmq",
+                                       "--no-tag-output", *script[1:]], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            outputs = [p.communicate(timeout=1800) for p in procs]
+    except ClusterError as exc:
+        raise SystemExit(f"bench_allreduce.py --cluster: {exc}")
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"the zmq benchmark failed on the cluster: {[p.returncode for p in procs]}\n"
+                         + "\n".join(err for _, err in outputs))
+    return outputs[0][0]
+
+
 def launch(args, backend, **extra_env):
     script = [sys.executable, __file__, "--worker", backend, "--max-mib", str(args.max_mib), "--rounds",
               str(args.rounds), "--seconds", str(args.seconds)]
@@ -184,6 +221,8 @@ def launch(args, backend, **extra_env):
         mpiexec = Path(sys.executable).parent / "mpiexec"
         out = subprocess.run([str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.n)] + script,
                              env=env, capture_output=True, text=True, check=True).stdout
+    elif args.cluster:
+        out = launch_on_cluster(args, script, env)
     else:
         port, gloo_port, token = free_port(), free_port(), secrets.token_hex(8)
         procs = [subprocess.Popen(script, env=dict(env, DISTDL_RANK=str(r), DISTDL_WORLD_SIZE=str(args.n),
@@ -230,6 +269,10 @@ def main():
         return mpi_worker(args)
     if args.worker == "zmq":
         return zmq_worker(args)
+    if args.cluster:
+        print(f"{args.cluster} emulated nodes x {args.n} ranks, links {args.link}, float32 sum, median of "
+              f"{args.rounds} alternating rounds")
+        return run_cluster_job(args)
     print(f"{args.n} ranks on one machine, float32 sum, median of {args.rounds} alternating rounds")
     if args.only != "zmq":
         run_mpi_job(args)
@@ -244,6 +287,13 @@ def run_mpi_job(args):
                 mpi_rows, ["mpi4py", "distdl mpi", "distdl mpi checked"], "mpi4py", args.n)
     print_overlap("MPI: a 16 MiB allreduce started before compute of the same length, then waited for",
                   mpi["overlap"])
+
+
+def run_cluster_job(args):
+    rows = launch(args, "zmq")["table"]
+    names = ["distdl zmq"] + (["distdl zmq flat ring"] if "distdl zmq flat ring" in rows[0] else [])
+    print_table(f"ZeroMQ on {args.cluster} nodes x {args.n} ranks: the default layout against the flat ring", rows,
+                names, names[-1], args.cluster * args.n)
 
 
 def run_zmq_job(args):

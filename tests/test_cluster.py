@@ -85,19 +85,22 @@ def finish(procs, timeout=90):
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_job_across_namespaces_reduces_every_dtype_exactly_with_inboxes_on_the_nodes_addresses(make_cluster, nproc):
+    """On 2 nodes x 2 ranks the large allreduces are hierarchical, in segments (16 KiB here) as on the flat ring."""
     cluster = make_cluster(2)
+    env = dict(os.environ, DISTDL_ZMQ_SEGMENT_BYTES=str(16 * 1024))
     procs = cluster.start_job([*LAUNCHER, "-n", str(nproc), "--timeout", "30", str(WORKERS / "cluster_allreduce.py")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs
     for node, (out, _) in enumerate(outputs):
         lines = re.findall(r"rank (\d+) host (\S+) local (\d+)/(\d+) inbox tcp://([\d.]+):(\d+) listening (.*) "
-                           r"allreduce exact", out)
+                           r"allreduce exact \((.*)\)", out)
         assert sorted(int(line[0]) for line in lines) == list(range(node * nproc, (node + 1) * nproc)), out
-        for _, host, local_rank, local_size, address, port, listening in lines:
+        for _, host, local_rank, local_size, address, port, listening, layout in lines:
             assert host == f"node{node}" and int(local_size) == nproc
             assert address == cluster.addresses[node]  # the namespace's own address, not loopback
             assert f"{address}:{port}" in listening.split() and f"127.0.0.1:{port}" not in listening.split()
+            assert layout == ("hierarchical: 2 nodes x 2 ranks" if nproc == 2 else "flat ring")
 
 
 def test_killing_node_1s_launcher_ends_node_0s_job_naming_it_within_10_s(make_cluster):

@@ -341,3 +341,16 @@ def test_no_socket_of_a_job_remains_after_it_was_killed(tmp_path):
         result = job.finish(60)
     assert result.returncodes[1] == -9 and "PeerLostError" in result.outputs[0], str(result)
     assert listening(names) == [] and socket_files() == files_before
+
+
+def test_the_hierarchical_plan_groups_ranks_by_node_where_every_node_has_the_same_several_ranks():
+    from distdl.comm.hierarchical import Plan, plan
+
+    hosts = ["a", "a", "b", "b", "c", "c"]
+    assert plan(hosts, 3) == Plan(local=[2, 3], across=[1, 3, 5])  # node b's ranks; local index 1 of every node
+    assert plan(["b", "a", "b", "a"], 1) == Plan(local=[1, 3], across=[0, 1])  # nodes in order of their first rank
+    assert plan(hosts, 3, "off") is None
+    for flat in (["a", "a", "a"], ["a", "b", "c"], ["a", "a", "b"]):  # one node; one rank per node; uneven nodes
+        assert plan(flat, 0) is None
+    with pytest.raises(ValueError, match="DISTDL_ZMQ_HIERARCHICAL='yes': give one of auto, on, off"):
+        plan(hosts, 0, "yes")

@@ -21,7 +21,9 @@ monitor on each outgoing connection reports a peer whose process went away.
 
 Algorithms: allreduce is recursive doubling up to ``small_bytes`` (latency bound,
 log2(n) exchanges) and a ring above (reduce-scatter then allgather, bandwidth
-optimal), in segments so that receiving, reducing and forwarding overlap. Each
+optimal), in segments so that receiving, reducing and forwarding overlap; on several
+nodes of several ranks each the ring is hierarchical (``hierarchical``: within the
+node, across nodes, within the node). Each
 element is reduced in one fixed order, so every rank ends bit-identical.
 Broadcast and gather first compare every rank's signature (an allgather of it),
 so ranks that name different roots all fail alike.
@@ -38,7 +40,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from distdl.comm import rendezvous, security
+from distdl.comm import hierarchical, rendezvous, security
 from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
 from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
@@ -50,6 +52,7 @@ LOST_GRACE_SECONDS = 0.2  # messages a dead peer sent just before dying may stil
 ZERO_COPY_BYTES = 64 * 1024
 SMALL_BYTES = int(os.environ.get("DISTDL_ZMQ_SMALL_BYTES", 64 * 1024))
 SEGMENT_BYTES = int(os.environ.get("DISTDL_ZMQ_SEGMENT_BYTES", 512 * 1024))
+HIERARCHICAL = os.environ.get("DISTDL_ZMQ_HIERARCHICAL", "auto")  # auto | on | off: see hierarchical.py
 MAX_FRAME_BYTES = max(SMALL_BYTES, SEGMENT_BYTES, HEADER.size)  # the largest frame a peer may send
 WIRE_OVERHEAD_BYTES = 256  # what CURVE adds to a frame on the wire (command name, nonce, MAC, flags)
 STEP = 65536  # tag = step * STEP + segment
@@ -108,6 +111,9 @@ class ZMQCommunicator(Communicator):
         self._lost = {}  # peer -> when its connection went away
         self._trackers = []
         self._user_ids = {str(peer): peer for peer in range(size) if peer != rank}
+        self._everyone = list(range(size))
+        self._hierarchy = hierarchical.plan([peer["host"] for peer in table], rank, HIERARCHICAL)
+        self.ring_layout = hierarchical.describe(self._hierarchy)  # what large allreduces run as
         self.address = me  # where this rank listens (host, tcp, ipc) and its public key
 
     def _bind_tcp(self, host):
@@ -284,8 +290,10 @@ class ZMQCommunicator(Communicator):
         if self.size > 1 and flat.size:
             if flat.nbytes <= SMALL_BYTES:
                 self._recursive_doubling(flat, UFUNCS[op], call)
+            elif self._hierarchy is not None:
+                hierarchical.allreduce(self, flat, UFUNCS[op], call, self._hierarchy)
             else:
-                self._ring(flat, UFUNCS[op], call, gather=True)
+                self._ring(flat, UFUNCS[op], call, self._everyone, 0, 2 * (self.size - 1))
             self._flush(call)
         if op == "mean":
             finish_mean(array, self.size)
@@ -309,39 +317,39 @@ class ZMQCommunicator(Communicator):
         if rank + p2 < size:
             self._send(rank + p2, call, 1, flat)
 
-    def _ring(self, flat, ufunc, call, gather):
-        """Reduce-scatter (n-1 steps) then, if ``gather``, allgather (n-1 steps) around the ring, by segments.
+    def _ring(self, flat, ufunc, call, group, first, last):
+        """Steps ``first`` to ``last`` of a ring among ``group`` (ranks in ring order), by segments.
 
-        At reduce-scatter step s rank r receives chunk (r-s-2) mod n from its left
-        neighbour, reduces it into its own and forwards it at step s+1; after n-1
-        steps it holds chunk r fully reduced, which the allgather passes on.
+        Steps 0 to n-2 reduce-scatter, n-1 to 2n-3 allgather. At step s the rank at
+        position r receives chunk (r-s-2) mod n from its left neighbour, reduces it into
+        its own (or, allgathering, takes it) and forwards it at step s+1; after n-1 steps
+        it holds chunk r fully reduced, which the allgather passes on.
         """
-        rank, size = self.rank, self.size
-        left, right = (rank - 1) % size, (rank + 1) % size
+        size, position = len(group), group.index(self.rank)
+        left, right = group[(position - 1) % size], group[(position + 1) % size]
         starts = np.concatenate([[0], np.cumsum(split_counts(flat.size, size))])
 
         def segments(chunk):
             return self._segments(starts[chunk], starts[chunk + 1], flat.itemsize)
 
-        steps = 2 * (size - 1) if gather else size - 1
-        for k, (a, b) in enumerate(segments((rank - 1) % size)):
-            self._send(right, call, k, flat[a:b])
-        for step in range(steps):
+        for k, (a, b) in enumerate(segments((position - first - 1) % size)):
+            self._send(right, call, first * STEP + k, flat[a:b])
+        for step in range(first, last):
             reducing = step < size - 1
-            for k, (a, b) in enumerate(segments((rank - step - 2) % size)):
+            for k, (a, b) in enumerate(segments((position - step - 2) % size)):
                 incoming = self._recv(left, call, step * STEP + k, flat.dtype, b - a)
                 if reducing:
                     ufunc(flat[a:b], incoming, out=flat[a:b])
                 else:
                     flat[a:b] = incoming
-                if step + 1 < steps:
+                if step + 1 < last:
                     self._send(right, call, (step + 1) * STEP + k, flat[a:b])
 
     def _reduce_scatter(self, array, op):
         call = self._call("reduce_scatter", op, array)
         flat = array.reshape(-1).copy()
         if self.size > 1 and flat.size:
-            self._ring(flat, UFUNCS[op], call, gather=False)
+            self._ring(flat, UFUNCS[op], call, self._everyone, 0, self.size - 1)
             self._flush(call)
         counts = split_counts(flat.size, self.size)
         start = sum(counts[:self.rank])

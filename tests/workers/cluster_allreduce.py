@@ -1,5 +1,8 @@
 """A worker for the emulated cluster's tests: every dtype's allreduce exact, and where this rank's inbox listens.
 
+On 2 nodes of 2 ranks the large allreduces are hierarchical (in the node, across, in the node); the
+line printed at the end names the layout the communicator ran them as.
+
 Inputs are small integers in every dtype, so sums are exact in float16 too and the
 reference is plain integer arithmetic. Each rank prints its hostname, local rank and
 size, its inbox address and the TCP addresses this process listens on (from
@@ -14,7 +17,7 @@ import numpy as np
 import distdl as dl
 from distdl.comm.signature import SUPPORTED_DTYPES
 
-SIZES = [1, 1000, 70_000]  # 70 000 elements are above the recursive-doubling limit in every dtype: the ring
+SIZES = [1, 1000, 70_000, 70_001]  # above the recursive-doubling limit in every dtype: the ring; uneven parts
 
 
 def listening():
@@ -42,5 +45,6 @@ for n in SIZES:
             assert got.dtype == dtype, (got.dtype, dtype)
             np.testing.assert_array_equal(got.astype(np.int64), want, err_msg=f"allreduce {op} {dtype} n={n}")
 print(f"rank {rank} host {socket.gethostname()} local {comm.local_rank}/{comm.local_size} "
-      f"inbox {comm.address['tcp']} listening {' '.join(listening())} allreduce exact", flush=True)
+      f"inbox {comm.address['tcp']} listening {' '.join(listening())} allreduce exact ({comm.ring_layout})",
+      flush=True)
 dl.shutdown()
