@@ -1,28 +1,109 @@
-"""Cheap, always-on step timing per phase, and an optional Chrome-trace timeline of every rank.
+"""Cheap, always-on step timing per phase for any training loop, and an optional Chrome-trace timeline of every rank.
 
-Each training step is split into data wait, forward, backward (its compute),
-exposed communication (what backward waited for at its end) and optimizer. The
-per-rank means go into the epoch summary, which names the slowest rank and the
-phase where it loses most when the ranks' busy times differ by more than 20%. With ``DISTDL_TIMELINE=file.json`` every phase
-and every gradient bucket's allreduce also becomes an event on one wall clock, all
-ranks in one file that chrome://tracing or ui.perfetto.dev opens.
+Each step is split into data wait, forward, backward (its compute), exposed
+communication (what backward waited for at its end) and optimizer. The wrapper
+that runs the model (DistributedDataParallel, or the Trainer on one process)
+tells a ``PhaseRecorder`` where each step begins; the start of backward is seen
+by an identity node on the model's outputs (as torch's ``_DDPSink``), the end of
+``optimizer.step()`` by a step hook of every optimizer, so a plain loop is timed
+as well as the Trainer's. The per-rank means name the slowest rank and the phase
+where it loses most when the ranks' busy times differ by more than 20%
+(``uneven``). With ``DISTDL_TIMELINE=file.json`` every phase, every gradient
+bucket's allreduce and the Trainer's epochs and evaluations also become events on
+one wall clock, all ranks in one file (chrome://tracing or ui.perfetto.dev), written
+by rank 0 when the communicator closes (``dl.shutdown()`` or the end of the script)
+and at the end of each ``Trainer.fit``.
 """
 
+import collections
 import json
 import os
+import sys
+import time
+import weakref
+
+from distdl.autograd.engine import queue_callback
+from distdl.autograd.function import Function
+from distdl.autograd.grad_mode import is_grad_enabled
+from distdl.autograd.tensor import Tensor
+from distdl.optim.optimizer import register_optimizer_step_post_hook
 
 PHASES = ("data", "forward", "backward", "communication", "optimizer")
+LANES = PHASES + ("allreduce", "trainer")  # one row per lane and rank in the trace
 UNEVEN = 1.2  # ranks whose busy time per step differs by more than this factor are reported...
 NOTICEABLE_SECONDS = 1e-3  # ...and by at least this much: below it the difference is noise, not a cause
+RECENT_STEPS = 100  # what ddp.timings() averages over
+MAX_EVENTS = 200_000  # per rank; the oldest go first, so a long run's file stays openable
+
+
+class Timeline:
+    """This process's timeline events for ``DISTDL_TIMELINE``; ``write`` gathers every rank's into one Chrome trace."""
+
+    def __init__(self, path):
+        self.path = path
+        self.events = collections.deque(maxlen=MAX_EVENTS)
+        self.dropped = 0
+        self._attached = weakref.WeakSet()
+
+    def add(self, name, start, end, rank, lane, args=None):
+        if len(self.events) == MAX_EVENTS:
+            self.dropped += 1
+        event = {"name": name, "ph": "X", "ts": start * 1e6, "dur": (end - start) * 1e6, "pid": rank,
+                 "tid": LANES.index(lane)}
+        if args:
+            event["args"] = args
+        self.events.append(event)
+
+    def attach(self, comm):
+        """Write the trace when ``comm`` closes in good order (every rank closes alike: the gather is safe there)."""
+        if comm not in self._attached:
+            self._attached.add(comm)
+            comm.on_close(lambda: self.write(comm))
+
+    def write(self, comm):
+        """Collective: every rank's events to rank 0, which writes the file and says so in one line."""
+        everyone = comm.allgather_json([list(self.events), self.dropped])
+        if comm.rank != 0:
+            return
+        names = [{"name": "thread_name", "ph": "M", "pid": r, "tid": t, "args": {"name": name}}
+                 for r in range(comm.size) for t, name in enumerate(LANES)]
+        names += [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}}
+                  for r in range(comm.size)]
+        events = [e for mine, _ in everyone for e in mine]
+        dropped = sum(d for _, d in everyone)
+        try:
+            with open(self.path, "w") as f:
+                json.dump({"traceEvents": names + events, "displayTimeUnit": "ms"}, f)
+        except OSError as exc:
+            print(f"distdl: the timeline could not be written to {self.path}: {exc}", file=sys.stderr, flush=True)
+            return
+        note = f"; the oldest {dropped} were dropped (at most {MAX_EVENTS} per rank)" if dropped else ""
+        print(f"distdl: timeline of {comm.size} rank{'s' * (comm.size > 1)} ({len(events)} events{note}) "
+              f"written to {self.path}", flush=True)
+
+
+_timeline = None
+
+
+def timeline():
+    """The process's Timeline when ``DISTDL_TIMELINE`` names a file, else None."""
+    global _timeline
+    path = os.environ.get("DISTDL_TIMELINE")
+    if not path:
+        return None
+    if _timeline is None or _timeline.path != path:
+        _timeline = Timeline(path)
+    return _timeline
 
 
 class StepTimer:
-    """Sums per phase over an epoch; records timeline events when a path is given."""
+    """Per-phase seconds of each step: summed since ``reset()`` (the Trainer's epoch) and kept for the recent steps."""
 
-    def __init__(self, rank, timeline_path=None):
+    def __init__(self, rank, recent=RECENT_STEPS):
         self.rank = rank
-        self.timeline_path = timeline_path if timeline_path is not None else os.environ.get("DISTDL_TIMELINE")
-        self.events = []
+        self.timeline = timeline()
+        self.recent = collections.deque(maxlen=recent)
+        self._step = dict.fromkeys(PHASES, 0.0)
         self.reset()
 
     def reset(self):
@@ -30,48 +111,179 @@ class StepTimer:
         self.steps = 0
 
     def add(self, phase, start, end):
-        """Account ``phase`` from ``start`` to ``end`` (time.time() seconds)."""
-        self.totals[phase] += end - start
-        if self.timeline_path:
-            self.events.append(_event(phase, start, end, self.rank, PHASES.index(phase)))
+        """Account ``phase`` from ``start`` to ``end`` (time.time() seconds) to the step under way."""
+        self._step[phase] += end - start
+        if self.timeline is not None:
+            self.timeline.add(phase, start, end, self.rank, phase)
 
     def add_allreduce(self, index, start, end, nbytes):
-        if self.timeline_path:
-            self.events.append(_event(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end,
-                                      self.rank, len(PHASES)))
+        if self.timeline is not None:
+            self.timeline.add(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end, self.rank,
+                              "allreduce", {"bucket": index, "bytes": nbytes})
+
+    def mark(self, name, start, end, args=None):
+        """An event of the Trainer's own lane (an epoch, an evaluation), with ``args`` shown beside it."""
+        if self.timeline is not None:
+            self.timeline.add(name, start, end, self.rank, "trainer", args)
+
+    def end_step(self):
+        for phase, seconds in self._step.items():
+            self.totals[phase] += seconds
+        self.recent.append(self._step)
+        self.steps += 1
+        self._step = dict.fromkeys(PHASES, 0.0)
 
     def means(self):
+        """Mean seconds per step of each phase since ``reset()``."""
         return {phase: total / max(self.steps, 1) for phase, total in self.totals.items()}
 
-    def summary(self, comm):
-        """'rank 1 is 35% slower than rank 0, mostly in data: ...', or None when the ranks' steps are within 20%.
+    def recent_means(self):
+        """Mean seconds per step of each phase over the recent steps, and how many steps that is."""
+        steps = max(len(self.recent), 1)
+        return {**{p: sum(step[p] for step in self.recent) / steps for p in PHASES}, "steps": len(self.recent)}
 
-        A rank's busy time is its step without the communication wait: waiting is what
-        the others' slowness looks like on a rank, not a cause.
-        """
-        everyone = comm.allgather_json(self.means())
-        busy = [sum(v for phase, v in m.items() if phase != "communication") for m in everyone]
-        slow, fast = max(range(len(busy)), key=busy.__getitem__), min(range(len(busy)), key=busy.__getitem__)
-        if busy[slow] <= UNEVEN * busy[fast] or busy[slow] - busy[fast] < NOTICEABLE_SECONDS:
-            return None
-        phase = max((p for p in PHASES if p != "communication"), key=lambda p: everyone[slow][p] - everyone[fast][p])
-        return (f"rank {slow} is {busy[slow] / busy[fast] - 1:.0%} slower than rank {fast}, mostly in {phase}: "
-                f"{1e3 * everyone[slow][phase]:.1f} ms per step against {1e3 * everyone[fast][phase]:.1f} ms")
+    def summary(self, comm):
+        """Collective: the ``uneven`` sentence for every rank's means since ``reset()``, or None."""
+        return uneven(comm.allgather_json(self.means()))
 
     def write_timeline(self, comm):
-        """Gather every rank's events; rank 0 writes the Chrome trace."""
-        if not self.timeline_path:
-            return
-        everyone = comm.allgather_json(self.events)
-        if comm.rank == 0:
-            names = [{"name": "thread_name", "ph": "M", "pid": r, "tid": t, "args": {"name": name}}
-                     for r in range(comm.size) for t, name in enumerate(PHASES + ("allreduce",))]
-            names += [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}}
-                      for r in range(comm.size)]
-            with open(self.timeline_path, "w") as f:
-                json.dump({"traceEvents": names + [e for events in everyone for e in events],
-                           "displayTimeUnit": "ms"}, f)
+        if self.timeline is not None:
+            self.timeline.write(comm)
 
 
-def _event(name, start, end, rank, lane):
-    return {"name": name, "ph": "X", "ts": start * 1e6, "dur": (end - start) * 1e6, "pid": rank, "tid": lane}
+def uneven(everyone):
+    """'rank 1 is 35% slower than rank 0, mostly in data: ...' from every rank's phase means, or None when the
+    ranks' steps are within 20%.
+
+    A rank's busy time is its step without the communication wait: waiting is what
+    the others' slowness looks like on a rank, not a cause. Ranks without a step are left out.
+    """
+    busy = {r: sum(m[p] for p in PHASES if p != "communication") for r, m in enumerate(everyone)
+            if m.get("steps", 1) and any(m[p] for p in PHASES)}
+    if len(busy) < 2:
+        return None
+    slow, fast = max(busy, key=busy.__getitem__), min(busy, key=busy.__getitem__)
+    if busy[slow] <= UNEVEN * busy[fast] or busy[slow] - busy[fast] < NOTICEABLE_SECONDS:
+        return None
+    phase = max((p for p in PHASES if p != "communication"), key=lambda p: everyone[slow][p] - everyone[fast][p])
+    return (f"rank {slow} is {busy[slow] / busy[fast] - 1:.0%} slower than rank {fast}, mostly in {phase}: "
+            f"{1e3 * everyone[slow][phase]:.1f} ms per step against {1e3 * everyone[fast][phase]:.1f} ms")
+
+
+class PhaseRecorder:
+    """The phases of each step (one forward and its backward) of any loop, for the wrapper that runs the model.
+
+    The wrapper calls ``forward_begins()`` and returns ``forward_ends(output)``;
+    DistributedDataParallel also calls ``synced(wait, allreduces)`` once its buckets
+    are averaged. forward runs from the call to the start of the model's backward (the
+    loss included); backward is its compute; communication the exposed allreduce wait;
+    optimizer from there to the end of ``optimizer.step()``; data from that to the next
+    forward (the next batch and whatever else the loop does). A step without an optimizer
+    step (``no_sync()`` accumulation) ends at its backward.
+    """
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.timer = StepTimer(comm.rank)
+        if self.timer.timeline is not None:
+            self.timer.timeline.attach(comm)
+        method = weakref.WeakMethod(self._optimizer_stepped)  # the hook must not keep the recorder alive
+
+        def stepped(*args):
+            bound = method()
+            if bound is not None:
+                bound(*args)
+
+        weakref.finalize(self, register_optimizer_step_post_hook(stepped).remove)
+        self._last_end = None  # where the last step ended: the next one's data wait starts there
+        self._clear()
+
+    def _clear(self):
+        self._forward_start = self._backward_start = self._backward_end = self._sync_end = None
+        self._allreduces = ()
+
+    def forward_begins(self):
+        now = time.time()
+        if self._backward_end is not None:  # the last step had no optimizer step
+            self._close(None)
+        self._clear()
+        self._forward_start = now
+
+    def forward_ends(self, output):
+        """``output`` with each Tensor that needs a gradient passed through a node that tells when backward begins."""
+        return _marked(output, self) if is_grad_enabled() else output
+
+    def backward_begins(self):
+        if self._backward_start is None:  # the first of the outputs that backward reaches
+            self._backward_start = time.time()
+            queue_callback(self._backward_ends)
+
+    def _backward_ends(self):
+        if self._sync_end is None:  # DistributedDataParallel's end of backward, if it came first, knows better
+            self._backward_end = time.time()
+
+    def synced(self, wait, allreduces):
+        """Backward's gradients are averaged: it waited ``wait`` s at its end; ``allreduces``: (bucket, start, end,
+        bytes) of each bucket."""
+        now = time.time()
+        self._backward_end, self._sync_end, self._allreduces = now - wait, now, list(allreduces)
+
+    def _optimizer_stepped(self, optimizer, args, kwargs):
+        if self._backward_end is not None:
+            self._close(time.time())
+
+    def _close(self, end):
+        timer = self.timer
+        if self._forward_start is not None and self._backward_start is not None:
+            synced = self._sync_end if self._sync_end is not None else self._backward_end
+            end = synced if end is None else end
+            if self._last_end is not None and self._last_end <= self._forward_start:
+                timer.add("data", self._last_end, self._forward_start)
+            timer.add("forward", self._forward_start, self._backward_start)
+            timer.add("backward", self._backward_start, self._backward_end)
+            timer.add("communication", self._backward_end, synced)
+            timer.add("optimizer", synced, end)
+            for allreduce in self._allreduces:
+                timer.add_allreduce(*allreduce)
+            timer.end_step()
+            self._last_end = end
+        self._clear()
+
+    def reset(self):
+        """A new epoch: the sums start again, and the first step's data wait from now."""
+        self.timer.reset()
+        self._last_end = time.time()
+
+    def timings(self, all_ranks=False):
+        """This rank's mean seconds per phase over its recent steps (and ``steps``: how many); with ``all_ranks``
+        (collective) every rank's, in rank order, under ``ranks``, and under ``uneven`` which rank is slower and in
+        which phase (None when they are within 20%)."""
+        mine = self.timer.recent_means()
+        if not all_ranks:
+            return mine
+        everyone = self.comm.allgather_json(mine)
+        return {"ranks": everyone, "uneven": uneven(everyone)}
+
+
+class _BackwardBegins(Function):
+    """Identity; its backward is the first node of the model's backward, so it tells the recorder."""
+
+    def forward(self, array, recorder):
+        self.recorder = recorder
+        return array
+
+    def backward(self, grad):
+        self.recorder.backward_begins()
+        return grad
+
+
+def _marked(output, recorder):
+    """``output`` (a Tensor, or tuples, lists and dicts of them) with each Tensor that needs a gradient marked."""
+    if isinstance(output, Tensor):
+        return _BackwardBegins.apply(output, recorder=recorder) if output.requires_grad else output
+    if type(output) in (tuple, list):
+        return type(output)(_marked(item, recorder) for item in output)
+    if type(output) is dict:
+        return {key: _marked(value, recorder) for key, value in output.items()}
+    return output
+

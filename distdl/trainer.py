@@ -46,7 +46,7 @@ from distdl.named import loss_named, optimizer_named
 from distdl.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
 from distdl.parallel import DistributedDataParallel, NonFiniteLossError
 from distdl.summary import summary
-from distdl.timing import StepTimer
+from distdl.timing import PhaseRecorder
 
 log = logging.getLogger("distdl.trainer")
 
@@ -156,7 +156,8 @@ class Trainer:
         self.history = History()
         self.global_step = 0
         self.stop_training = False
-        self.timer = StepTimer(self.comm.rank)
+        self.phases = self.ddp.phases if self.ddp is not None else PhaseRecorder(self.comm)  # one recorder a step
+        self.timer = self.phases.timer
         self.loader = self.sampler = None
         self._start_epoch = 0
         self._epoch_metrics = None
@@ -166,6 +167,13 @@ class Trainer:
     def network(self):
         """What the forward pass calls: the DDP wrapper when distributed, else the model."""
         return self.ddp if self.ddp is not None else self.model
+
+    def _forward(self, x):
+        """The training forward; alone, the Trainer tells its recorder where it runs (DistributedDataParallel does)."""
+        if self.ddp is not None:
+            return self.ddp(x)
+        self.phases.forward_begins()
+        return self.phases.forward_ends(self.model(x))
 
     @property
     def samples_seen(self):
@@ -268,7 +276,7 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             for callback in callbacks:
                 callback.on_epoch_begin(self, epoch)
-            start = time.perf_counter()
+            start, began = time.perf_counter(), time.time()
             logs, samples = self._train_epoch(epoch, epochs, callbacks, verbose)
             seconds = time.perf_counter() - start
             if validation_data is not None:
@@ -279,6 +287,7 @@ class Trainer:
                 callback.on_epoch_end(self, epoch, logs)
             logs["lr"] = self.optimizer.param_groups[0]["lr"]
             self._report_epoch(epoch, epochs, logs, samples / seconds if seconds else 0.0, seconds, verbose)
+            self.timer.mark(f"epoch {epoch + 1}", began, time.time(), logs)
             if self.stop_training:
                 break
         self._start_epoch = 0
@@ -292,7 +301,7 @@ class Trainer:
         if self._epoch_metrics is None:
             self._epoch_metrics = self._fresh_metrics()
         metrics = self._epoch_metrics
-        self.timer.reset()
+        self.phases.reset()
         bar = _progress_bar(len(self.loader) - self.sampler.position // self.loader.batch_size,
                             f"epoch {epoch + 1}/{epochs}", verbose and self.comm.rank == 0)
         self.skipped_steps = 0
@@ -306,16 +315,11 @@ class Trainer:
         return self._reduced(metrics), float(samples)
 
     def _train_steps(self, metrics, callbacks, bar):
-        network, timer = self.network, self.timer
-        last = time.time()
         for batch, (x, y) in enumerate(self.loader):
             arrived = time.time()
-            timer.add("data", last, arrived)
-            output = network(Tensor(self._as_model_dtype(x)))
+            output = self._forward(Tensor(self._as_model_dtype(x)))
             loss = self.loss(output, self._target(y))
             value = loss.item()
-            forwarded = time.time()
-            timer.add("forward", arrived, forwarded)
             if not math.isfinite(value) and self.nonfinite != "skip":
                 raise NonFiniteLossError(
                     f"rank {self.comm.rank}: the loss is {value} at step {self.global_step + 1} (batch {batch + 1} of "
@@ -324,21 +328,10 @@ class Trainer:
             if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
                 self.skipped_steps += 1
                 self.global_step += 1
-                last = time.time()
                 continue
             loss.backward()
-            backward_end = time.time()
-            exposed = self.ddp.last_sync_wait if self.ddp is not None else 0.0
-            timer.add("backward", forwarded, backward_end - exposed)
-            timer.add("communication", backward_end - exposed, backward_end)
-            if self.ddp is not None:
-                for index, begin, end, nbytes in self.ddp.last_allreduces:
-                    timer.add_allreduce(index, begin, end, nbytes)
             self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
             self.optimizer.zero_grad()
-            last = time.time()
-            timer.add("optimizer", backward_end, last)
-            timer.steps += 1
             self.global_step += 1
             if self.ddp is not None and self.ddp.step_skipped:
                 self.skipped_steps += 1
@@ -347,7 +340,7 @@ class Trainer:
                     self._update(metrics, output, y, loss)
             if bar is not None:
                 bar.update(1)
-                rate = len(y) * self.comm.size / max(last - arrived, 1e-9)
+                rate = len(y) * self.comm.size / max(time.time() - arrived, 1e-9)
                 bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
             for callback in callbacks:
                 callback.on_batch_end(self, self.global_step, {"loss": value})
@@ -373,6 +366,7 @@ class Trainer:
 
     def evaluate(self, data, batch_size=256, transform=None):
         """Loss and metrics over every sample of ``data`` exactly once, reduced over the ranks."""
+        began = time.time()
         _, loader = self._exact_loader(data, batch_size, transform)
         metrics = self._fresh_metrics()
         self.model.eval()
@@ -381,7 +375,9 @@ class Trainer:
                 output = self.model(Tensor(self._as_model_dtype(x)))
                 self._update(metrics, output, y, self.loss(output, self._target(y)))
         self.model.train()
-        return self._reduced(metrics)
+        figures = self._reduced(metrics)
+        self.timer.mark("evaluate", began, time.time(), figures)
+        return figures
 
     def predict(self, data, batch_size=256, transform=None):
         """The model's outputs for every sample of ``data`` (inputs only, or (x, y)), in order, on every rank."""

@@ -35,6 +35,7 @@ class Communicator:
         self.local_rank, self.local_size = local_rank, local_size
         self._calls = CommThread(rank)  # runs iallreduce; its first failure leaves the communicator unusable
         self._closed = False
+        self._on_close = []
 
     # -- collectives ---------------------------------------------------------------------------------------------
     def allreduce(self, array, op="sum", check=True):
@@ -159,6 +160,13 @@ class Communicator:
         if self._calls.pending:
             self._calls.wait_pending()
 
+    def on_close(self, callback):
+        """Call ``callback()`` when this communicator closes in good order, before its closing barrier.
+
+        Every rank closes alike, so the callback may run collectives: the timeline is gathered there.
+        """
+        self._on_close.append(callback)
+
     def close(self):
         """Finish pending collectives, meet every rank in a checked barrier, release the backend's resources.
 
@@ -171,16 +179,19 @@ class Communicator:
         try:
             if self._failure is None:
                 self._before_collective()
-                if self.size > 1:
-                    self._closing_barrier()
+                self._closing_barrier()
         finally:
             self._calls.stop()
             self._closed = True
             self._release()
 
     def _closing_barrier(self):
+        """The ``on_close`` callbacks, then the barrier; a mismatch in either says that this rank is closing."""
         try:
-            self._run(self._barrier)
+            for callback in self._on_close:
+                callback()
+            if self.size > 1:
+                self._run(self._barrier)
         except CollectiveMismatchError as exc:
             raise CollectiveMismatchError(
                 f"rank {self.rank} is closing its communicator (dl.shutdown(), or the end of the script) while "

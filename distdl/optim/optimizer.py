@@ -3,8 +3,20 @@
 import numbers
 
 from distdl import backend
-from distdl.autograd.tensor import Tensor
+from distdl.autograd.tensor import HookHandle, Tensor
 from distdl.nn.utils import clear_grads
+
+_step_post_hooks = {}  # called after every optimizer's step: the step timing of any loop sees where it ends
+
+
+def register_optimizer_step_post_hook(hook):
+    """Call ``hook(optimizer, args, kwargs)`` after the ``step()`` of every optimizer, as torch's of that name.
+
+    Returns a handle whose ``remove()`` unregisters it.
+    """
+    handle = HookHandle(_step_post_hooks)
+    _step_post_hooks[handle.id] = hook
+    return handle
 
 
 class Optimizer:
@@ -54,6 +66,8 @@ class Optimizer:
                 if p.grad is not None:
                     grad = -p.grad if group.get("maximize") else p.grad
                     self.update(p.data, grad, self.state.setdefault(p, {}), group)
+        for hook in list(_step_post_hooks.values()):
+            hook(self, (), {})
 
     def update(self, param, grad, state, group):
         raise NotImplementedError

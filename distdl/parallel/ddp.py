@@ -31,6 +31,7 @@ from distdl.comm.ordering import CommThread
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
 from distdl.parallel.errors import NonFiniteGradientError, StepMismatchError
+from distdl.timing import PhaseRecorder
 
 NONFINITE_POLICIES = ("error", "skip")
 
@@ -84,6 +85,7 @@ class DistributedDataParallel:
         self.step_skipped = False  # the last one was
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
         self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
+        self.phases = PhaseRecorder(self.comm)  # each step's phases: timings(), DISTDL_TIMELINE
         self._hook = self._hook_state = self._hook_thread = None
         self._armed = False  # a forward ran: the next backward must average
         self._end_queued = False  # this backward pass will call _on_backward_end at its end
@@ -136,9 +138,10 @@ class DistributedDataParallel:
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        self.phases.forward_begins()
         self._sync_buffers()
         self._prepare_for_backward()
-        return self.module(*args, **kwargs)
+        return self.phases.forward_ends(self.module(*args, **kwargs))
 
     def _buffers(self):
         return [b for b in self.module.buffers() if b is not None]
@@ -236,6 +239,7 @@ class DistributedDataParallel:
         except DistError as exc:
             self._raise_named(exc)
         self.last_sync_wait = time.perf_counter() - start
+        self.phases.synced(self.last_sync_wait, self.last_allreduces)
         self._settle(had_batch=True)
 
     def _raise_named(self, exc):
@@ -332,6 +336,12 @@ class DistributedDataParallel:
             yield
         finally:
             self._sync = previous
+
+    def timings(self, all_ranks=False):
+        """Mean seconds per step of each phase (data, forward, backward, communication, optimizer) over this
+        rank's last 100 steps, and ``steps``; ``all_ranks=True`` (collective) gathers every rank's under ``ranks``
+        and says under ``uneven`` which rank is slower and in which phase (None within 20%)."""
+        return self.phases.timings(all_ranks)
 
     # -- uneven inputs -------------------------------------------------------------------------------------------------
     @contextmanager
