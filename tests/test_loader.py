@@ -94,14 +94,14 @@ def test_leaving_a_prefetching_loop_early_stops_its_thread():
     assert not [t for t in threading.enumerate() if t.name == "distdl-prefetch"]
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_state_counts_delivered_batches_so_a_resume_continues(prefetch):
+@pytest.mark.parametrize("prefetch,device", [(0, None), (2, None), (2, "sim")])
+def test_state_counts_delivered_batches_so_a_resume_continues(prefetch, device):
     dataset = numbered(40)
     sampler = DistributedSampler(dataset, num_replicas=2, rank=0, seed=5)
     whole = labels_of(DataLoader(dataset, batch_size=4, sampler=sampler, prefetch=prefetch))
 
     sampler = DistributedSampler(dataset, num_replicas=2, rank=0, seed=5)
-    loader = DataLoader(dataset, batch_size=4, sampler=sampler, prefetch=prefetch)
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, prefetch=prefetch, device=device)
     seen = []
     for batch in loader:
         seen.append(batch[1].tolist())
@@ -165,3 +165,82 @@ def test_bad_arguments_are_refused():
         DataLoader(numbered(), shuffle=True, sampler=DistributedSampler(numbered(), 1, 0))
     with pytest.raises(ValueError, match="same first dimension"):
         TensorDataset(np.zeros(3), np.zeros(4))
+
+
+# ---- the device path: pinned buffers, a copy stream, an event per batch (on the simulated device) ---------------
+class Mixed(Dataset):
+    """Items of several dtypes and a field of names, which stays on the host as it is (see with_names)."""
+
+    def __len__(self):
+        return 21
+
+    def __getitem__(self, i):
+        return {"x": np.full((2, 3), i, np.float32), "label": np.int64(i), "mask": np.bool_(i % 2),
+                "name": f"item {i}"}
+
+
+def with_names(items):
+    return {**default_collate([{k: v for k, v in item.items() if k != "name"} for item in items]),
+            "names": [item["name"] for item in items]}
+
+
+def read_at_hand_out(loader):
+    """Each batch as its consumer sees it when handed out (copied then: later copies must not change it)."""
+    return [{k: np.array(v, copy=True) for k, v in b.items()} if isinstance(b, dict)
+            else [np.array(v, copy=True) for v in b] for b in loader]
+
+
+def assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        for key in (a if isinstance(a, dict) else range(len(a))):
+            np.testing.assert_array_equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+@pytest.mark.parametrize("data", ["tensors", "items"])
+def test_a_device_loader_hands_out_the_host_loaders_batches(prefetch, data):
+    def loader(device):
+        dataset = numbered(101) if data == "tensors" else Mixed()
+        return DataLoader(dataset, batch_size=8, shuffle=True, seed=3, prefetch=prefetch, device=device,
+                          transform=T.RandomHorizontalFlip() if data == "tensors" else None,
+                          collate_fn=None if data == "tensors" else with_names)
+
+    assert_same_batches(read_at_hand_out(loader("sim")), read_at_hand_out(loader(None)))
+
+
+def test_a_batch_handed_out_without_waiting_for_its_copy_is_stale(monkeypatch):
+    from distdl import device
+
+    sim = device.get("sim")
+    host = read_at_hand_out(DataLoader(numbered(40), batch_size=8, prefetch=0))
+    monkeypatch.setattr(sim.compute_stream(), "wait_event", lambda event: None)  # the one wait, removed
+    stale = read_at_hand_out(DataLoader(numbered(40), batch_size=8, prefetch=0, device="sim"))
+    assert all(not np.array_equal(a[0], b[0]) for a, b in zip(stale, host))
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_pinned_buffer_is_refilled_only_after_its_copy_is_done(wait, monkeypatch):
+    from distdl import device
+    from distdl.data import staging
+
+    if not wait:
+        monkeypatch.setattr(staging._Slot, "reuse", lambda slot: None)  # refill at once: the early reuse
+    sim = device.get("sim")
+    ring = staging.StagingRing(sim, slots=1)
+    first, second = np.arange(6.0).reshape(2, 3), -np.arange(6.0).reshape(2, 3)
+    on_device, event = ring.upload(*ring.stage((first,)), sim.compute_stream())
+    ring.stage((second,))  # the only buffer again, while the first batch's copy has not run yet
+    sim.compute_stream().wait_event(event)
+    np.testing.assert_array_equal(on_device[0], first if wait else second)
+
+
+def test_the_prefetch_thread_selects_the_device_first(monkeypatch):
+    from distdl import device
+
+    threads = []
+    original = device.thread_init
+    monkeypatch.setattr(device, "thread_init", lambda: (threads.append(threading.current_thread().name), original()))
+    list(DataLoader(numbered(16), batch_size=4, prefetch=2, device="sim"))
+    assert threads == ["distdl-prefetch"]

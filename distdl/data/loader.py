@@ -5,10 +5,12 @@ import threading
 
 import numpy as np
 
+from distdl import device as devices
 from distdl.backend import to_device
 from distdl.data.collate import default_collate
 from distdl.data.keyed_random import SampleKeys
 from distdl.data.sampler import RandomSampler, Sampler, SequentialSampler
+from distdl.data.staging import StagingRing
 
 
 class DataLoader:
@@ -25,7 +27,9 @@ class DataLoader:
       (seed, epoch, sample index).
     - ``prefetch=k`` loads up to k batches ahead in a background thread, so that
       loading overlaps compute; the batches and their order are the same as with 0.
-    - ``device="cuda"`` hands the batches over as arrays on that device.
+    - ``device="cuda"`` (or "cuda:N", "sim") hands the batches over as arrays on that device, copied
+      through pinned host buffers on a stream of their own while the model works on the batch before
+      (data/staging.py); the compute stream waits for a batch's copy before it is handed out.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, sampler=None, drop_last=False, collate_fn=None,
@@ -40,7 +44,7 @@ class DataLoader:
         self.collate_fn = collate_fn
         self.transform, self.transform_key = transform, transform_key
         self.prefetch = int(prefetch)
-        self.device = device
+        self.device = None if device is None else devices.get(device)  # without CuPy, "cuda" says what to install
         self._owns_sampler = sampler is None
         if sampler is None:
             sampler = RandomSampler(dataset, seed=seed) if shuffle else SequentialSampler(dataset)
@@ -88,25 +92,31 @@ class DataLoader:
         fields[self.transform_key] = self.transform(fields[self.transform_key], self._keys(indices))
         return fields if isinstance(batch, dict) else type(batch)(fields)
 
-    def _to_device(self, batch):
+    def _to_host(self, batch):
         if self.device is None:
             return batch
         if isinstance(batch, dict):
-            return {k: self._to_device(v) for k, v in batch.items()}
+            return {k: self._to_host(v) for k, v in batch.items()}
         if isinstance(batch, (tuple, list)):
-            return type(batch)(self._to_device(v) for v in batch)
-        return to_device(batch, self.device)
+            return type(batch)(self._to_host(v) for v in batch)
+        return to_device(batch, "cpu")
 
     def __iter__(self):
         batches = ((len(indices), self.load_batch(indices)) for indices in self._index_batches())
+        staging = self.device is not None and self.device.is_async
+        if staging:  # a pinned buffer per batch loaded ahead, one being filled, one whose copy may be running
+            ring = StagingRing(self.device, slots=self.prefetch + 3)
+            batches = ((count, ring.stage(batch)) for count, batch in batches)
         if self.prefetch > 0:
             batches = _prefetched(batches, self.prefetch)
+        delivered = ring.uploaded(batches, lookahead=min(self.prefetch, 1)) if staging else batches
         try:
-            for count, batch in batches:
+            for count, batch in delivered:
                 if isinstance(self.sampler, Sampler):
                     self.sampler.position += count  # delivered, not merely prefetched
-                yield self._to_device(batch)
+                yield batch if staging else self._to_host(batch)
         finally:
+            delivered.close()
             batches.close()
         if self._owns_sampler:
             self.sampler.set_epoch(self.sampler.epoch + 1)
@@ -121,6 +131,7 @@ def _prefetched(batches, depth):
     stop = threading.Event()
 
     def produce():
+        devices.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
         try:
             for batch in batches:
                 if not _put(ready, (batch, None), stop):
