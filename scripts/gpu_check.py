@@ -240,6 +240,115 @@ def train_steps(simulate):
     return f"MLP, CNN, LSTM: two steps equal NumPy's (float64); {sync}", {}
 
 
+def _checkpoint_model(place):
+    """A float64 model with parameters and buffers (an integer one too), Adam, and one batch for it."""
+    dl.seed(3)
+    model = dl.nn.Sequential(dl.nn.Linear(6, 8), dl.nn.BatchNorm1d(8), dl.nn.Tanh(), dl.nn.Linear(8, 3)).double()
+    if place:
+        model.to(place)
+    rng = np.random.default_rng(5)
+    batch = dl.tensor(rng.standard_normal((16, 6)), device=place), backend.as_array(rng.integers(0, 3, 16), device=place)
+    return model, dl.optim.Adam(model.parameters(), lr=0.05), batch
+
+
+def _train_step(model, optimizer, batch):
+    optimizer.zero_grad()
+    dl.nn.CrossEntropyLoss()(model(batch[0]), batch[1]).backward()
+    optimizer.step()
+
+
+def _host_state(model):
+    return {k: on_host(v) for k, v in model.state_dict().items()}
+
+
+def checkpoint_to_cpu(simulate):
+    """A checkpoint of a model and its Adam state on the device loads in a process without a GPU (CuPy never
+    imported), where one more step lands where the device's does; and it loads back onto the device."""
+    where = engine_device(simulate)
+    dl.init(backend="local")
+    model, optimizer, batch = _checkpoint_model(where)
+    for _ in range(2):
+        _train_step(model, optimizer, batch)
+    dl.save_checkpoint("ckpt", model=model, optimizer=optimizer, step=2)
+    np.savez("saved.npz", **_host_state(model))
+    _train_step(model, optimizer, batch)
+    env = dict(child_env(simulate), CUDA_VISIBLE_DEVICES="", DISTDL_DEVICE="cpu")
+    host = subprocess.run([sys.executable, __file__, "--load-on-host", "ckpt"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    if host.returncode:
+        raise CheckFailed(f"loading on the host failed: {host.stderr.strip().splitlines()[-1:]}")
+    want = _host_state(model)
+    with np.load("host_after.npz") as got:
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-10, atol=1e-12, err_msg=f"host step after load: {name}")
+    again, again_optimizer, again_batch = _checkpoint_model(where)
+    state = dl.load_checkpoint("ckpt", model=again, optimizer=again_optimizer)
+    _train_step(again, again_optimizer, again_batch)
+    for name, value in _host_state(again).items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-10, atol=1e-12, err_msg=f"device step after load: {name}")
+    dl.shutdown()
+    saved_on = where or f"numpy ({device.current()} bound)"
+    return f"saved on {saved_on} at step {state['step']}; loaded without a GPU and back, steps agree", {}
+
+
+def load_on_host(path):
+    """In a process without a GPU: load the checkpoint, check what was saved, take one more step; CuPy unused."""
+    dl.init(backend="local")
+    model, optimizer, batch = _checkpoint_model(None)
+    dl.load_checkpoint(path, model=model, optimizer=optimizer)
+    with np.load("saved.npz") as saved:
+        for name, value in _host_state(model).items():
+            assert type(value) is np.ndarray, f"{name} loaded as {type(value).__name__}"
+            np.testing.assert_array_equal(value, saved[name], err_msg=f"loaded {name}")
+    _train_step(model, optimizer, batch)
+    np.savez("host_after.npz", **_host_state(model))
+    assert "cupy" not in sys.modules, "loading a GPU checkpoint imported CuPy"
+    dl.shutdown()
+
+
+def dataloader_device(simulate):
+    """DataLoader(device=...) hands every batch over on the device, equal to the host's batches, in order."""
+    from distdl.data import DataLoader, TensorDataset
+
+    target = "sim" if simulate else "cuda"
+    device.bind(target)
+    rng = np.random.default_rng(0)
+    dataset = TensorDataset(rng.random((40, 3, 8, 8)).astype(np.float32), np.arange(40))
+    expected = list(DataLoader(dataset, batch_size=6, shuffle=False))
+    sums, batches = [], []
+    for x, y in DataLoader(dataset, batch_size=6, shuffle=False, device=target):
+        for array in (x, y):
+            if simulate != isinstance(array, np.ndarray):
+                raise CheckFailed(f"a batch came as {type(array).__name__} for device {target}")
+        sums.append(x.sum(axis=(1, 2, 3)) + y)  # read at once: the loader may refill its host buffers
+        batches.append((x, y))
+    if len(batches) != len(expected):
+        raise CheckFailed(f"{len(batches)} batches on {target}, {len(expected)} on the host")
+    for i, ((x, y), (hx, hy), total) in enumerate(zip(batches, expected, sums)):
+        np.testing.assert_array_equal(on_host(x), hx, err_msg=f"batch {i}: images")
+        np.testing.assert_array_equal(on_host(y), hy, err_msg=f"batch {i}: labels")
+        np.testing.assert_allclose(on_host(total), hx.sum(axis=(1, 2, 3)) + hy, rtol=1e-5, err_msg=f"batch {i}: read")
+    return f"{len(batches)} batches on {target} equal the host's, read as they came and at the end", {}
+
+
+def bench_vs_torch(simulate):
+    """scripts/bench_engine.py --device cuda: the engine's step times against PyTorch's on the same GPU."""
+    command = [sys.executable, str(HERE / "bench_engine.py"), "--device", "cuda", "--models", "mlp,cnn,lstm",
+               "--rounds", "2", "--seconds", "0.5", "--repeats", "10"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=150)
+    if out.returncode:
+        raise CheckFailed(f"bench_engine.py failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}",
+                          {"stderr": out.stderr[-2000:]})
+    table = out.stdout.strip()
+    ratios = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[4].endswith("x"):
+            ratios[cells[0]] = cells[4]
+    summary = ", ".join(f"{name.split()[0]} {ratio}" for name, ratio in ratios.items()) or "no torch peer"
+    return f"step time / torch's on the same GPU: {summary}", {"table": table, "ratios": ratios}
+
+
 STEPS = [  # (name, function, timeout in s, needs a real GPU)
     ("environment", environment, 60, False),
     ("device_layer", device_layer, 30, False),
@@ -247,6 +356,9 @@ STEPS = [  # (name, function, timeout in s, needs a real GPU)
     ("ops_gradcheck", ops_gradcheck, 120, False),
     ("ops_vs_numpy", ops_vs_numpy, 90, False),
     ("train_steps", train_steps, 90, False),
+    ("checkpoint_to_cpu", checkpoint_to_cpu, 60, False),
+    ("dataloader_device", dataloader_device, 30, False),
+    ("bench_vs_torch", bench_vs_torch, 160, True),
 ]
 
 
@@ -310,9 +422,12 @@ def main():
     parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole run")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # in a step's own process
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--load-on-host", help=argparse.SUPPRESS)  # checkpoint_to_cpu's process without a GPU
     args = parser.parse_args()
     if args.step:
         return run_step(args.step, args.simulate, args.result)
+    if args.load_on_host:
+        return load_on_host(args.load_on_host)
 
     names = [step[0] for step in STEPS]
     wanted = args.only.split(",") if args.only else names
@@ -338,7 +453,7 @@ def main():
             seconds = time.monotonic() - began
             rows.append({"name": name, "status": status, "seconds": round(seconds, 2), "detail": detail, "data": data,
                          "output_tail": tail})
-            print(f"{name:<16} {status:<7} {seconds:7.1f} s  {detail}", flush=True)
+            print(f"{name:<18} {status:<7} {seconds:7.1f} s  {detail}", flush=True)
             if data.get("table"):
                 print(data["table"], flush=True)
     passed = sum(r["status"] == "passed" for r in rows)
