@@ -15,6 +15,7 @@ import distdl as dl
 from distdl import nn, optim
 from distdl.callbacks import EarlyStopping, HistoryLogger
 from distdl.data import TensorDataset, load_digits, random_split
+from distdl.timing import LANES
 from multiproc import WORKERS, run
 
 
@@ -75,6 +76,21 @@ def test_the_epoch_summary_names_the_slow_rank_and_the_timeline_holds_every_rank
     assert {e["pid"] for e in spans} == {0, 1}
     assert {"data", "forward", "backward", "communication", "optimizer"} <= {e["name"] for e in spans}
     assert any(e["name"].startswith("allreduce bucket 0") for e in spans)
+    steps = 2 * 5  # 2 epochs of 75 samples per rank in batches of 16
+    for rank in (0, 1):  # each phase once per step: the Trainer and DDP record into one timer
+        assert sorted(e["name"] for e in spans if e["pid"] == rank and e["name"] in ("forward", "optimizer")) == \
+            ["forward"] * steps + ["optimizer"] * steps
+        lane = sorted((e for e in spans if e["pid"] == rank and e["tid"] == LANES.index("trainer")),
+                      key=lambda e: e["name"])
+        assert [e["name"] for e in lane] == ["epoch 1", "epoch 2", "evaluate", "evaluate"]
+        marks = {e["name"]: e for e in lane}
+        for epoch in ("epoch 1", "epoch 2"):  # an epoch spans its steps and its evaluation, its figures beside it
+            assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(marks[epoch]["args"])
+        evaluations = sorted(lane[2:], key=lambda e: e["ts"])
+        assert all({"loss", "accuracy"} <= set(e["args"]) for e in evaluations)
+        for epoch, evaluation in zip(("epoch 1", "epoch 2"), evaluations):
+            start, end = marks[epoch]["ts"], marks[epoch]["ts"] + marks[epoch]["dur"]
+            assert start < evaluation["ts"] and evaluation["ts"] + evaluation["dur"] <= end
 
 
 def digits():

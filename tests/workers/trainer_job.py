@@ -3,7 +3,8 @@
 exact    after training, evaluate() and predict() over 3 ranks equal one-process figures on the whole data
 resume   train 3 epochs with step checkpoints; with --crash-at K rank 1 raises at global step K on the first attempt;
          rank 0 prints the history as JSON
-uneven   rank 1's data loading is slow; the epoch summary must name it (run with DISTDL_TIMELINE set)
+uneven   rank 1's data loading is slow; the epoch summary must name it (run with DISTDL_TIMELINE set); 2 epochs
+         with validation, for the trace's epoch and evaluation marks
 nanloss  --policy error|skip: a NaN in rank 1's third batch; rank 1 reports it before backward, or the step is
          skipped on every rank and counted in the epoch line
 padless  fit(pad=False): rank 0 has 4 batches, rank 1 three; join() lets it finish with identical replicas
@@ -73,7 +74,7 @@ elif args.scenario == "uneven":
             time.sleep(0.01)
         return batch
 
-    trainer.fit(train, epochs=1, batch_size=16, transform=slow_on_rank_1, prefetch=0)
+    trainer.fit(train, epochs=2, batch_size=16, transform=slow_on_rank_1, prefetch=0, validation_data=val)
 elif args.scenario == "nanloss":
     bad = x[:150].copy()
     bad[2 * (8 * 2 + 3) + 1, 0] = np.nan  # unshuffled, rank 1 holds samples 1, 3, 5, ...: its 3rd batch of 8

@@ -1,0 +1,84 @@
+"""Step timing and the timeline of a plain DDP loop (no Trainer), under distdl-run: a Chrome trace with every
+rank's phases and bucket allreduces, ``ddp.timings()`` that add up to the loop's wall time and name the slow rank.
+
+The worker (workers/timeline_loop.py) gives the phases known lengths: the model's forward sleeps, rank 1
+sleeps before each batch, so rank 0 waits for it at the end of each backward."""
+
+import json
+import os
+
+import pytest
+
+from distdl.timing import LANES, PHASES, uneven
+from multiproc import WORKERS
+from test_launch_conventions import distdl_run
+
+STEPS, FORWARD_SLEEP, DATA_SLEEP, BUCKETS = 12, 0.004, 0.03, 3  # as in the worker
+
+
+@pytest.fixture(scope="module", params=["mpi", "zmq"])
+def plain_loop(request, tmp_path_factory):
+    """One 2-rank run of the plain loop: its output, the trace, and what each rank wrote."""
+    out = tmp_path_factory.mktemp(f"timeline-{request.param}")
+    trace = out / "trace.json"
+    result = distdl_run("-n", 2, "--backend", request.param, WORKERS / "timeline_loop.py", out, timeout=120,
+                        env=dict(os.environ, DISTDL_TIMELINE=str(trace)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    return result, json.loads(trace.read_text()), ranks
+
+
+def test_a_plain_ddp_loop_writes_one_chrome_trace_with_every_rank_phase_and_bucket(plain_loop):
+    result, trace, ranks = plain_loop
+    assert f"distdl: timeline of 2 ranks ({len(trace['traceEvents']) - 2 * len(LANES) - 2} events) written to" \
+        in result.stdout
+    names = {(e["pid"], e["args"]["name"]) for e in trace["traceEvents"] if e["name"] == "process_name"}
+    assert names == {(0, "rank 0"), (1, "rank 1")}
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert all(isinstance(e["ts"], float) and e["dur"] >= 0 and e["tid"] < len(LANES) for e in spans)
+    for rank in (0, 1):
+        mine = sorted((e for e in spans if e["pid"] == rank), key=lambda e: e["ts"])
+        phases = [e for e in mine if e["name"] in PHASES]
+        # the first step has no data wait; then each step is data, forward, backward, communication, optimizer
+        assert [e["name"] for e in phases] == list(PHASES[1:]) + list(PHASES) * (STEPS - 1)
+        for before, after in zip(phases, phases[1:]):  # back to back on one clock: nothing lost, nothing twice
+            assert after["ts"] == pytest.approx(before["ts"] + before["dur"], abs=1.0)  # microseconds
+        allreduces = [e for e in mine if e["name"].startswith("allreduce bucket")]
+        assert len(allreduces) == STEPS * BUCKETS and {e["tid"] for e in allreduces} == {LANES.index("allreduce")}
+        assert sorted({e["args"]["bucket"] for e in allreduces}) == list(range(BUCKETS))
+        forwards = [e for e in phases if e["name"] == "forward"]
+        ends = [e["ts"] + e["dur"] for e in phases if e["name"] == "communication"]
+        for e in allreduces:  # each within its step: after that step's forward began, done when its wait ended
+            step = max(i for i, f in enumerate(forwards) if f["ts"] <= e["ts"])
+            assert e["ts"] + e["dur"] <= ends[step] + 1.0
+        for phase in PHASES:  # the trace and ddp.timings() tell the same story
+            total = sum(e["dur"] for e in phases if e["name"] == phase) / 1e6
+            assert total / STEPS == pytest.approx(ranks[rank]["timings"][phase], rel=1e-6, abs=1e-9)
+
+
+def test_ddp_timings_add_up_to_the_wall_time_and_name_the_slow_rank_and_phase(plain_loop):
+    _, _, ranks = plain_loop
+    for rank, seen in enumerate(ranks):
+        timings = seen["timings"]
+        assert timings["steps"] == STEPS and all(timings[p] >= 0 for p in PHASES)
+        accounted = STEPS * sum(timings[p] for p in PHASES)
+        # everything but the first batch's wait (rank 1's first sleep) and the loop's few microseconds before it
+        assert seen["wall"] - DATA_SLEEP * (rank == 1) - 0.01 <= accounted <= seen["wall"], (accounted, seen)
+        assert timings["forward"] >= FORWARD_SLEEP
+    slow, fast = ranks[1]["timings"], ranks[0]["timings"]
+    assert slow["data"] >= DATA_SLEEP * (STEPS - 1) / STEPS and fast["data"] < DATA_SLEEP / 3
+    # the fast rank waits for the slow one's gradients at the end of backward: exposed communication
+    assert fast["communication"] >= DATA_SLEEP / 2 > slow["communication"]
+    everyone = ranks[0]["all_ranks"]
+    assert everyone["ranks"] == [fast, slow]
+    assert everyone["uneven"].startswith("rank 1 is ") and "slower than rank 0, mostly in data: " in everyone["uneven"]
+
+
+def test_uneven_leaves_out_ranks_without_steps_and_is_quiet_within_20_percent():
+    step = dict.fromkeys(PHASES, 0.0)
+    same = [dict(step, forward=0.010, steps=5), dict(step, forward=0.011, steps=5)]
+    assert uneven(same) is None
+    idle = dict(step, steps=0)
+    assert uneven([dict(step, forward=0.010, steps=5), idle]) is None  # nothing to compare with, no division by 0
+    slower = [dict(step, forward=0.010, steps=5), idle, dict(step, forward=0.010, optimizer=0.02, steps=5)]
+    assert uneven(slower) == "rank 2 is 200% slower than rank 0, mostly in optimizer: 20.0 ms per step against 0.0 ms"
