@@ -32,7 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for path in (ROOT, ROOT / "tests", HERE):  # distdl from this checkout; the op table and workloads beside it
+# distdl from this checkout; the op table, the DDP worker and the benchmark workloads beside it
+for path in (ROOT, ROOT / "tests", ROOT / "tests" / "workers", HERE):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -40,6 +41,7 @@ import numpy as np  # noqa: E402
 
 import distdl as dl  # noqa: E402
 from distdl import backend, device  # noqa: E402
+from gpu_ddp import PathSaid  # noqa: E402
 
 
 class CheckFailed(AssertionError):
@@ -331,6 +333,65 @@ def dataloader_device(simulate):
     return f"{len(batches)} batches on {target} equal the host's, read as they came and at the end", {}
 
 
+def ddp_two_ranks(simulate):
+    """distdl-run -n 2 with both ranks on one device: DDP with tensors there equals one process on NumPy with
+    the whole batch (float64), and its buckets take the staging path (NCCL refuses two ranks on one GPU)."""
+    kind = "sim" if simulate else "cuda"
+    out_dir = Path("ddp").resolve()
+    out_dir.mkdir()
+    env = dict(child_env(simulate), DISTDL_TIMEOUT="60")
+    run = subprocess.run([sys.executable, "-m", "launcher", "-n", "2", str(ROOT / "tests" / "workers" / "gpu_ddp.py"),
+                          kind, str(out_dir)], env=env, capture_output=True, text=True, timeout=150)
+    said = [line for line in run.stderr.splitlines() if "root cause" in line or "Error" in line]
+    if run.returncode:
+        raise CheckFailed(f"the 2-rank job failed: {(said or run.stderr.strip().splitlines() or ['?'])[-1]}",
+                          {"output": (run.stdout + run.stderr)[-3000:]})
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    methods = {r["method"] for r in ranks}
+    if methods != {"staging"}:
+        raise CheckFailed(f"the ranks' device buckets took {sorted(map(str, methods))}, not staging "
+                          "(None: DDP never said which path)", {"ranks": ranks})
+    worst = max(r["worst"] for r in ranks)
+    return (f"2 ranks on {ranks[0]['device']}, {ranks[0]['buckets']} buckets through staging: equal to one process "
+            f"on NumPy to {worst:.1e}"), {"ranks": ranks}
+
+
+def nccl_one_rank(simulate):
+    """A 1-rank NCCL communicator from distdl's unique-id bootstrap averages a device array (NCCL_AVG), on a
+    stream of its own; then DDP forced onto NCCL (DISTDL_GPU_ALLREDUCE=nccl) trains as the plain model does."""
+    from distdl.parallel.device_allreduce import nccl_unique_id
+
+    cp = backend.cupy()
+    from cupy.cuda import nccl
+
+    comm = dl.init(backend="local")
+    dev = device.bind("cuda")
+    communicator = nccl.NcclCommunicator(1, nccl_unique_id(comm, nccl.get_unique_id), 0)
+    x = cp.arange(1 << 20, dtype=cp.float32)
+    stream = dev.new_stream()
+    stream.wait_event(dev.record_event(dev.compute_stream()))
+    communicator.allReduce(x.data.ptr, x.data.ptr, x.size, nccl.NCCL_FLOAT32, nccl.NCCL_AVG, stream.raw.ptr)
+    dev.record_event(stream).synchronize()
+    if not np.array_equal(on_host(x), np.arange(1 << 20, dtype=np.float32)):
+        raise CheckFailed("NCCL's average over one rank changed the array")
+    communicator.destroy()
+    os.environ["DISTDL_GPU_ALLREDUCE"] = "nccl"
+    said = PathSaid.listening()
+    plain, plain_opt, batch = _checkpoint_model("cuda")
+    model, model_opt, _ = _checkpoint_model("cuda")
+    ddp = dl.DistributedDataParallel(model)
+    for _ in range(3):
+        _train_step(plain, plain_opt, batch)
+        _train_step(ddp, model_opt, batch)
+    for name, value in _host_state(plain).items():
+        np.testing.assert_allclose(_host_state(model)[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
+    dl.shutdown()
+    if said.method not in ("nccl", None):
+        raise CheckFailed(f"DISTDL_GPU_ALLREDUCE=nccl, yet DDP's buckets took {said.method}")
+    ddp_path = "DDP over NCCL" if said.method else "DDP in a world of one (no allreduce path said)"
+    return f"NCCL {nccl.get_version()}: 1-rank allreduce exact; {ddp_path} equals the plain model", {}
+
+
 def bench_vs_torch(simulate):
     """scripts/bench_engine.py --device cuda: the engine's step times against PyTorch's on the same GPU."""
     command = [sys.executable, str(HERE / "bench_engine.py"), "--device", "cuda", "--models", "mlp,cnn,lstm",
@@ -358,6 +419,8 @@ STEPS = [  # (name, function, timeout in s, needs a real GPU)
     ("train_steps", train_steps, 90, False),
     ("checkpoint_to_cpu", checkpoint_to_cpu, 60, False),
     ("dataloader_device", dataloader_device, 30, False),
+    ("ddp_two_ranks", ddp_two_ranks, 120, False),
+    ("nccl_one_rank", nccl_one_rank, 45, True),
     ("bench_vs_torch", bench_vs_torch, 160, True),
 ]
 

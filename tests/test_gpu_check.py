@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+STEPS = ["environment", "device_layer", "pinned_memory", "ops_gradcheck", "ops_vs_numpy", "train_steps",
+         "checkpoint_to_cpu", "dataloader_device", "ddp_two_ranks", "nccl_one_rank", "bench_vs_torch"]
 GPU_ONLY = {"pinned_memory", "nccl_one_rank", "bench_vs_torch"}
 
 
@@ -39,13 +41,13 @@ def test_simulated_run_passes_every_step_and_reports_it(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())  # the default: the current directory
     names = [step["name"] for step in report["steps"]]
-    assert report["mode"] == "simulate" and len(names) >= 6 and names[0] == "environment"
+    assert report["mode"] == "simulate" and names == STEPS
     for step in report["steps"]:
         wanted = "skipped" if step["name"] in GPU_ONLY else "passed"
         assert step["status"] == wanted, step
         assert any(line.startswith(step["name"]) and wanted in line for line in lines), (step["name"], out.stdout)
-    assert sorted(report["skipped"]) == sorted(GPU_ONLY & set(names))
-    assert lines[-1].startswith(f"{len(names) - len(report['skipped'])} passed, 0 failed")
+    assert sorted(report["skipped"]) == sorted(GPU_ONLY)
+    assert lines[-1].startswith(f"{len(STEPS) - len(GPU_ONLY)} passed, 0 failed, {len(GPU_ONLY)} skipped (simulate)")
     assert not processes_mentioning(str(tmp_path))
 
 
