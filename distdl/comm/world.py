@@ -20,6 +20,7 @@ import sys
 
 from distdl.comm import launchers
 from distdl.comm.local import LocalCommunicator
+from distdl.comm.placement import place
 from distdl.comm.threads import limit_threads
 
 log = logging.getLogger("distdl.comm")
@@ -72,11 +73,13 @@ def _required(name):
     return value
 
 
-def init(backend="auto", timeout=None):
+def init(backend="auto", timeout=None, device="auto"):
     """Start this process's communicator (once) and return it.
 
     ``timeout``: seconds a collective may wait for a peer before failing with an
-    error naming it (default DISTDL_TIMEOUT, else 300).
+    error naming it (default DISTDL_TIMEOUT, else 300). ``device``: "auto" (GPU
+    ``local_rank % GPUs`` where CuPy sees one, else the host), "cpu", "cuda", "cuda:N"
+    or "sim"; DISTDL_DEVICE wins (placement.py).
     """
     global _current
     name, reason = choose_backend(backend)
@@ -112,6 +115,12 @@ def init(backend="auto", timeout=None):
         raise RuntimeError(mismatch)
     log.debug("distdl: %s backend (%s), rank %d of %d", name, reason, _current.rank, _current.size)
     limit_threads(_current.local_size)
+    try:
+        place(device, _current)
+    except BaseException as exc:  # a world without its device is of no use: a later init starts afresh
+        _current.abandon(f"this rank found no device to compute on: {exc}")
+        _current = None
+        raise
     return _current
 
 
