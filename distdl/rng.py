@@ -94,12 +94,14 @@ class Generator:
         return self.bits((count + 1) // 2, xp).view(xp.uint32)[:count]
 
     def uniform(self, shape, dtype=np.float64, xp=np):
-        """Uniform [0, 1): float32 from 24 bits of a word, any other float dtype from 53 bits of an output."""
-        count = math.prod(shape)
-        if np.dtype(dtype) == np.float32:
+        """Uniform [0, 1): float32 from 24 bits of a word, float64 from 53 bits of an output."""
+        count, dtype = math.prod(shape), np.dtype(dtype)
+        if dtype == np.float32:
             values = (self.words(count, xp) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
-        else:
-            values = ((self.bits(count, xp) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).astype(dtype, copy=False)
+        elif dtype == np.float64:
+            values = (self.bits(count, xp) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+        else:  # a cast from float64 could round up to 1.0 (float16) or promise bits it lacks
+            raise ValueError(f"uniform draws float32 or float64, not {dtype}: draw one of them and cast")
         return values.reshape(shape)
 
     def normal(self, shape, dtype=np.float64, xp=np, scale=1.0):

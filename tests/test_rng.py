@@ -75,6 +75,8 @@ def test_uniform_and_normal_moments():
     scaled = rng.Generator(12).normal((50, 2), np.float32, scale=0.5)
     assert scaled.dtype == np.float32 and abs(scaled.std() - 0.5) < 0.15
     assert abs(rng.Generator(13).keep((n,), 0.2).mean() - 0.8) < 5 * (0.16 / n) ** 0.5
+    with pytest.raises(ValueError, match="uniform draws float32 or float64, not float16"):
+        rng.Generator(0).uniform((2,), np.float16)
 
 
 def test_threads_drawing_at_once_share_the_stream_without_overlap():
