@@ -151,3 +151,13 @@ def test_erfc_without_a_mask_equals_the_host_and_math_erfc(monkeypatch):
     np.testing.assert_array_equal(erfc(x), host)
     reference = np.array([math.erfc(v) for v in x])
     np.testing.assert_allclose(host, reference, rtol=1e-13, atol=0)
+
+
+def test_cupys_sync_detector_is_on_inside_forbid_syncs_and_silent(recwarn):
+    pytest.importorskip("cupy")  # runs where CuPy is installed, with or without a GPU: it launches nothing
+    from cupy._core import syncdetect
+
+    with device.CudaDevice(0).forbid_syncs():
+        assert not syncdetect._is_allowed()
+    assert syncdetect._is_allowed()
+    assert not [w for w in recwarn if "allow_synchronize" in str(w.message)]
