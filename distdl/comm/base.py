@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from distdl.backend import device_of, is_gpu_array, to_device
 from distdl.comm.errors import CollectiveMismatchError, DistError
 from distdl.comm.ordering import CommThread
 from distdl.comm.signature import OP_CODES, REDUCE_OPS, SUPPORTED_DTYPES
@@ -29,6 +30,7 @@ class Communicator:
     """
 
     backend = None
+    cuda_aware = False  # whether the backend moves device (CuPy) arrays itself; else they are staged through the host
 
     def __init__(self, rank=0, size=1, local_rank=0, local_size=1):
         self.rank, self.size = rank, size
@@ -43,6 +45,8 @@ class Communicator:
         # the checks inlined for the common case: this call's overhead is the latency of small allreduces
         if type(array) is not np.ndarray or array.dtype not in _SUPPORTED or not array.flags.c_contiguous:
             check_array(array, "allreduce")
+            if self._staged(array):
+                return _set(array, self.allreduce(array.get(), op, check))
         if op not in OP_CODES:
             check_op(op, "allreduce")
         calls = self._calls
@@ -59,12 +63,18 @@ class Communicator:
         """Start ``allreduce`` in the background; the array must not be touched until ``wait()`` returns."""
         check_array(array, "iallreduce")
         check_op(op, "iallreduce")
+        if self._staged(array):
+            raise TypeError(f"iallreduce on {self.backend} takes host (NumPy) arrays, not a {device_of(array)} array: "
+                            "use allreduce (it stages through the host) or DistributedDataParallel (its device "
+                            "allreduce overlaps the copies)")
         self._check_usable()
         return self._calls.submit(functools.partial(self._allreduce, array, op, check))
 
     def broadcast(self, array, root=0):
         check_array(array, "broadcast")
         check_root(root, self.size, "broadcast")
+        if self._staged(array):
+            return _set(array, self.broadcast(array.get(), root))
         self._before_collective()
         self._run(self._broadcast, array, root)
         return array
@@ -72,6 +82,8 @@ class Communicator:
     def allgather(self, array):
         """Every rank's ``array`` stacked along a new first axis, in rank order (same shape on every rank)."""
         check_array(array, "allgather")
+        if self._staged(array):
+            return to_device(self.allgather(array.get()), device_of(array))
         self._before_collective()
         return self._run(self._allgather, array)
 
@@ -79,6 +91,9 @@ class Communicator:
         """Like allgather, but only ``root`` gets the stack; the others get None."""
         check_array(array, "gather")
         check_root(root, self.size, "gather")
+        if self._staged(array):
+            out = self.gather(array.get(), root)
+            return None if out is None else to_device(out, device_of(array))
         self._before_collective()
         return self._run(self._gather, array, root)
 
@@ -86,6 +101,8 @@ class Communicator:
         """Part ``rank`` of the reduced array: the flattened array is cut in ``size`` near-equal parts."""
         check_array(array, "reduce_scatter")
         check_op(op, "reduce_scatter")
+        if self._staged(array):
+            return to_device(self.reduce_scatter(array.get(), op), device_of(array))
         self._before_collective()
         return self._run(self._reduce_scatter, array, op)
 
@@ -127,6 +144,11 @@ class Communicator:
         self._before_collective()
         rows = self._run(self._allgather, padded)
         return [row[:n] for row, n in zip(rows, lengths)]
+
+    def _staged(self, array):
+        """Whether ``array`` is device memory this backend cannot move: it then travels through a host copy
+        (``.get()`` and ``.set()`` wait for the current stream, so no kernel is still writing it)."""
+        return not self.cuda_aware and is_gpu_array(array)
 
     # -- order and failure -----------------------------------------------------------------------------------------
     @property
@@ -233,6 +255,12 @@ class Communicator:
 
     def _barrier(self):
         raise NotImplementedError
+
+
+def _set(array, host):
+    """Copy the host result of a staged collective back into the caller's device array."""
+    array.set(host)
+    return array
 
 
 def check_array(array, collective):

@@ -12,6 +12,7 @@ arrives (dead, stopped, or in a loop of its own) gives a CollectiveTimeoutError
 naming the call; uncaught, it ends the job through MPI_Abort.
 """
 
+import ctypes
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ class MPICommunicator(Communicator):
         super().__init__(self._comm.Get_rank(), self._comm.Get_size(), local.Get_rank(), local.Get_size())
         local.Free()
         self.timeout = float(timeout)
+        self.cuda_aware = cuda_support()  # else CuPy arrays are staged through the host (base.Communicator)
         self._seq = 0
         self._ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
         self._in_place = MPI.IN_PLACE
@@ -141,6 +143,16 @@ class MPICommunicator(Communicator):
 
     def _release(self):
         self._comm.Free()
+
+
+def cuda_support():
+    """``MPIX_Query_cuda_support()`` (an MPICH and Open MPI extension that mpi4py does not wrap): whether this
+    MPI reads and writes device memory itself. False where the library lacks it; the pip ``mpich`` says 0."""
+    try:
+        query = ctypes.CDLL(mpi().__file__).MPIX_Query_cuda_support
+    except (ImportError, OSError, AttributeError):
+        return False
+    return bool(query())
 
 
 def abort_on_uncaught_exception():
