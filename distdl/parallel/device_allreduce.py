@@ -1,0 +1,227 @@
+"""The gradient allreduce of buckets that live on a device (a GPU, or the simulated device of the tests).
+
+Three paths, chosen once by ``choose`` (``auto``) and said at start:
+
+- ``nccl``: ``cupy.cuda.nccl`` reduces on the GPU. Rank 0's unique id travels
+  over the host communicator. NCCL refuses two ranks on one GPU ("Duplicate
+  GPU"), so it is chosen only when this host's ranks do not outnumber its GPUs.
+- ``cuda-aware-mpi``: MPI reads device memory itself, when
+  ``MPIX_Query_cuda_support()`` says it can (the pip ``mpich`` cannot).
+- ``staging``: through pinned host buffers, over either host communicator. A
+  bucket is copied in chunks, so copying chunk k+1 to the host overlaps reducing
+  chunk k; each chunk is copied back as soon as it is reduced.
+
+Every bucket runs on a communication thread of its own, in index order, after its
+stream waited on the gradients' event; its ``reduced_event`` is what the compute
+stream waits on before the optimizer reads it. The signature check (first bucket)
+and the timeouts stay the host communicator's; NCCL's completion is polled against
+the same timeout, and a NCCL communicator that timed out is aborted, never waited on.
+"""
+
+import logging
+import os
+import time
+from functools import partial
+
+import numpy as np
+
+from distdl import backend
+from distdl.comm.errors import CollectiveTimeoutError
+from distdl.comm.ordering import CommThread
+
+log = logging.getLogger("distdl.parallel")
+
+METHODS = ("nccl", "cuda-aware-mpi", "staging")
+CHUNK_BYTES = int(os.environ.get("DISTDL_STAGING_CHUNK_BYTES", 4 << 20))
+NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
+
+
+def choose(nccl_available, local_ranks, local_devices, backend_name, mpi_cuda_aware):
+    """The path for this job's device buckets, from the answers of the detection functions (a pure function)."""
+    if nccl_available and local_ranks <= local_devices:
+        return "nccl"
+    if backend_name == "mpi" and mpi_cuda_aware:
+        return "cuda-aware-mpi"
+    return "staging"
+
+
+def nccl_available():
+    """Whether CuPy's NCCL binding imports and finds libnccl."""
+    try:
+        from_cupy = backend.cupy().cuda.nccl
+        from_cupy.get_version()
+        return True
+    except Exception:  # no CuPy, no libnccl, no driver: no NCCL here
+        return False
+
+
+def local_devices():
+    """How many GPUs this process sees (0 without CuPy or a driver)."""
+    try:
+        return backend.cupy().cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+def select(comm, dev, method=None):
+    """The path for ``dev``'s buckets on ``comm``: DISTDL_GPU_ALLREDUCE or ``method`` if given, else ``auto``."""
+    method = method or os.environ.get("DISTDL_GPU_ALLREDUCE", "auto")
+    if method != "auto":
+        if method not in METHODS:
+            raise ValueError(f"gradient allreduce {method!r}: use 'auto' or one of {', '.join(METHODS)}")
+        return method
+    if dev.kind != "cuda":
+        return "staging"  # the simulated device has no NCCL and no MPI that reads it
+    return choose(nccl_available(), comm.local_size, local_devices(), comm.backend, comm.cuda_aware)
+
+
+def nccl_unique_id(comm, make_id):
+    """Rank 0's ``make_id()`` (128 signed bytes), broadcast over the host communicator to every rank."""
+    uid = np.zeros(NCCL_ID_BYTES, np.int64)
+    if comm.rank == 0:
+        made = np.asarray(make_id(), np.int64)
+        if made.shape != (NCCL_ID_BYTES,):
+            raise ValueError(f"a NCCL unique id has {NCCL_ID_BYTES} bytes, this one {made.size}")
+        uid[:] = made
+    comm.broadcast(uid, root=0)
+    return tuple(int(b) for b in uid)
+
+
+class HostBucket:
+    """A bucket's pinned host copy, with the names a communication hook uses (``comm_hooks``)."""
+
+    def __init__(self, bucket, host):
+        self._bucket, self.flat = bucket, host
+        self.grads, self.control = host[:bucket.grads.size], host[bucket.grads.size:]
+
+    def index(self):
+        return self._bucket.index()
+
+    def buffer(self):
+        return self.flat
+
+    def parameters(self):
+        return self._bucket.parameters()
+
+    def is_last(self):
+        return self._bucket.is_last()
+
+    @property
+    def nbytes(self):
+        return self.flat.nbytes
+
+
+class DeviceAllreduce:
+    """Averages device buckets over ``comm`` by ``method`` (see ``select``), on a communication thread of its own."""
+
+    def __init__(self, comm, dev, method=None, chunk_bytes=CHUNK_BYTES):
+        self.comm, self.dev = comm, dev
+        self.method = select(comm, dev, method)
+        self.chunk_bytes = max(int(chunk_bytes), 1)
+        self._thread = CommThread(comm.rank)
+        self._stream = dev.new_stream()
+        self._host = {}  # bucket index -> its pinned host buffer (staging), allocated once
+        self._nccl = self._nccl_communicator() if self.method == "nccl" else None
+        log.info("distdl: rank %d: gradient allreduce of %s buckets: %s", comm.rank, dev, self.method)
+
+    def submit(self, bucket, ready, check, hook=None, hook_state=None):
+        """Average ``bucket`` once ``ready`` (the gradients' event) is reached; the Request of the work.
+
+        When it is done, ``bucket.reduced_event`` is reached once the averaged bucket is in device memory.
+        A communication hook runs on the host copy of the bucket (staging), whatever the path.
+        """
+        return self._thread.submit(partial(self._reduce, bucket, ready, check, hook, hook_state))
+
+    def wait_pending(self):
+        """Forget the requests already waited for (``submit`` keeps each until then); raise the first failure."""
+        self._thread.wait_pending()
+
+    def stop(self):
+        self._thread.stop()
+        if self._nccl is not None:
+            self._nccl.destroy()
+            self._nccl = None
+
+    def _reduce(self, bucket, ready, check, hook, hook_state):
+        self._stream.wait_event(ready)
+        if hook is not None or self.method == "staging":
+            self._staged(bucket, check, hook, hook_state)
+        elif self.method == "nccl":
+            self._nccl_allreduce(bucket, check)
+        else:
+            self._await(self.dev.record_event(self._stream), "the gradients before the CUDA-aware allreduce")
+            self.dev.launch(self._stream, self.comm.allreduce, bucket.flat, "mean", check)  # mean's kernel here
+        bucket.reduced_event = self.dev.record_event(self._stream)
+
+    # -- staging -------------------------------------------------------------------------------------------------
+    def _host_buffer(self, bucket):
+        host = self._host.get(bucket.index())
+        if host is None:
+            host = self._host[bucket.index()] = self.dev.pinned_empty(bucket.flat.shape, bucket.flat.dtype)
+        return host
+
+    def _chunks(self, size, itemsize):
+        step = max(self.chunk_bytes // itemsize, 1)
+        return [slice(start, min(start + step, size)) for start in range(0, max(size, 1), step)]
+
+    def _staged(self, bucket, check, hook, hook_state):
+        """Chunk k+1 travels to the host while chunk k is reduced; a hook takes the whole bucket at once."""
+        flat, host = bucket.flat, self._host_buffer(bucket)
+        parts = [slice(0, flat.size)] if hook is not None else self._chunks(flat.size, flat.itemsize)
+        copied = []
+        for part in parts:
+            self.dev.copy_to_host(flat[part], host[part], self._stream)
+            copied.append(self.dev.record_event(self._stream))
+        for k, part in enumerate(parts):
+            self._await(copied[k], f"bucket {bucket.index()}'s copy to the host")
+            if hook is not None:
+                handle = hook(hook_state, HostBucket(bucket, host))
+                if handle is not None:
+                    handle.wait()
+            else:
+                self.comm.allreduce(host[part], "mean", check=check and k == 0)
+            self.dev.copy_to_device(host[part], flat[part], self._stream)
+
+    def _await(self, event, what):
+        """Wait for a device event no longer than the communicator's timeout (never a bare wait)."""
+        timeout = getattr(self.comm, "timeout", float(os.environ.get("DISTDL_TIMEOUT", 300)))
+        deadline = time.monotonic() + timeout
+        while not event.query():
+            if time.monotonic() > deadline:
+                raise CollectiveTimeoutError(f"rank {self.comm.rank}: {what} waited {timeout:g} s on "
+                                             f"{self.dev}: the device is stuck or a peer never joined")
+            time.sleep(1e-4)
+
+    # -- NCCL ------------------------------------------------------------------------------------------------------
+    def _nccl_communicator(self):
+        nccl = backend.cupy().cuda.nccl
+        uid = nccl_unique_id(self.comm, nccl.get_unique_id)
+        with backend.cupy().cuda.Device(self.dev.index):
+            return nccl.NcclCommunicator(self.comm.size, uid, self.comm.rank)
+
+    def _nccl_allreduce(self, bucket, check):
+        """The bucket's gradients through NCCL; the checked bucket's control elements through the host
+        communicator, which compares the ranks' calls (NCCL would hang or mix them)."""
+        nccl = backend.cupy().cuda.nccl
+        part = bucket.flat
+        if check:
+            self._staged_control(bucket)
+            part = bucket.grads
+        kinds = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
+                 np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        self._nccl.allReduce(part.data.ptr, part.data.ptr, part.size, kinds[part.dtype], nccl.NCCL_AVG,
+                             self._stream.raw.ptr)
+        try:
+            self._await(self.dev.record_event(self._stream), f"NCCL's allreduce of bucket {bucket.index()}")
+        except CollectiveTimeoutError:
+            self._nccl.abort()  # a stuck NCCL kernel never returns: abort frees the stream, the job then fails
+            self._nccl = None
+            raise
+
+    def _staged_control(self, bucket):
+        size = bucket.grads.size
+        host = self._host_buffer(bucket)[size:]
+        self.dev.copy_to_host(bucket.control, host, self._stream)
+        self._await(self.dev.record_event(self._stream), "the control elements' copy to the host")
+        self.comm.allreduce(host, "mean", check=True)
+        self.dev.copy_to_device(host, bucket.control, self._stream)

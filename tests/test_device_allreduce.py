@@ -1,0 +1,100 @@
+"""The device buckets' allreduce: the choice of path, the NCCL id's bootstrap, staging on the simulated device."""
+
+import re
+
+import numpy as np
+import pytest
+
+from distdl import device
+from distdl.comm.local import LocalCommunicator
+from distdl.comm.mpi import cuda_support
+from distdl.nn import Parameter
+from distdl.parallel import device_allreduce as da
+from distdl.parallel.buckets import plan_buckets
+from multiproc import run
+
+
+@pytest.mark.parametrize("nccl,ranks,gpus,backend,aware,want", [
+    (True, 4, 4, "mpi", True, "nccl"),
+    (True, 1, 8, "zmq", False, "nccl"),
+    (True, 2, 1, "mpi", True, "cuda-aware-mpi"),  # two ranks on one GPU: NCCL would refuse ("Duplicate GPU")
+    (True, 2, 1, "zmq", True, "staging"),  # CUDA-aware is MPI's, never ZeroMQ's
+    (False, 1, 1, "mpi", True, "cuda-aware-mpi"),
+    (False, 1, 1, "mpi", False, "staging"),
+    (False, 2, 2, "zmq", False, "staging"),
+])
+def test_choose_from_injected_answers(nccl, ranks, gpus, backend, aware, want):
+    assert da.choose(nccl, ranks, gpus, backend, aware) == want
+
+
+def test_the_real_detection_here_chooses_staging():
+    """This machine: no GPU (no CuPy in this venv, or no driver), and the pip mpich is not CUDA-aware."""
+    assert not da.nccl_available() and da.local_devices() == 0 and cuda_support() is False
+    assert da.choose(da.nccl_available(), 1, da.local_devices(), "mpi", cuda_support()) == "staging"
+    assert da.select(LocalCommunicator(), device.get("sim")) == "staging"
+
+
+def test_the_path_can_be_forced_and_a_wrong_name_is_refused(monkeypatch):
+    monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", "cuda-aware-mpi")
+    assert da.select(LocalCommunicator(), device.get("sim")) == "cuda-aware-mpi"
+    monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", "gloo")
+    with pytest.raises(ValueError, match="use 'auto' or one of nccl, cuda-aware-mpi, staging"):
+        da.select(LocalCommunicator(), device.get("sim"))
+
+
+@pytest.mark.parametrize("backend", ["mpi", "zmq"])
+def test_nccl_id_made_on_rank_0_reaches_every_rank(backend):
+    result = run(backend, 2, "nccl_id.py", timeout=60)
+    assert result.ok(), str(result)
+    ids = dict(re.findall(r"rank (\d): id ([-\d,]+)", "".join(result.outputs)))
+    want = ",".join(map(str, np.random.default_rng(17).integers(-128, 128, 128)))
+    assert ids == {"0": want, "1": want}
+
+
+def sim_buckets(sizes):
+    return plan_buckets([Parameter(np.zeros(n)) for n in sizes], 1 << 30)
+
+
+def test_staging_in_chunks_is_copied_back_only_once_waited_for(monkeypatch):
+    """A hook that doubles the host copy: the device bucket changes only when the compute stream waits."""
+    sim = device.get("sim")
+    reducer = da.DeviceAllreduce(LocalCommunicator(), sim, chunk_bytes=24)
+    bucket = sim_buckets([5, 7])[0]
+    bucket.flat[...] = np.arange(bucket.flat.size) + 1.0
+    before = bucket.flat.copy()
+    seen = []
+
+    def doubling_hook(state, host_bucket):
+        seen.append(host_bucket.flat.copy())
+        host_bucket.flat *= 2
+
+    ready = sim.record_event(sim.compute_stream())
+    reducer.submit(bucket, ready, check=True, hook=doubling_hook).wait()
+    np.testing.assert_array_equal(seen[0], before)  # the host copy was complete when the hook ran
+    np.testing.assert_array_equal(bucket.flat, before)  # not yet waited for: stale, as a GPU would be
+    sim.compute_stream().wait_event(bucket.reduced_event)
+    np.testing.assert_array_equal(bucket.flat, 2 * before)
+    reducer.submit(bucket, sim.record_event(sim.compute_stream()), check=False).wait()  # chunked, no hook
+    sim.compute_stream().wait_event(bucket.reduced_event)
+    np.testing.assert_array_equal(bucket.flat, 2 * before)  # the mean over one rank
+    reducer.wait_pending()
+    reducer.stop()
+
+
+def test_chunks_cover_the_bucket_exactly():
+    reducer = da.DeviceAllreduce(LocalCommunicator(), device.get("sim"), chunk_bytes=32)
+    parts = reducer._chunks(21, 8)
+    assert [(p.start, p.stop) for p in parts] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20), (20, 21)]
+    reducer.stop()
+
+
+def test_a_cupy_array_is_staged_through_the_host_unless_the_backend_is_cuda_aware():
+    """CuPy arrays on unowned memory need no driver: enough to see the communicator's dispatch."""
+    cupy = pytest.importorskip("cupy")
+    host = np.zeros(8, np.float32)
+    memory = cupy.cuda.UnownedMemory(host.ctypes.data, host.nbytes, host, device_id=0)
+    array = cupy.ndarray((8,), np.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
+    comm = LocalCommunicator()
+    assert comm._staged(array) and not comm._staged(host)
+    comm.cuda_aware = True
+    assert not comm._staged(array)
