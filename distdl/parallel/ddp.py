@@ -25,11 +25,14 @@ from functools import partial
 
 import numpy as np
 
+from distdl import device
 from distdl.autograd.engine import queue_callback
+from distdl.backend import to_device, xp_of
 from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.ordering import CommThread
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
+from distdl.parallel.device_allreduce import DeviceAllreduce
 from distdl.parallel.errors import NonFiniteGradientError, StepMismatchError
 from distdl.timing import PhaseRecorder
 
@@ -75,6 +78,13 @@ class DistributedDataParallel:
         self._check_same_model()
         self._broadcast(list(module.parameters()) + list(module.buffers()))
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
+        # buckets on a device (CuPy parameters, or the simulated device bound) go through the device allreduce
+        self.device = device.of(self._params[0].data) if self._params else device.HOST
+        self._reducer = self._local_flags = None
+        if self.device.kind != "cpu":
+            self._reducer = DeviceAllreduce(self.comm, self.device)
+            weakref.finalize(self, self._reducer.stop)
+            self._local_flags = self.device.xp.zeros(len(self.buckets), self.buckets[0].flat.dtype)
         for p in self._params:
             if p.grad is not None:
                 self._bucket_of[p].views[p][...] = p.grad
@@ -133,8 +143,9 @@ class DistributedDataParallel:
         if self.steps:
             raise RuntimeError("register_comm_hook: register the hook before the first backward pass")
         self._hook, self._hook_state = hook, state
-        self._hook_thread = CommThread(self.comm.rank)
-        weakref.finalize(self, self._hook_thread.stop)
+        if self._reducer is None:  # the device allreduce runs hooks on its own thread, on the host copy
+            self._hook_thread = CommThread(self.comm.rank)
+            weakref.finalize(self, self._hook_thread.stop)
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -167,7 +178,11 @@ class DistributedDataParallel:
         if step >> 8 != self._templates_high:
             self._templates_high = step >> 8
             self._templates = control.templates(self._templates_high, self.buckets[0].flat.dtype)
+            if self._reducer is not None:  # a device copy: writing a bucket's control then costs no host sync
+                self._device_templates = self.device.xp.asarray(self._templates)
         self._control = self._templates[step & 0xFF]
+        if self._reducer is not None:
+            self._device_control = self._device_templates[step & 0xFF]
 
     def _on_grad_ready(self, param):
         if not self._armed:
@@ -191,9 +206,14 @@ class DistributedDataParallel:
             bucket = self.buckets[self._next_bucket]
             if ready_only and bucket.pending:
                 return
-            if bucket.index() == 0:
-                bucket.control[...] = self._control
-            bucket.control[control.NONFINITE] = self._locally_nonfinite(bucket)
+            if self._reducer is None:
+                if bucket.index() == 0:
+                    bucket.control[...] = self._control
+                bucket.control[control.NONFINITE] = self._locally_nonfinite(bucket)
+            else:  # on the device, in stream order: no host sync per bucket
+                if bucket.index() == 0:
+                    bucket.control[...] = self._device_control
+                self.device.launch(self.device.compute_stream(), _flag_nonfinite, bucket, self._local_flags)
             self._start(bucket)
             self._next_bucket += 1
 
@@ -212,7 +232,10 @@ class DistributedDataParallel:
         thread wake-ups to the step.
         """
         check = bucket.index() == 0  # the signature check of the step: a rank in another collective is named
-        if self._hook is not None:
+        if self._reducer is not None:  # after the gradients' kernels, on the device allreduce's stream
+            ready = self.device.record_event(self.device.compute_stream())
+            bucket.request = self._reducer.submit(bucket, ready, check, self._hook, self._hook_state)
+        elif self._hook is not None:
             bucket.request = self._hook_thread.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
         elif bucket.is_last():
             start = time.time()
@@ -258,11 +281,54 @@ class DistributedDataParallel:
                 if bucket.request is not None:
                     request, bucket.request = bucket.request, None
                     request.wait()
+                    if self._reducer is not None:
+                        self._compute_waits_for(bucket)
                     self.last_allreduces.append((bucket.index(), request.started_at, request.finished_at,
                                                  bucket.nbytes))
         finally:
             if self._hook_thread is not None:
                 self._hook_thread.wait_pending()  # waited for above; this forgets them
+            if self._reducer is not None:
+                self._reducer.wait_pending()
+
+    def _compute_waits_for(self, bucket):
+        """The optimizer's kernels (the compute stream) start only once the averaged bucket is in place."""
+        self.device.compute_stream().wait_event(bucket.reduced_event)
+
+    def _controls(self):
+        """Every bucket's reduced control elements, on the host: one copy on a device, the step's only sync.
+
+        On a device the reduced buckets' finiteness comes in the same copy (``_overflowed`` reads it).
+        """
+        if self._reducer is None:
+            return [bucket.control for bucket in self.buckets]
+        xp, count = self.device.xp, len(self.buckets)
+        finite = [xp.isfinite(bucket.grads).all().reshape(1) for bucket in self.buckets]
+        fetched = to_device(xp.concatenate([b.control for b in self.buckets] + finite + [self._local_flags]), "cpu")
+        controls = fetched[:count * control.CONTROL_SIZE].reshape(count, control.CONTROL_SIZE)
+        self._reduced_finite = fetched[count * control.CONTROL_SIZE:-count]
+        self._local_bad = fetched[-count:]
+        return list(controls)
+
+    def _overflowed(self):
+        """The first parameter whose reduced gradient is not finite, else None (after ``_controls``)."""
+        if self._reducer is None:
+            return next((bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
+        bucket = next((b for b, finite in zip(self.buckets, self._reduced_finite) if not finite), None)
+        return None if bucket is None else _nonfinite_or_first(bucket)
+
+    def _local_culprit(self, had_batch):
+        """This rank's first parameter with a NaN or Inf gradient this step, by name, else None.
+
+        On a device only the bucket is known (its flag was computed there): the name is that of the first of
+        its parameters whose averaged gradient is not finite (NaN and Inf survive the mean), else its first.
+        """
+        if self._reducer is None:
+            return self._local_nonfinite
+        if not had_batch:
+            return None
+        bucket = next((b for b, bad in zip(self.buckets, self._local_bad) if bad), None)
+        return None if bucket is None else self._names[_nonfinite_or_first(bucket)]
 
     def _settle(self, had_batch):
         """Read the reduced control elements: check the step, average over the ranks that had a batch, non-finite.
@@ -270,8 +336,9 @@ class DistributedDataParallel:
         ``had_batch`` is false on a rank that answers the others' step inside ``join()``.
         """
         size = self.comm.size
-        if not (had_batch and control.agree_fully(self.buckets[0].control, self._control)):
-            first = control.counts(self.buckets[0].control, size)
+        controls = self._controls()
+        if not (had_batch and control.agree_fully(controls[0], self._control)):
+            first = control.counts(controls[0], size)
             if not control.steps_agree(first):
                 self._raise_step_mismatch(had_batch)
             active = int(first[control.ACTIVE])
@@ -279,10 +346,9 @@ class DistributedDataParallel:
                 for bucket in self.buckets:
                     bucket.grads *= bucket.grads.dtype.type(size / active)
         self.steps += had_batch
-        somewhere = any(bucket.control[control.NONFINITE] for bucket in self.buckets)
+        somewhere = any(c[control.NONFINITE] for c in controls)
         # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
-        overflowed = None if somewhere else next(
-            (bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
+        overflowed = None if somewhere else self._overflowed()
         if somewhere or overflowed is not None:
             if self.nonfinite == "skip":
                 self._skip_step()
@@ -312,7 +378,7 @@ class DistributedDataParallel:
 
     def _raise_nonfinite(self, had_batch):
         """Some rank's gradient was NaN or Inf: stop every rank, naming them."""
-        culprits = self.comm.allgather_json(self._local_nonfinite)  # one extra collective, only now
+        culprits = self.comm.allgather_json(self._local_culprit(had_batch))  # one extra collective, only now
         ranks = [r for r, name in enumerate(culprits) if name is not None]
         where = "; ".join(f"rank {r}: {culprits[r]}" for r in ranks)
         raise NonFiniteGradientError(
@@ -378,7 +444,7 @@ class DistributedDataParallel:
         self.last_allreduces = []
         self._start(self.buckets[0])
         self._wait_all()
-        if control.counts(self.buckets[0].control, self.comm.size)[control.ACTIVE] == 0:
+        if control.counts(self._controls()[0], self.comm.size)[control.ACTIVE] == 0:
             return False
         for bucket in self.buckets[1:]:
             self._start(bucket)
@@ -418,7 +484,8 @@ class DistributedDataParallel:
     def __repr__(self):
         sizes = ", ".join(f"{b.nbytes / 2 ** 20:.2f}" for b in self.buckets)
         hook = getattr(self._hook, "__name__", repr(self._hook)) if self._hook is not None else None
-        return (f"DistributedDataParallel(rank {self.comm.rank} of {self.comm.size}, buckets MiB [{sizes}], "
+        where = f", on {self.device}, gradient allreduce {self._reducer.method}" if self._reducer is not None else ""
+        return (f"DistributedDataParallel(rank {self.comm.rank} of {self.comm.size}, buckets MiB [{sizes}]{where}, "
                 f"comm hook {hook}, nonfinite={self.nonfinite!r})\n  {self.module!r}")
 
 
@@ -426,6 +493,13 @@ def _run_hook(hook, state, bucket):
     handle = hook(state, bucket)
     if handle is not None:
         handle.wait()
+
+
+def _flag_nonfinite(bucket, flags):
+    """A device kernel: the bucket's finiteness flag (its control element, and this rank's copy in ``flags``)."""
+    bad = xp_of(bucket.flat).logical_not(xp_of(bucket.flat).isfinite(bucket.grads).all())
+    bucket.control[control.NONFINITE:control.NONFINITE + 1] = bad
+    flags[bucket.index():bucket.index() + 1] = bad
 
 
 def _first_nonfinite(bucket):
@@ -437,6 +511,12 @@ def _first_nonfinite(bucket):
     if math.isfinite(bucket.grads.dot(bucket.grads)):
         return None
     return next((p for p in bucket.params if not np.isfinite(bucket.views[p]).all()), None)
+
+
+def _nonfinite_or_first(bucket):
+    """The first parameter of ``bucket`` whose gradient is not finite, else its first parameter."""
+    bad = _first_nonfinite(bucket)
+    return bucket.params[0] if bad is None else bad
 
 
 def _home(param, bucket):
