@@ -23,6 +23,11 @@ for the new size; the Trainer says so in a line.
 A non-finite loss stops the run on its rank before backward, naming the rank and the
 step (Keras's TerminateOnNaN), unless ``nonfinite="skip"``: then that step is skipped
 on every rank (DistributedDataParallel's policy) and the epoch line counts it.
+
+On a GPU (``device="cuda"``) the model, the batches and the metrics' inputs live there, and a
+step makes no host read of its own: the loss, the queued input checks and the metrics' inputs
+are read once, after the step (so a non-finite loss stops the run after that step's update;
+alone with ``nonfinite="skip"`` the loss is read before the update, which it decides).
 """
 
 import logging
@@ -35,6 +40,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from distdl import backend
+from distdl import device as devices
 from distdl import metrics as metrics_module
 from distdl.autograd import no_grad
 from distdl.autograd.tensor import Tensor
@@ -127,14 +134,17 @@ class Trainer:
         lr_scaling: None, or "linear": every group's lr times the world size (the linear scaling
             rule), re-applied when a run resumes on another world size.
         bucket_cap_mb, nonfinite: go to DistributedDataParallel ("error" or "skip").
+        device: where to train: "cpu", "cuda", "cuda:N" (the model is moved there) or "sim"; None
+            (default) trains where the model's parameters are.
     """
 
     def __init__(self, model, optimizer, loss, metrics=(), scheduler=None, comm=None, bucket_cap_mb=25,
-                 nonfinite="error", scheduler_per="epoch", lr_scaling=None):
+                 nonfinite="error", scheduler_per="epoch", lr_scaling=None, device=None):
         if lr_scaling not in (None, "linear"):
             raise ValueError(f"lr_scaling must be None or 'linear', got {lr_scaling!r}")
         self.comm = comm if comm is not None else get_comm()
         self.model = model
+        self.device = _placed(model, device)  # before DistributedDataParallel, which makes its buckets there
         self.ddp = (DistributedDataParallel(model, self.comm, bucket_cap_mb, nonfinite=nonfinite)
                     if self.comm.size > 1 else None)
         self.nonfinite = nonfinite
@@ -200,6 +210,8 @@ class Trainer:
     def _as_model_dtype(self, array):
         """Float inputs or targets in the model's float dtype (the layers refuse mixed dtypes; Keras's fit casts)."""
         array = np.asarray(array) if not hasattr(array, "dtype") else array
+        if self.device.kind == "cuda":
+            array = backend.to_device(array, repr(self.device))  # arrays given by hand (summary's example)
         dtype = next((p.dtype for p in self.model.parameters() if p.dtype.kind == "f"), None)
         if dtype is None or array.dtype.kind != "f" or array.dtype == dtype:
             return array
@@ -224,10 +236,11 @@ class Trainer:
             return sigmoid(output)
         return output
 
-    def _update(self, metrics, output, y, loss):
-        metrics["loss"].update(loss, weight=len(y))
+    def _update(self, metrics, output, y, value):
+        """Add a batch to the metrics (``value``: its loss, read); on a device its arrays are read here, once."""
+        metrics["loss"].update(value, weight=len(y))
         if len(metrics) > 1:
-            scores = self._scores(output).data
+            scores, y = (backend.to_device(a, "cpu") for a in (self._scores(output).data, y))
             if isinstance(self.loss, CrossEntropyLoss) and np.ndim(y) == scores.ndim:
                 y = np.asarray(y).argmax(axis=1)  # class probabilities (one-hot): metrics count the likeliest class
             for name, metric in metrics.items():
@@ -263,7 +276,7 @@ class Trainer:
         self.sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank,
                                           shuffle=shuffle, seed=seed, pad=pad)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, transform=transform,
-                                 prefetch=prefetch)
+                                 prefetch=prefetch, device=self._loader_device)
         callbacks = list(callbacks)
         if self.schedule is not None:  # first: a checkpoint at the end of an epoch sees the stepped schedule
             callbacks.insert(0, self.schedule)
@@ -315,35 +328,54 @@ class Trainer:
         return self._reduced(metrics), float(samples)
 
     def _train_steps(self, metrics, callbacks, bar):
+        # the host reads the loss at once; a device after the step, unless alone with "skip", where it decides the update
+        read_first = not self.device.is_async or (self.ddp is None and self.nonfinite == "skip")
         for batch, (x, y) in enumerate(self.loader):
             arrived = time.time()
-            output = self._forward(Tensor(self._as_model_dtype(x)))
-            loss = self.loss(output, self._target(y))
-            value = loss.item()
-            if not math.isfinite(value) and self.nonfinite != "skip":
-                raise NonFiniteLossError(
-                    f"rank {self.comm.rank}: the loss is {value} at step {self.global_step + 1} (batch {batch + 1} of "
-                    "this epoch on this rank); stopped before backward. Look at this rank's batch and the learning "
-                    "rate, or pass Trainer(..., nonfinite='skip') to skip such steps on every rank")
-            if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
-                self.skipped_steps += 1
-                self.global_step += 1
-                continue
-            loss.backward()
-            self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
-            self.optimizer.zero_grad()
+            with self.device.forbid_syncs():
+                output = self._forward(Tensor(self._as_model_dtype(x)))
+                loss = self.loss(output, self._target(y))
+            if read_first:
+                value = loss.item()
+                self._check_loss(value, batch, "stopped before backward")
+                if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
+                    self.skipped_steps += 1
+                    self.global_step += 1
+                    continue
+            # DistributedDataParallel reads its control elements once a step (the step check, the non-finite verdict)
+            with self.device.forbid_syncs() if self.ddp is None else nullcontext():
+                loss.backward()
+                self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
+                self.optimizer.zero_grad()
             self.global_step += 1
+            if not read_first:
+                value = loss.item()  # the step's read: the queued input checks first, then the loss
+                self._check_loss(value, batch, f"stopped after that step (on {self.device} the loss is read once a "
+                                               "step, after it)")
             if self.ddp is not None and self.ddp.step_skipped:
                 self.skipped_steps += 1
             else:
                 with no_grad():
-                    self._update(metrics, output, y, loss)
+                    self._update(metrics, output, y, value)
             if bar is not None:
                 bar.update(1)
                 rate = len(y) * self.comm.size / max(time.time() - arrived, 1e-9)
                 bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
             for callback in callbacks:
                 callback.on_batch_end(self, self.global_step, {"loss": value})
+
+    def _check_loss(self, value, batch, when):
+        """A non-finite loss stops the run here, unless such steps are skipped."""
+        if not math.isfinite(value) and self.nonfinite != "skip":
+            raise NonFiniteLossError(
+                f"rank {self.comm.rank}: the loss is {value} at step {self.global_step + 1} (batch {batch + 1} of "
+                f"this epoch on this rank); {when}. Look at this rank's batch and the learning rate, or pass "
+                "Trainer(..., nonfinite='skip') to skip such steps on every rank")
+
+    @property
+    def _loader_device(self):
+        """What the loaders hand batches to: the training device when it is one (host batches stay as they are)."""
+        return self.device if self.device.is_async else None
 
     def _report_epoch(self, epoch, epochs, logs, rate, seconds, verbose):
         summary = self.timer.summary(self.comm)
@@ -362,7 +394,8 @@ class Trainer:
         dataset = as_dataset(data)
         sampler = DistributedSampler(dataset, num_replicas=self.comm.size, rank=self.comm.rank, shuffle=False,
                                      pad=False)
-        return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler, transform=transform)
+        return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler, transform=transform,
+                                   device=self._loader_device)
 
     def evaluate(self, data, batch_size=256, transform=None):
         """Loss and metrics over every sample of ``data`` exactly once, reduced over the ranks."""
@@ -373,7 +406,7 @@ class Trainer:
         with no_grad():
             for x, y in loader:
                 output = self.model(Tensor(self._as_model_dtype(x)))
-                self._update(metrics, output, y, self.loss(output, self._target(y)))
+                self._update(metrics, output, y, self.loss(output, self._target(y)).item())
         self.model.train()
         figures = self._reduced(metrics)
         self.timer.mark("evaluate", began, time.time(), figures)
@@ -449,6 +482,17 @@ class Trainer:
             words.append("the schedule counts steps, which now hold another number of samples: "
                          "count it in samples (scheduler_per='sample') to keep its curve")
         self._say("; ".join(words))
+
+
+def _placed(model, device):
+    """The Device to train on: ``device`` (the model moved to a GPU named), else where the model's parameters are."""
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        return devices.of(first.data) if first is not None else devices.current()
+    target = devices.get(device)  # without CuPy, "cuda" says what to install
+    if target.kind == "cuda":
+        model.to(repr(target))
+    return target
 
 
 def _interleave(comm, mine, total):
