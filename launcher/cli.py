@@ -5,6 +5,7 @@ import hashlib
 import os
 import signal
 import sys
+import tempfile
 from importlib import metadata
 
 from launcher import hosts, options
@@ -41,9 +42,11 @@ def build_parser():
                         "generated for a single node): nodes prove it to each other, run tokens derive from it")
     parser.add_argument("--checkpoint-dir", help="sets DISTDL_CHECKPOINT_DIR for the workers")
     parser.add_argument("--timeout", type=float, help="seconds a collective may wait for a peer (DISTDL_TIMEOUT)")
-    parser.add_argument("--log-dir", "--log_dir", help="each rank's full output in LOG_DIR/rank-<r>.log")
-    parser.add_argument("--tee", type=options.tee_value, help="accepted as torchrun has it: output is always on "
-                        "the console, and with --log-dir in the log files too")
+    parser.add_argument("--log-dir", "--log_dir", help="each rank's output in LOG_DIR/rank-<r>.log as well as on "
+                        "the console: both streams, unless --tee chooses")
+    parser.add_argument("--tee", "-t", type=options.tee_value, help="as torchrun's: the streams each rank's log "
+                        "file keeps besides the console: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank "
+                        "0:3,1:1 (ranks not named: none); without --log-dir, in a new temporary directory")
     parser.add_argument("--local-ranks-filter", "--local_ranks_filter", type=options.ranks_value, metavar="R,R",
                         help="show only these local ranks' output on the console (the log files keep all)")
     parser.add_argument("--tag-output", action=argparse.BooleanOptionalAction, default=True,
@@ -151,11 +154,14 @@ def resolve_backend(args):
 
 def build_spec(args, backend):
     target = ["-m", args.module, *args.args] if args.module else [args.script, *args.args]
+    if args.tee is not None and not args.log_dir and not args.dry_run:
+        args.log_dir = tempfile.mkdtemp(prefix="distdl-logs-")
+        say(f"--tee: the workers' log files are in {args.log_dir} (give --log-dir to choose)")
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
     return JobSpec(nproc=args.nproc, target=target, backend=backend, nnodes=args.nnodes, node_rank=args.node_rank,
                    master_addr=args.master_addr, master_port=args.master_port, max_restarts=args.max_restarts,
-                   checkpoint_dir=args.checkpoint_dir, timeout=args.timeout, log_dir=args.log_dir,
+                   checkpoint_dir=args.checkpoint_dir, timeout=args.timeout, log_dir=args.log_dir, tee=args.tee,
                    tag_output=args.tag_output, hosts=hosts.hydra_hosts(args.hosts) if args.hosts else None,
                    shown_local_ranks=args.local_ranks_filter, live=sys.stdout.isatty())
 

@@ -26,7 +26,7 @@ class Attempt:
         self.records = records.Reader(self.error_dir)
         shown = None if spec.shown_local_ranks is None else \
             {spec.node_rank * spec.nproc + local for local in spec.shown_local_ranks}
-        self.output = Output(spec.tag_output, spec.log_dir, attempt, shown, spec.live)
+        self.output = Output(spec.tag_output, spec.log_dir, attempt, shown, spec.live, spec.logged_streams)
         self.processes = {}  # rank -> Popen of its keeper (one keeper of mpiexec, as rank 0, for the MPI backend)
         self.pumps = []
         self.stopped = set()
@@ -50,9 +50,12 @@ class Attempt:
             for env in self.environments:
                 rank = int(env["DISTDL_RANK"])
                 fds = (int(env["DISTDL_MASTER_FD"]),) if "DISTDL_MASTER_FD" in env else ()
-                process = procs.start(self.spec.worker_command(), env, fds)
+                split = self.spec.splits_streams(rank)
+                process = procs.start(self.spec.worker_command(), env, fds, split)
                 self.processes[rank] = process
-                self.pumps.append(self.output.pump(process.stdout, rank))
+                self.pumps.append(self.output.pump(process.stdout, rank, "stdout" if split else None))
+                if split:
+                    self.pumps.append(self.output.pump(process.stderr, rank, "stderr"))
 
     def watch(self, interrupted, peer_problem=lambda: None):
         """Wait until all workers succeed (None), one fails (its Failure), the launcher is told to stop, or another

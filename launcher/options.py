@@ -8,6 +8,7 @@ import os
 import re
 
 from launcher.hosts import HostsError, parse_hosts
+from launcher.spec import BOTH_STREAMS
 
 
 def gpu_count():
@@ -77,10 +78,18 @@ def ranks_value(text):
     return ranks
 
 
+TEE_STREAMS = {"0": frozenset(), "1": frozenset({"stdout"}), "2": frozenset({"stderr"}), "3": BOTH_STREAMS}
+
+
 def tee_value(text):
-    """torchrun's --tee: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank (0:3,1:1)."""
-    if re.fullmatch(r"[0-3]|\d+:[0-3](,\d+:[0-3])*", text):
-        return text
+    """torchrun's --tee: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank (0:3,1:1; a rank not named: none).
+
+    Returns {local rank: the streams}, the key None standing for every local rank.
+    """
+    if re.fullmatch(r"[0-3]", text):
+        return {None: TEE_STREAMS[text]}
+    if re.fullmatch(r"\d+:[0-3](,\d+:[0-3])*", text):
+        return {int(rank): TEE_STREAMS[value] for rank, value in (part.split(":") for part in text.split(","))}
     raise argparse.ArgumentTypeError(f"{text!r}: give 0 (none), 1 (stdout), 2 (stderr), 3 (both), or per local "
                                      "rank as 0:3,1:1")
 

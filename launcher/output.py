@@ -1,4 +1,6 @@
-"""Workers' output: each line tagged with its rank on the launcher's stdout, kept whole in a per-rank log file.
+"""Workers' output: each line tagged with its rank on the launcher's stdout, kept in a per-rank log file.
+
+The log file keeps the streams that ``logged(rank)`` names (torchrun's --tee): both, one, or none.
 
 On a terminal (``live``) rank 0's carriage-return redraws (a tqdm bar) are passed
 through untagged as they come; the other lines are printed above the bar, which is
@@ -17,6 +19,7 @@ TAIL_LINES = 20
 RANK_FILE = re.compile(r"^rank-(\d+)\.(out|err)$")  # mpiexec -outfile-pattern/-errfile-pattern DIR/rank-%r.*
 MPIEXEC_BANNER = re.compile(r"^\s*$|^=+$|^=   |^YOUR APPLICATION TERMINATED WITH THE EXIT STRING|"
                             r"^This typically refers to a problem with your application|^Please see the FAQ page")
+MPI_STREAMS = {"out": "stdout", "err": "stderr"}
 CLEAR_LINE = "\r\x1b[K"
 CHUNK = 65536
 
@@ -24,25 +27,28 @@ CHUNK = 65536
 class Output:
     """Routes lines to the terminal (tagged or not) and to ``log_dir/rank-<r>.log``; keeps each rank's last lines.
 
-    ``shown``: the ranks whose lines reach the console (None: all); ``live``: show rank 0's redraws as they come.
+    ``shown``: the ranks whose lines reach the console (None: all); ``live``: show rank 0's redraws as they come;
+    ``logged(rank)``: the streams ("stdout", "stderr") its log file keeps (None: both, for every rank). A line
+    comes with its stream, or with None from a pipe that carries both.
     """
 
-    def __init__(self, tag, log_dir=None, attempt=0, shown=None, live=False):
+    def __init__(self, tag, log_dir=None, attempt=0, shown=None, live=False, logged=None):
         self.tag, self.log_dir, self.attempt, self.shown, self.live = tag, log_dir, attempt, shown, live
+        self.logged = logged
         self.tails = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
         self.console = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))  # the last shown
         self._logs = {}
         self._bar = None  # rank 0's progress line on the terminal now, without its carriage return
         self._lock = threading.Lock()
 
-    def line(self, rank, text):
+    def line(self, rank, text, stream=None):
         with self._lock:
             text = text.rstrip("\n")
             self.tails[rank].append(text)
             if self._on_console(rank, text):
                 self._above_bar(f"[{rank if not isinstance(rank, int) else f'rank {rank}'}] {text}\n" if self.tag
                                 else text + "\n")
-            self._log(rank, text)
+            self._log(rank, text, stream)
 
     def redraw(self, rank, text):
         """A progress line of ``rank`` (its text after the last carriage return), drawn in place."""
@@ -51,7 +57,7 @@ class Output:
             sys.stdout.write(CLEAR_LINE + text)
             sys.stdout.flush()
 
-    def end_bar(self, rank, text):
+    def end_bar(self, rank, text, stream=None):
         """The progress line ended with a newline: keep its last state (or nothing, if it cleared itself)."""
         with self._lock:
             self._bar = None
@@ -59,7 +65,7 @@ class Output:
             sys.stdout.flush()
             if text.strip():
                 self.tails[rank].append(text)
-                self._log(rank, text)
+                self._log(rank, text, stream)
 
     def showed(self, rank, text):
         """Whether ``text`` is among ``rank``'s last lines on the console."""
@@ -79,8 +85,14 @@ class Output:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def _log(self, rank, text):
-        if self.log_dir is None:
+    def _keeps(self, rank, stream):
+        if self.logged is None or not isinstance(rank, int):  # mpiexec's own lines: always
+            return True
+        streams = self.logged(rank)
+        return stream in streams if stream is not None else bool(streams)
+
+    def _log(self, rank, text, stream):
+        if self.log_dir is None or not self._keeps(rank, stream):
             return
         if rank not in self._logs:
             suffix = f".restart-{self.attempt}" if self.attempt else ""
@@ -88,43 +100,44 @@ class Output:
         self._logs[rank].write(text + "\n")
         self._logs[rank].flush()
 
-    def feeder(self, rank):
-        """A function taking ``rank``'s output in pieces of any size (None: the end), routing whole lines."""
+    def feeder(self, rank, stream=None):
+        """A function taking ``rank``'s output of ``stream`` in pieces of any size (None: the end), routing whole
+        lines."""
         live = self.live and rank == 0 and (self.shown is None or 0 in self.shown)
         pending = [""]
 
         def feed(text):
             if text is None:
                 if pending[0]:
-                    self._whole(rank, pending[0], live)
+                    self._whole(rank, pending[0], live, stream)
                 pending[0] = ""
                 return
             *lines, pending[0] = (pending[0] + text).split("\n")
             for line in lines:
-                self._whole(rank, line, live)
+                self._whole(rank, line, live, stream)
             if live and "\r" in pending[0]:
                 self.redraw(rank, pending[0].rsplit("\r", 1)[1])
 
         return feed
 
-    def _whole(self, rank, line, live):
+    def _whole(self, rank, line, live, stream):
         if live and "\r" in line:
-            self.end_bar(rank, line.rsplit("\r", 1)[1])
+            self.end_bar(rank, line.rsplit("\r", 1)[1], stream)
         else:
-            self.line(rank, line.rsplit("\r", 1)[-1] if "\r" in line else line)
+            self.line(rank, line.rsplit("\r", 1)[-1] if "\r" in line else line, stream)
 
-    def pump(self, stream, rank):
-        """Read the pipe ``stream`` to its end in a thread, as ``rank``'s output."""
+    def pump(self, pipe, rank, stream=None):
+        """Read ``pipe`` to its end in a thread, as ``rank``'s output of ``stream`` (None: both on one pipe)."""
         def run():
-            feed, decoder = self.feeder(rank), codecs.getincrementaldecoder("utf-8")(errors="replace")
+            feed, decoder = self.feeder(rank, stream), codecs.getincrementaldecoder("utf-8")(errors="replace")
             while True:
-                chunk = os.read(stream.fileno(), CHUNK)
+                chunk = os.read(pipe.fileno(), CHUNK)
                 if not chunk:
                     break
                 feed(decoder.decode(chunk))
             feed(decoder.decode(b"", final=True))
             feed(None)
-            stream.close()
+            pipe.close()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -141,7 +154,7 @@ class Output:
                     if not match:
                         continue
                     if name not in feeds:
-                        feeds[name] = self.feeder(int(match.group(1)))
+                        feeds[name] = self.feeder(int(match.group(1)), MPI_STREAMS[match.group(2)])
                     with open(os.path.join(directory, name), errors="replace", newline="") as f:
                         f.seek(offsets.get(name, 0))
                         text = f.read()

@@ -28,9 +28,11 @@ def _stop_with_launcher():
     keeper.prctl(keeper.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start(command, env, pass_fds=()):
-    """Start ``command`` under a keeper in its own session, its output on one pipe (read as it comes: Output.pump)."""
-    return subprocess.Popen(kept(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+def start(command, env, pass_fds=(), split_streams=False):
+    """Start ``command`` under a keeper in its own session, its output on one pipe (read as it comes: Output.pump),
+    or with ``split_streams`` its stderr on a second one (the order between the two is then that of arrival)."""
+    stderr = subprocess.PIPE if split_streams else subprocess.STDOUT
+    return subprocess.Popen(kept(command), env=env, stdout=subprocess.PIPE, stderr=stderr, bufsize=0,
                             start_new_session=True, preexec_fn=_stop_with_launcher, pass_fds=pass_fds)
 
 

@@ -13,6 +13,7 @@ from launcher.secret import VARIABLE as SECRET_VARIABLE
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # torchrun's, so that code written for torch finds its rank (under mpiexec each rank's keeper sets the per-rank ones)
 TORCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+BOTH_STREAMS = frozenset({"stdout", "stderr"})
 
 
 def find_mpiexec():
@@ -56,6 +57,7 @@ class JobSpec:
     checkpoint_dir: str = None
     timeout: float = None
     log_dir: str = None
+    tee: dict = None  # --tee: {local rank (None: every one): the streams its log file keeps}; None: both, for all
     tag_output: bool = True
     hosts: str = None  # mpiexec -hosts a:2,b:2 (Hydra starts the workers on them); nproc is then the whole job's
     shown_local_ranks: set = None  # the local ranks whose output reaches the console (None: all)
@@ -65,6 +67,20 @@ class JobSpec:
     @property
     def world_size(self):
         return self.nnodes * self.nproc
+
+    def logged_streams(self, rank):
+        """The streams ("stdout", "stderr") of ``rank`` that its log file keeps, as torchrun's --tee chooses
+        (--log-dir alone: both)."""
+        if self.log_dir is None:
+            return frozenset()
+        if self.tee is None:
+            return BOTH_STREAMS
+        local = rank - self.node_rank * self.nproc
+        return self.tee.get(local, self.tee.get(None, frozenset()))
+
+    def splits_streams(self, rank):
+        """Whether ``rank``'s stderr needs a pipe of its own: its log file keeps only one of the two streams."""
+        return len(self.logged_streams(rank)) == 1
 
     def worker_command(self):
         return [sys.executable, "-u", *self.target]

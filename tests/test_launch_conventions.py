@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +151,38 @@ def test_local_ranks_filter_shows_only_those_ranks_and_logs_all(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(ranks_told(result.stdout)) == [1], result.stdout
     assert sorted(ranks_told((tmp_path / "rank-0.log").read_text() + (tmp_path / "rank-1.log").read_text())) == [0, 1]
+
+
+BOTH_STREAMS = "import os, sys\nimport distdl\nrank = os.environ['RANK']\nprint('out', rank)\n" \
+               "print('err', rank, file=sys.stderr)\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tee_keeps_the_chosen_streams_of_each_local_rank_in_its_log_and_shows_all_on_the_console(backend, tmp_path):
+    script = tmp_path / "both_streams.py"
+    script.write_text(BOTH_STREAMS)
+    result = distdl_run("-n", 3, "--backend", backend, "--tee", "0:1,1:2", "--log-dir", tmp_path / "logs", script)
+    assert result.returncode == 0, result.stderr
+    shown = sorted(line for line in result.stdout.splitlines() if line.startswith("[rank"))
+    assert shown == [f"[rank {r}] {stream} {r}" for r in range(3) for stream in ("err", "out")], result.stdout
+    assert (tmp_path / "logs" / "rank-0.log").read_text() == "out 0\n"  # stdout only
+    assert (tmp_path / "logs" / "rank-1.log").read_text() == "err 1\n"  # stderr only
+    assert not (tmp_path / "logs" / "rank-2.log").exists()  # not named: no log, as torchrun's
+
+
+def test_tee_without_a_log_dir_writes_both_streams_to_a_new_directory_it_names(tmp_path):
+    script = tmp_path / "both_streams.py"
+    script.write_text(BOTH_STREAMS)
+    result = distdl_run("-n", 2, "--backend", "zmq", "-t", 3, script)
+    assert result.returncode == 0, result.stderr
+    where = re.search(r"--tee: the workers' log files are in (\S+) \(give --log-dir to choose\)", result.stderr)
+    assert where, result.stderr
+    logs = {name: open(os.path.join(where[1], name)).read() for name in sorted(os.listdir(where[1]))}
+    shutil.rmtree(where[1])
+    assert {name: sorted(text.splitlines()) for name, text in logs.items()} == \
+        {f"rank-{r}.log": [f"err {r}", f"out {r}"] for r in (0, 1)}
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("[rank")) == \
+        [f"[rank {r}] {stream} {r}" for r in (0, 1) for stream in ("err", "out")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
