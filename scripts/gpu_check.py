@@ -96,9 +96,14 @@ def environment(simulate):
             info[module] = __import__(module).__version__
         except ImportError:
             info[module] = None
+    from distdl.comm.mpi import cuda_support
+    from distdl.parallel.device_allreduce import nccl_available
+
+    info["mpi_cuda_aware"] = cuda_support()  # what DDP's 'auto' asks, the way it asks
+    info["nccl_available"] = nccl_available()
     if simulate:
         info["device"] = repr(layer_device(simulate))
-        return f"simulated device on numpy {np.__version__}", info
+        return f"simulated device on numpy {np.__version__}; MPI CUDA-aware: {info['mpi_cuda_aware']}", info
     cp = backend.cupy()
     count = cp.cuda.runtime.getDeviceCount()
     props = cp.cuda.runtime.getDeviceProperties(0)
@@ -110,7 +115,7 @@ def environment(simulate):
                 cuda_driver=cp.cuda.runtime.driverGetVersion(),
                 nccl=nccl.get_version() if nccl.available else None)
     return (f"{count} x {info['name']} {info['memory_gib']} GiB, CuPy {cp.__version__}, CUDA {info['cuda_runtime']}, "
-            f"NCCL {info['nccl']}, torch {info['torch']}"), info
+            f"NCCL {info['nccl']}, MPI CUDA-aware: {info['mpi_cuda_aware']}, torch {info['torch']}"), info
 
 
 def device_layer(simulate):
@@ -205,6 +210,41 @@ def ops_vs_numpy(simulate):
         raise CheckFailed(f"{len(failures)} of {2 * len(CASES)} op x dtype: " + "; ".join(failures[:4]),
                           {"failures": failures})
     return f"{len(CASES)} ops x float64, float32 on {where or 'numpy'} equal numpy", {"ops": len(CASES)}
+
+
+def rng_same_draws(simulate):
+    """distdl.rng on the device draws NumPy's bits, uniforms, normals and dropout keep-masks; dropout after
+    dl.seed keeps the same entries on both; a saved (seed, counter) state repeats its draws on the device."""
+    from distdl import functional as F
+    from distdl import rng
+
+    xp = layer_device(simulate).xp
+    shape = (257, 129)  # odd sizes: the unused high half of the last word
+    for seed in (0, 12345, 2**64 - 1):
+        host, dev = rng.Generator(seed), rng.Generator(seed)
+        draws = [("bits", lambda g, m: g.bits(1001, m)), ("uniform32", lambda g, m: g.uniform(shape, np.float32, m)),
+                 ("uniform64", lambda g, m: g.uniform(shape, np.float64, m)),
+                 ("keep", lambda g, m: g.keep(shape, 0.3, m))]
+        for name, draw in draws:
+            if not np.array_equal(on_host(draw(dev, xp)), draw(host, np)):
+                raise CheckFailed(f"seed {seed}: {name} differs on the device")
+        np.testing.assert_allclose(on_host(dev.normal(shape, xp=xp)), host.normal(shape), rtol=1e-13, atol=1e-13,
+                                   err_msg=f"seed {seed}: normal")
+        state = dev.state()
+        first = on_host(dev.bits(64, xp))
+        dev.set_state(json.loads(json.dumps(state)))
+        if not np.array_equal(on_host(dev.bits(64, xp)), first):
+            raise CheckFailed(f"seed {seed}: draws after set_state(a saved state) differ")
+    where = engine_device(simulate)
+    kept = []
+    for place in (None, where):
+        dl.seed(7)
+        x = dl.tensor(np.ones((64, 33), np.float32), device=place)
+        kept.append(on_host(F.dropout(x, 0.4).data) != 0)
+    if not np.array_equal(*kept):
+        raise CheckFailed(f"dropout after dl.seed(7) keeps {int(kept[1].sum())} entries on the device, other "
+                          f"than NumPy's {int(kept[0].sum())}")
+    return f"bits, uniforms, keep-masks equal, normals to 1e-13, on {xp.__name__}; dropout masks equal", {}
 
 
 def train_steps(simulate):
@@ -415,7 +455,8 @@ STEPS = [  # (name, function, timeout in s, needs a real GPU)
     ("device_layer", device_layer, 30, False),
     ("pinned_memory", pinned_memory, 30, True),
     ("ops_gradcheck", ops_gradcheck, 120, False),
-    ("ops_vs_numpy", ops_vs_numpy, 90, False),
+    ("ops_vs_numpy", ops_vs_numpy, 120, False),
+    ("rng_same_draws", rng_same_draws, 45, False),
     ("train_steps", train_steps, 90, False),
     ("checkpoint_to_cpu", checkpoint_to_cpu, 60, False),
     ("dataloader_device", dataloader_device, 30, False),

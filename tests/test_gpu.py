@@ -1,5 +1,10 @@
 """The same ops on CuPy give NumPy's values and gradients. Skipped where there is no GPU (CI has none)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +25,19 @@ def test_op_gradient_on_cupy_in_float64(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_op_value_and_gradient_equal_numpy(name, dtype):
     check_against_numpy(name, "cuda", dtype)
+
+
+@pytest.mark.parametrize("step", ["device_layer", "pinned_memory", "rng_same_draws", "train_steps", "checkpoint_to_cpu",
+                                  "dataloader_device", "ddp_two_ranks", "nccl_one_rank"])
+def test_gpu_check_step(step, tmp_path):
+    """The steps of scripts/gpu_check.py beyond the op table: DDP on 2 processes sharing one GPU through staging,
+    a 1-rank NCCL communicator, a GPU checkpoint loaded on the CPU, the loader, the RNG, steps without a sync."""
+    report = tmp_path / "report.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script), "--only", step, "--report", str(report)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    (result,) = json.loads(report.read_text())["steps"]
+    assert out.returncode == 0 and result["status"] == "passed", out.stdout + result["output_tail"]
 
 
 def small_cnn(x, w1, w2, emb):
