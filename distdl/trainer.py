@@ -337,7 +337,7 @@ class Trainer:
                 loss = self.loss(output, self._target(y))
             if read_first:
                 value = loss.item()
-                self._check_loss(value, batch, "stopped before backward")
+                self._check_loss(value, self.global_step + 1, batch, "stopped before backward")
                 if self.ddp is None and not math.isfinite(value):  # alone, "skip" needs no gradient check
                     self.skipped_steps += 1
                     self.global_step += 1
@@ -350,8 +350,8 @@ class Trainer:
             self.global_step += 1
             if not read_first:
                 value = loss.item()  # the step's read: the queued input checks first, then the loss
-                self._check_loss(value, batch, f"stopped after that step (on {self.device} the loss is read once a "
-                                               "step, after it)")
+                self._check_loss(value, self.global_step, batch,
+                                 f"stopped after that step (on {self.device} the loss is read once a step, after it)")
             if self.ddp is not None and self.ddp.step_skipped:
                 self.skipped_steps += 1
             else:
@@ -364,11 +364,11 @@ class Trainer:
             for callback in callbacks:
                 callback.on_batch_end(self, self.global_step, {"loss": value})
 
-    def _check_loss(self, value, batch, when):
+    def _check_loss(self, value, step, batch, when):
         """A non-finite loss stops the run here, unless such steps are skipped."""
         if not math.isfinite(value) and self.nonfinite != "skip":
             raise NonFiniteLossError(
-                f"rank {self.comm.rank}: the loss is {value} at step {self.global_step + 1} (batch {batch + 1} of "
+                f"rank {self.comm.rank}: the loss is {value} at step {step} (batch {batch + 1} of "
                 f"this epoch on this rank); {when}. Look at this rank's batch and the learning rate, or pass "
                 "Trainer(..., nonfinite='skip') to skip such steps on every rank")
 
@@ -492,6 +492,9 @@ def _placed(model, device):
     target = devices.get(device)  # without CuPy, "cuda" says what to install
     if target.kind == "cuda":
         model.to(repr(target))
+    if target.kind == "sim" and devices.current() is not target:  # its arrays are NumPy's: only the binding tells
+        raise ValueError("Trainer(device='sim'): bind the process to the simulated device first "
+                         "(dl.init(device='sim') or DISTDL_DEVICE=sim)")
     return target
 
 
