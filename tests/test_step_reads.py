@@ -161,3 +161,18 @@ def test_cupys_sync_detector_is_on_inside_forbid_syncs_and_silent(recwarn):
         assert not syncdetect._is_allowed()
     assert syncdetect._is_allowed()
     assert not [w for w in recwarn if "allow_synchronize" in str(w.message)]
+
+
+def test_batchnorm_with_a_cumulative_average_keeps_its_count_on_the_device(monkeypatch):
+    x = np.random.default_rng(3).standard_normal((8, 3)).astype(np.float32)
+
+    def running_stats():
+        layer = dl.nn.BatchNorm1d(3, momentum=None)
+        for scale in (1.0, 2.0, 3.0):
+            layer(dl.tensor(x * scale))
+        return layer.running_mean.data, layer.running_var.data
+
+    host = running_stats()
+    monkeypatch.setattr(device, "_bound", device.get("sim"))
+    for a, b in zip(running_stats(), host):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -8,6 +8,7 @@ from distdl.functional.norm import reduced_batch_norm
 from distdl.nn import init
 from distdl.nn.init import empty_parameter
 from distdl.nn.module import Module
+from distdl.value_checks import readable
 
 
 class _BatchNorm(Module):
@@ -35,8 +36,9 @@ class _BatchNorm(Module):
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
-            if momentum is None:  # a cumulative average, as torch
-                momentum = 1.0 / float(self.num_batches_tracked.data)
+            if momentum is None:  # a cumulative average, as torch; on a device the count is not read (a wait)
+                tracked = self.num_batches_tracked.data
+                momentum = 1.0 / (float(tracked) if readable(tracked) else tracked)
         use_batch_stats = self.training or not self.track_running_stats
         return reduced_batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
                                   use_batch_stats, momentum, self.eps, self._reduction() if use_batch_stats else None)
