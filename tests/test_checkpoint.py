@@ -2,6 +2,7 @@
 conditions: writers killed at random, hostile files beside intact ones, a damaged newest checkpoint under
 distdl-run, two jobs on one directory."""
 
+import importlib.util
 import json
 import os
 import random
@@ -503,14 +504,16 @@ def test_a_format_1_checkpoint_loads_with_the_stream_seeded_from_its_pcg64_state
 
 
 def test_tensor_leaves_are_stored_as_their_arrays_and_map_location_places_the_extra_fields(tmp_path):
-    path = tmp_path / "c.npz"
     when = np.array(["2026-01-02"], dtype="M8[D]")  # an array whose .data no buffer can view
-    dl.save_checkpoint(path, table=dl.tensor(np.arange(6.0).reshape(2, 3)), when=when, scalar=np.float16(2.5))
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        dl.load_checkpoint(tmp_path / "absent.npz", map_location="tpu")
-    for location in (None, "cpu"):
-        extra = dl.load_checkpoint(path, map_location=location)
-        assert type(extra["table"]) is np.ndarray and extra["table"].dtype == np.float64
-        np.testing.assert_array_equal(extra["table"], np.arange(6.0).reshape(2, 3))
-        np.testing.assert_array_equal(extra["when"], when)
-        assert extra["scalar"].shape == () and extra["scalar"].dtype == np.float16 and extra["scalar"] == 2.5
+    with dl.CheckpointManager(tmp_path) as manager:
+        manager.save(1, table=dl.tensor(np.arange(6.0).reshape(2, 3)), when=when, scalar=np.float16(2.5))
+        with pytest.raises(ValueError, match="unknown device 'tpu'"):
+            manager.restore_latest(map_location="tpu")
+        for extra in (manager.restore_latest(), dl.load_checkpoint(manager.path(1), map_location="cpu")):
+            assert type(extra["table"]) is np.ndarray and extra["table"].dtype == np.float64
+            np.testing.assert_array_equal(extra["table"], np.arange(6.0).reshape(2, 3))
+            np.testing.assert_array_equal(extra["when"], when)
+            assert extra["scalar"].shape == () and extra["scalar"].dtype == np.float16 and extra["scalar"] == 2.5
+        if importlib.util.find_spec("cupy") is None:  # the extra fields' arrays are sent where map_location says
+            with pytest.raises(RuntimeError, match="CuPy is not installed: pip install 'distdl\\[gpu\\]'"):
+                manager.restore_latest(map_location="cuda")

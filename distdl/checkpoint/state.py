@@ -64,7 +64,6 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, sampler=No
     the device their parameters live on; ``map_location`` ("cpu", the default, or
     "cuda", "cuda:N") is where the arrays among the extra fields go, as torch's does.
     """
-    backend.parse_device(map_location)  # a wrong name is refused before the file is read
     meta, arrays = read_checkpoint(path)
     return restore(os.fspath(path), meta, arrays, model, optimizer, scheduler, sampler, comm, strict, map_location)
 
@@ -72,6 +71,7 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, sampler=No
 def restore(path, meta, arrays, model=None, optimizer=None, scheduler=None, sampler=None, comm=None, strict=True,
             map_location=None):
     """Put a read checkpoint's state into the objects given; the fields ``load_checkpoint`` returns."""
+    backend.parse_device(map_location)  # a wrong name is refused before any object is changed
     comm = comm if comm is not None else get_comm()
     for part, target in (("model", model), ("optimizer", optimizer)):
         if target is not None and meta[part] is None:
