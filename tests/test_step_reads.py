@@ -176,3 +176,19 @@ def test_batchnorm_with_a_cumulative_average_keeps_its_count_on_the_device(monke
     monkeypatch.setattr(device, "_bound", device.get("sim"))
     for a, b in zip(running_stats(), host):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_backward_on_a_device_equals_the_host_without_counting_maxima(ties, monkeypatch):
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 6))
+    if ties:
+        x = np.round(x)  # windows with several maxima: the first one takes the gradient
+
+    def gradient():
+        t = dl.tensor(x, requires_grad=True)
+        (F.max_pool2d(t, 2) * dl.tensor(np.arange(2 * 3 * 3 * 3.0).reshape(2, 3, 3, 3))).sum().backward()
+        return t.grad
+
+    host = gradient()
+    monkeypatch.setattr(device, "_bound", device.get("sim"))
+    np.testing.assert_array_equal(gradient(), host)

@@ -6,6 +6,7 @@ from distdl.backend import xp_of
 from distdl.functional.linalg import matmul
 from distdl.functional._windows import (output_size, pad2d, pair, scatter_windows, unpad2d, window_view,
                                        zeros_in_layout)
+from distdl.value_checks import readable
 
 
 def _ceil_output_size(size, kernel, stride, dilation, pad):
@@ -73,8 +74,9 @@ class MaxPool2d(Function):
             grad_windows = window_view(grad, kernel, stride, dilation, g.shape[2:])
             hits = self.view == self.out[:, :, None, None]  # one compare for all positions
             xp.multiply(g[:, :, None, None], hits, out=grad_windows)
-            if xp.count_nonzero(hits) != hits.size // (kernel[0] * kernel[1]):
-                # a window with a tie (or a NaN) has not exactly one maximum: its first one takes it all
+            if not readable(hits) or xp.count_nonzero(hits) != hits.size // (kernel[0] * kernel[1]):
+                # a window with a tie (or a NaN) has not exactly one maximum: its first one takes it all (on a
+                # device always done: counting the maxima would be a read, a wait for the device)
                 for i in range(kernel[0]):
                     for j in range(kernel[1]):
                         xp.multiply(g, first_max(i, j), out=grad_windows[:, :, i, j])
