@@ -403,6 +403,28 @@ def dataloader_device(simulate):
     return f"{len(batches)} batches on {target} equal the host's, read as they came and at the end", {}
 
 
+def trainer_device(simulate):
+    """Trainer(device=...).fit with validation and accuracy on the device: the same history and weights as on
+    the host (float64; the batches go through the DataLoader's device path, the checks once per step)."""
+    target = "sim" if simulate else "cuda"
+    dl.init(backend="local")
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((96, 6)), rng.integers(0, 3, 96)
+    runs = []
+    for place in (None, target):
+        model, optimizer, _ = _checkpoint_model(None)
+        trainer = dl.Trainer(model, optimizer, loss=dl.nn.CrossEntropyLoss(), metrics=["accuracy"], device=place)
+        history = trainer.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=False)
+        runs.append((dict(history), _host_state(model)))
+    (host_history, host_state), (dev_history, dev_state) = runs
+    for key, values in host_history.items():
+        np.testing.assert_allclose(dev_history[key], values, rtol=1e-9, atol=1e-12, err_msg=f"history {key}")
+    for name, value in host_state.items():
+        np.testing.assert_allclose(dev_state[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+    dl.shutdown()
+    return f"2 epochs on {target}: history ({', '.join(host_history)}) and weights equal the host's", {}
+
+
 def ddp_two_ranks(simulate):
     """distdl-run -n 2 with both ranks on one device: DDP with tensors there equals one process on NumPy with
     the whole batch (float64), and its buckets take the staging path (NCCL refuses two ranks on one GPU)."""
@@ -493,6 +515,7 @@ STEPS = [  # (name, function, timeout in s, needs a real GPU)
     ("train_steps", train_steps, 90, False),
     ("checkpoint_to_cpu", checkpoint_to_cpu, 60, False),
     ("dataloader_device", dataloader_device, 30, False),
+    ("trainer_device", trainer_device, 60, False),
     ("ddp_two_ranks", ddp_two_ranks, 120, False),
     ("nccl_one_rank", nccl_one_rank, 45, True),
     ("bench_vs_torch", bench_vs_torch, 160, True),

@@ -28,7 +28,7 @@ def test_op_value_and_gradient_equal_numpy(name, dtype):
 
 
 @pytest.mark.parametrize("step", ["device_layer", "pinned_memory", "rng_same_draws", "train_steps", "checkpoint_to_cpu",
-                                  "dataloader_device", "ddp_two_ranks", "nccl_one_rank"])
+                                  "dataloader_device", "trainer_device", "ddp_two_ranks", "nccl_one_rank"])
 def test_gpu_check_step(step, tmp_path):
     """The steps of scripts/gpu_check.py beyond the op table: DDP on 2 processes sharing one GPU through staging,
     a 1-rank NCCL communicator, a GPU checkpoint loaded on the CPU, the loader, the RNG, steps without a sync."""

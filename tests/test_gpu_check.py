@@ -12,7 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
 STEPS = ["environment", "device_layer", "pinned_memory", "ops_gradcheck", "ops_vs_numpy", "rng_same_draws",
          "train_steps",
-         "checkpoint_to_cpu", "dataloader_device", "ddp_two_ranks", "nccl_one_rank", "bench_vs_torch"]
+         "checkpoint_to_cpu", "dataloader_device", "trainer_device", "ddp_two_ranks", "nccl_one_rank", "bench_vs_torch"]
 GPU_ONLY = {"pinned_memory", "nccl_one_rank", "bench_vs_torch"}
 
 
