@@ -306,6 +306,7 @@ class DistributedDataParallel:
         finite = [xp.isfinite(bucket.grads).all().reshape(1) for bucket in self.buckets]
         fetched = to_device(xp.concatenate([b.control for b in self.buckets] + finite + [self._local_flags]), "cpu")
         controls = fetched[:count * control.CONTROL_SIZE].reshape(count, control.CONTROL_SIZE)
+        controls = controls.astype(self._control.dtype, copy=False)  # mixed dtypes were concatenated upwards
         self._reduced_finite = fetched[count * control.CONTROL_SIZE:-count]
         self._local_bad = fetched[-count:]
         return list(controls)
