@@ -63,14 +63,9 @@ if ARGS.device == "cuda":
     torch = gpu_peer(torch)
 
 
-def gpu_index():
-    """This worker's GPU: local rank modulo the GPUs there are."""
-    return dl.local_rank() % backend.cupy().cuda.runtime.getDeviceCount()
-
-
 def where():
-    """The device of this worker's model and data, by the name both frameworks understand."""
-    return f"cuda:{gpu_index()}" if ARGS.device == "cuda" else "cpu"
+    """The device dl.init() bound this worker to (GPU local_rank % GPUs), by a name both frameworks understand."""
+    return repr(device.current())
 
 
 def synced(step, synchronize):
@@ -121,7 +116,7 @@ def torch_figures(key, comm, distributed):
     torch.manual_seed(0)
     model = build(torch.nn).to(where())
     if distributed:
-        model = TorchDDP(model, device_ids=[gpu_index()] if ARGS.device == "cuda" else None)
+        model = TorchDDP(model, device_ids=[device.current().index] if ARGS.device == "cuda" else None)
     step = synced(make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr),
                             getattr(torch.nn, loss_name)(), torch.from_numpy(x.astype(np.float32)).to(where()),
                             torch.from_numpy(y).to(where())), torch.cuda.synchronize if ARGS.device == "cuda" else None)
@@ -131,9 +126,7 @@ def torch_figures(key, comm, distributed):
 
 
 def worker():
-    comm = dl.init()
-    if ARGS.device == "cuda":
-        device.bind(where())
+    comm = dl.init(device=ARGS.device)
     if torch is not None:
         torch.set_num_threads(1)
         if comm.size > 1:
