@@ -109,11 +109,13 @@ def synchronize(simulate):
 def environment(simulate):
     """Versions, the device, its memory, NCCL, and whether MPI is CUDA-aware."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "distdl": dl.__version__}
-    for module in ("mpi4py", "zmq", "torch", "cupy"):
+    for module in ("mpi4py", "zmq", "tqdm", "threadpoolctl", "safetensors", "torch", "cupy"):
         try:
             info[module] = __import__(module).__version__
         except ImportError:
             info[module] = None
+    missing = [module for module in ("mpi4py", "zmq", "tqdm", "threadpoolctl", "safetensors") if not info[module]]
+    lacking = f"; distdl's dependencies missing here: {', '.join(missing)}" if missing else ""
     from distdl.comm.mpi import cuda_support
     from distdl.parallel.device_allreduce import nccl_available
 
@@ -121,7 +123,7 @@ def environment(simulate):
     info["nccl_available"] = nccl_available()
     if simulate:
         info["device"] = repr(layer_device(simulate))
-        return f"simulated device on numpy {np.__version__}; MPI CUDA-aware: {info['mpi_cuda_aware']}", info
+        return f"simulated device on numpy {np.__version__}; MPI CUDA-aware: {info['mpi_cuda_aware']}{lacking}", info
     cp = backend.cupy()
     count = cp.cuda.runtime.getDeviceCount()
     props = cp.cuda.runtime.getDeviceProperties(0)
@@ -137,7 +139,7 @@ def environment(simulate):
 
         info["torch_cuda"] = torch.cuda.is_available()  # bench_vs_torch's peer runs on the GPU only then
     return (f"{count} x {info['name']} {info['memory_gib']} GiB, CuPy {cp.__version__}, CUDA {info['cuda_runtime']}, "
-            f"NCCL {info['nccl']}, MPI CUDA-aware: {info['mpi_cuda_aware']}, torch {info['torch']}"), info
+            f"NCCL {info['nccl']}, MPI CUDA-aware: {info['mpi_cuda_aware']}, torch {info['torch']}{lacking}"), info
 
 
 def device_layer(simulate):
