@@ -22,6 +22,8 @@ import sys
 import time
 import weakref
 
+import numpy as np
+
 from distdl.autograd.engine import queue_callback
 from distdl.autograd.function import Function
 from distdl.autograd.grad_mode import is_grad_enabled
@@ -37,22 +39,27 @@ MAX_EVENTS = 200_000  # per rank; the oldest go first, so a long run's file stay
 
 
 class Timeline:
-    """This process's timeline events for ``DISTDL_TIMELINE``; ``write`` gathers every rank's into one Chrome trace."""
+    """This process's timeline events for ``DISTDL_TIMELINE``; ``write`` gathers every rank's into one Chrome trace.
+
+    An event is a row of numbers (its number, its name's index, start and duration in microseconds, lane), so a
+    long run's rows travel as one array; only the Trainer's few marks carry figures of their own (``args``).
+    """
 
     def __init__(self, path):
         self.path = path
-        self.events = collections.deque(maxlen=MAX_EVENTS)
-        self.dropped = 0
+        self.rows = collections.deque(maxlen=MAX_EVENTS)
+        self.names = {}  # name -> its index
+        self.args = {}  # an event's number -> its figures
+        self.added = 0
         self._attached = weakref.WeakSet()
+        self._written = None  # how many events every rank had added at the last write
 
-    def add(self, name, start, end, rank, lane, args=None):
-        if len(self.events) == MAX_EVENTS:
-            self.dropped += 1
-        event = {"name": name, "ph": "X", "ts": start * 1e6, "dur": (end - start) * 1e6, "pid": rank,
-                 "tid": LANES.index(lane)}
+    def add(self, name, start, end, lane, args=None):
         if args:
-            event["args"] = args
-        self.events.append(event)
+            self.args[self.added] = args
+        self.rows.append((self.added, self.names.setdefault(name, len(self.names)), start * 1e6,
+                          (end - start) * 1e6, LANES.index(lane)))
+        self.added += 1
 
     def attach(self, comm):
         """Write the trace when ``comm`` closes in good order (every rank closes alike: the gather is safe there)."""
@@ -61,24 +68,38 @@ class Timeline:
             comm.on_close(lambda: self.write(comm))
 
     def write(self, comm):
-        """Collective: every rank's events to rank 0, which writes the file and says so in one line."""
-        everyone = comm.allgather_json([list(self.events), self.dropped])
-        if comm.rank != 0:
+        """Collective: every rank's events to rank 0, which writes the file and says so in one line (unless nothing
+        happened since its last write: after ``fit``, the close finds the same)."""
+        rows = np.array(self.rows, np.float64).reshape(-1, 5)
+        first = rows[0, 0] if len(rows) else self.added
+        self.args = {number: args for number, args in self.args.items() if number >= first}
+        everyone = comm.allgather_json([list(self.names), {str(n): a for n, a in self.args.items()}, self.added])
+        all_rows = comm.allgather_ragged(rows)
+        added = [count for _, _, count in everyone]
+        if comm.rank != 0 or added == self._written:
             return
-        names = [{"name": "thread_name", "ph": "M", "pid": r, "tid": t, "args": {"name": name}}
-                 for r in range(comm.size) for t, name in enumerate(LANES)]
-        names += [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}}
-                  for r in range(comm.size)]
-        events = [e for mine, _ in everyone for e in mine]
-        dropped = sum(d for _, d in everyone)
+        events = [{"name": "thread_name", "ph": "M", "pid": r, "tid": t, "args": {"name": name}}
+                  for r in range(comm.size) for t, name in enumerate(LANES)]
+        events += [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}}
+                   for r in range(comm.size)]
+        for rank, ((names, figures, _), mine) in enumerate(zip(everyone, all_rows)):
+            for number, name, ts, dur, lane in mine.tolist():
+                event = {"name": names[int(name)], "ph": "X", "ts": ts, "dur": dur, "pid": rank, "tid": int(lane)}
+                if str(int(number)) in figures:
+                    event["args"] = figures[str(int(number))]
+                events.append(event)
         try:
-            with open(self.path, "w") as f:
-                json.dump({"traceEvents": names + events, "displayTimeUnit": "ms"}, f)
+            with open(self.path + ".tmp", "w") as f:  # whole or absent: a reader never opens half a trace
+                f.write(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+            os.replace(self.path + ".tmp", self.path)
         except OSError as exc:
             print(f"distdl: the timeline could not be written to {self.path}: {exc}", file=sys.stderr, flush=True)
             return
-        note = f"; the oldest {dropped} were dropped (at most {MAX_EVENTS} per rank)" if dropped else ""
-        print(f"distdl: timeline of {comm.size} rank{'s' * (comm.size > 1)} ({len(events)} events{note}) "
+        self._written = added
+        spans = sum(len(mine) for mine in all_rows)
+        note = f"; the oldest {sum(added) - spans} were dropped (at most {MAX_EVENTS} per rank)" \
+            if sum(added) > spans else ""
+        print(f"distdl: timeline of {comm.size} rank{'s' * (comm.size > 1)} ({spans} events{note}) "
               f"written to {self.path}", flush=True)
 
 
@@ -99,8 +120,7 @@ def timeline():
 class StepTimer:
     """Per-phase seconds of each step: summed since ``reset()`` (the Trainer's epoch) and kept for the recent steps."""
 
-    def __init__(self, rank, recent=RECENT_STEPS):
-        self.rank = rank
+    def __init__(self, recent=RECENT_STEPS):
         self.timeline = timeline()
         self.recent = collections.deque(maxlen=recent)
         self._step = dict.fromkeys(PHASES, 0.0)
@@ -114,17 +134,16 @@ class StepTimer:
         """Account ``phase`` from ``start`` to ``end`` (time.time() seconds) to the step under way."""
         self._step[phase] += end - start
         if self.timeline is not None:
-            self.timeline.add(phase, start, end, self.rank, phase)
+            self.timeline.add(phase, start, end, phase)
 
     def add_allreduce(self, index, start, end, nbytes):
         if self.timeline is not None:
-            self.timeline.add(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end, self.rank,
-                              "allreduce", {"bucket": index, "bytes": nbytes})
+            self.timeline.add(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end, "allreduce")
 
     def mark(self, name, start, end, args=None):
         """An event of the Trainer's own lane (an epoch, an evaluation), with ``args`` shown beside it."""
         if self.timeline is not None:
-            self.timeline.add(name, start, end, self.rank, "trainer", args)
+            self.timeline.add(name, start, end, "trainer", args)
 
     def end_step(self):
         for phase, seconds in self._step.items():
@@ -184,7 +203,7 @@ class PhaseRecorder:
 
     def __init__(self, comm):
         self.comm = comm
-        self.timer = StepTimer(comm.rank)
+        self.timer = StepTimer()
         if self.timer.timeline is not None:
             self.timer.timeline.attach(comm)
         method = weakref.WeakMethod(self._optimizer_stepped)  # the hook must not keep the recorder alive
