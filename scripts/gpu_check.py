@@ -1,6 +1,6 @@
 """Every GPU check, in order, each step in its own process under its own timeout: the first run on a lent GPU.
 
-    python scripts/gpu_check.py [--simulate] [--report FILE] [--only STEP,STEP] [--budget SECONDS]
+    python scripts/gpu_check.py [--simulate] [--report FILE] [--only STEP,STEP] [--budget SECONDS] [--timeout SECONDS]
 
 Prints one line per step (name, passed/failed/skipped, seconds, detail), then ``N passed, M failed``;
 exits 0 only when every step passed. Writes a JSON report (--report; by default gpu_check.json in $OUT
@@ -555,8 +555,15 @@ def child_env(simulate):
     return env
 
 
+TERM_GRACE = 10  # seconds between SIGTERM and SIGKILL for a step past its timeout
+
+
 def spawn(name, simulate, timeout, workdir):
-    """One step in its own process group (killed whole on timeout): (status, detail, data, output tail)."""
+    """One step in its own process group: (status, detail, data, output tail).
+
+    Past its timeout the group gets SIGTERM, so that a launcher it started stops its workers its own way
+    (some in sessions of their own), then SIGKILL after a grace; what is left of the group goes at the end.
+    """
     result = Path(workdir) / f"{name}.json"
     command = [sys.executable, __file__, "--step", name, "--result", str(result)] + (["--simulate"] if simulate else [])
     with open(Path(workdir) / f"{name}.log", "w+") as log:
@@ -567,6 +574,10 @@ def spawn(name, simulate, timeout, workdir):
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(TERM_GRACE)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # also what the step started (workers, a launcher)
         proc.wait()
@@ -574,7 +585,7 @@ def spawn(name, simulate, timeout, workdir):
         tail = log.read()[-4000:]
     answer = json.loads(result.read_text()) if result.exists() else {}
     if timed_out:
-        return "failed", f"timed out after {timeout:.0f} s", answer.get("data", {}), tail
+        return "failed", f"timed out after {timeout:.3g} s", answer.get("data", {}), tail
     if proc.returncode == 0 and answer:
         return "passed", answer["detail"], answer["data"], ""
     detail = answer.get("detail") or f"exit status {proc.returncode}: {tail.strip().splitlines()[-1:] or ''}"
@@ -591,6 +602,7 @@ def main():
     parser.add_argument("--report", default=default_report(), help="the JSON report (default: %(default)s)")
     parser.add_argument("--only", help="comma-separated steps to run (default: all)")
     parser.add_argument("--budget", type=float, default=400.0, help="seconds for the whole run")
+    parser.add_argument("--timeout", type=float, help="at most this many seconds per step (default: each its own)")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # in a step's own process
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--load-on-host", help=argparse.SUPPRESS)  # checkpoint_to_cpu's process without a GPU
@@ -620,7 +632,7 @@ def main():
             elif left < 5:
                 status, detail, data, tail = "failed", f"not run: the {args.budget:.0f} s budget is spent", {}, ""
             else:
-                status, detail, data, tail = spawn(name, args.simulate, min(timeout, left), workdir)
+                status, detail, data, tail = spawn(name, args.simulate, min(timeout, left, args.timeout or left), workdir)
             seconds = time.monotonic() - began
             rows.append({"name": name, "status": status, "seconds": round(seconds, 2), "detail": detail, "data": data,
                          "output_tail": tail})

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
@@ -65,3 +66,14 @@ def test_a_spent_budget_fails_the_steps_not_run_and_the_exit_status(tmp_path):
 def test_an_unknown_step_is_named_with_the_valid_ones(tmp_path):
     out, _ = run_check(tmp_path, "--simulate", "--only", "environment,opz")
     assert out.returncode == 2 and "unknown step(s) opz" in out.stderr and "ops_gradcheck" in out.stderr
+
+
+def test_a_step_past_its_timeout_is_killed_with_what_it_started(tmp_path):
+    out, lines = run_check(tmp_path, "--simulate", "--only", "ddp_two_ranks", "--timeout", "1.5")
+    assert out.returncode == 1, out.stdout + out.stderr
+    (step,) = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
+    assert step["status"] == "failed" and step["detail"] == "timed out after 1.5 s", step
+    deadline = time.monotonic() + 20  # the launcher's own grace for its workers, on a loaded machine
+    while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(tmp_path))  # the launcher and its two workers went with the step
