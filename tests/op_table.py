@@ -34,6 +34,12 @@ def _keep(array):
     return array
 
 
+def _recurrence(layer, *args, **options):
+    """A recurrent layer's output and final states in one tensor, each weighted differently."""
+    output, *states = layer(*args, **options)
+    return sum((k + 2) * state for k, state in enumerate(states)) + output.sum(axis=0)
+
+
 def build_cases(put=_keep):
     """name -> (fn, inputs): ``fn`` takes one tensor per input (NumPy float64 arrays, the same on every call)."""
     rng = np.random.default_rng(1234)
@@ -138,7 +144,22 @@ def build_cases(put=_keep):
                                 [away(3, 2, 3, 2), positive(2), away(2)]),
         "batch_norm_eval": (lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, training=False),
                             [away(3, 2, 2, 2), positive(2), away(2)]),
+        "layer_norm": (lambda x, w, b: F.layer_norm(x, (3, 2), w, b), [away(4, 3, 2), positive(3, 2), away(3, 2)]),
+        "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)), [away(2, 2, 5, 7)]),
         "embedding": (lambda w: F.embedding(tokens, w), [away(5, 3)]),
+        # recurrent layers (time-major): the fused kernels with hand-written backward
+        "rnn": (lambda x, h, wi, wh, bi, bh: _recurrence(F.rnn, x, h, wi, wh, bi, bh),
+                [away(3, 2, 3), away(2, 2), away(2, 3), away(2, 2), away(2), away(2)]),
+        "rnn_relu_reverse": (lambda x, wi, wh: _recurrence(F.rnn, x, None, wi, wh, nonlinearity="relu", reverse=True),
+                             [away(3, 2, 3), away(2, 3), away(2, 2)]),
+        "lstm": (lambda x, h, c, wi, wh, bi, bh: _recurrence(F.lstm, x, h, c, wi, wh, bi, bh),
+                 [away(3, 2, 3), away(2, 2), away(2, 2), away(8, 3), away(8, 2), away(8), away(8)]),
+        "lstm_reverse": (lambda x, wi, wh: _recurrence(F.lstm, x, None, None, wi, wh, reverse=True),
+                         [away(4, 2, 3), away(8, 3), away(8, 2)]),
+        "gru": (lambda x, h, wi, wh, bi, bh: _recurrence(F.gru, x, h, wi, wh, bi, bh),
+                [away(3, 2, 3), away(2, 2), away(6, 3), away(6, 2), away(6), away(6)]),
+        "gru_reverse": (lambda x, wi, wh: _recurrence(F.gru, x, None, wi, wh, reverse=True),
+                        [away(3, 2, 3), away(6, 3), away(6, 2)]),
         # losses
         "cross_entropy": (lambda x: F.cross_entropy(x, labels), [away(6, 5) * 3]),
         "cross_entropy_sum": (lambda x: F.cross_entropy(x, labels, reduction="sum"), [away(6, 5)]),
