@@ -3,7 +3,7 @@
     python scripts/gpu_check.py [--simulate] [--report FILE] [--only STEP,STEP] [--budget SECONDS] [--timeout SECONDS]
 
 Prints one line per step (name, passed/failed/skipped, seconds, detail), then ``N passed, M failed``;
-exits 0 only when every step passed. Writes a JSON report (--report; by default gpu_check.json in $OUT
+exits 0 only when every step passed (2, before any step, where there is no GPU to check). Writes a JSON report (--report; by default gpu_check.json in $OUT
 when it is set, else in the current directory) with each step's detail, figures and, on failure, the
 end of its output. The whole run stays within --budget (400 s: the 7 minutes of one H200 lease, less
 the start); a step that would start past it fails as not run, and ``--only`` reruns the ones named.
@@ -592,6 +592,19 @@ def spawn(name, simulate, timeout, workdir):
     return "failed", detail, answer.get("data", {}), tail
 
 
+def why_no_gpu():
+    """None where CuPy sees a CUDA GPU, else what is missing (CuPy, or the driver or device, with CUDA's words)."""
+    try:
+        cp = backend.cupy()
+    except RuntimeError as exc:  # CuPy is not installed: the message says what to install
+        return str(exc)
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy's CUDARuntimeError: no driver, or one too old
+        return f"CuPy {cp.__version__} sees no CUDA GPU: {first_line(exc)}"
+    return None if count else f"CuPy {cp.__version__} sees no CUDA GPU (0 devices)"
+
+
 def default_report():
     return str(Path(os.environ.get("OUT") or ".") / "gpu_check.json")
 
@@ -617,9 +630,13 @@ def main():
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         parser.error(f"unknown step(s) {', '.join(unknown)}: the steps are {', '.join(names)}")
-    if not args.simulate and not backend.gpu_available():
-        print("gpu_check: no CUDA GPU here (CuPy missing, or no driver or device); "
-              "run with --simulate to check on the CPU against the simulated device", file=sys.stderr)
+    missing = None if args.simulate else why_no_gpu()
+    if missing:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps({"mode": "gpu", "error": missing, "steps": []}, indent=2))
+        print(f"gpu_check: {missing}; --simulate checks the same code on the CPU against the simulated device",
+              file=sys.stderr)
+        sys.exit(2)
     start, rows = time.monotonic(), []
     mode = "simulate" if args.simulate else "gpu"
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as workdir:

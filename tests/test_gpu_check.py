@@ -77,3 +77,10 @@ def test_a_step_past_its_timeout_is_killed_with_what_it_started(tmp_path):
     while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not processes_mentioning(str(tmp_path))  # the launcher and its two workers went with the step
+
+
+def test_without_a_gpu_the_run_says_what_is_missing_and_points_to_simulate(tmp_path):
+    out, _ = run_check(tmp_path)
+    assert out.returncode == 2 and "--simulate" in out.stderr, out.stdout + out.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["steps"] == [] and ("CuPy is not installed" in report["error"] or "sees no CUDA GPU" in report["error"])
