@@ -10,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+import distdl as dl
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
 STEPS = ["environment", "device_layer", "pinned_memory", "ops_gradcheck", "ops_vs_numpy", "rng_same_draws",
          "train_steps",
@@ -79,6 +83,7 @@ def test_a_step_past_its_timeout_is_killed_with_what_it_started(tmp_path):
     assert not processes_mentioning(str(tmp_path))  # the launcher and its two workers went with the step
 
 
+@pytest.mark.skipif(dl.gpu_available(), reason="a GPU is here: the run would check it")
 def test_without_a_gpu_the_run_says_what_is_missing_and_points_to_simulate(tmp_path):
     out, _ = run_check(tmp_path)
     assert out.returncode == 2 and "--simulate" in out.stderr, out.stdout + out.stderr
