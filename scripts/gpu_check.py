@@ -605,6 +605,15 @@ def why_no_gpu():
     return None if count else f"CuPy {cp.__version__} sees no CUDA GPU (0 devices)"
 
 
+def write_report(path, mode, rows, seconds):
+    report = {"mode": mode, "host": platform.node(), "seconds": round(seconds, 1),
+              "passed": sum(r["status"] == "passed" for r in rows), "failed": sum(r["status"] == "failed" for r in rows),
+              "skipped": [r["name"] for r in rows if r["status"] == "skipped"], "steps": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2))
+    return report
+
+
 def default_report():
     return str(Path(os.environ.get("OUT") or ".") / "gpu_check.json")
 
@@ -639,6 +648,7 @@ def main():
         sys.exit(2)
     start, rows = time.monotonic(), []
     mode = "simulate" if args.simulate else "gpu"
+    report = write_report(args.report, mode, rows, 0)
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as workdir:
         for name, _, timeout, gpu_only in STEPS:
             if name not in wanted:
@@ -656,16 +666,11 @@ def main():
             print(f"{name:<18} {status:<7} {seconds:7.1f} s  {detail}", flush=True)
             if data.get("table"):
                 print(data["table"], flush=True)
-    passed = sum(r["status"] == "passed" for r in rows)
-    failed = sum(r["status"] == "failed" for r in rows)
-    skipped = [r["name"] for r in rows if r["status"] == "skipped"]
-    report = {"mode": mode, "host": platform.node(), "seconds": round(time.monotonic() - start, 1),
-              "passed": passed, "failed": failed, "skipped": skipped, "steps": rows}
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(json.dumps(report, indent=2))
-    print(f"{passed} passed, {failed} failed" + (f", {len(skipped)} skipped (simulate)" if skipped else "")
+            report = write_report(args.report, mode, rows, time.monotonic() - start)  # a cut run leaves its findings
+    skipped = report["skipped"]
+    print(f"{report['passed']} passed, {report['failed']} failed" + (f", {len(skipped)} skipped (simulate)" if skipped else "")
           + f" in {report['seconds']:.0f} s; report: {args.report}")
-    sys.exit(1 if failed or not passed else 0)
+    sys.exit(1 if report["failed"] or not report["passed"] else 0)
 
 
 if __name__ == "__main__":
