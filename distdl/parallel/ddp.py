@@ -3,7 +3,12 @@
 The gradients live in flat buckets (each ``.grad`` a view into one), filled in
 reverse parameter order, the order backward produces them. When a bucket's last
 gradient is final (the engine's post-accumulate hook), its allreduce starts on the
-communication thread while backward goes on with earlier layers. Buckets are
+communication thread while backward goes on with earlier layers, where this rank has
+a core free for that thread (else every bucket is reduced when backward ends, in the
+caller's thread: the thread would only take turns with backward; in a world of one
+nothing is reduced). Buckets on a device (a GPU, or the simulated device) go through
+``device_allreduce``: its stream waits on the gradients' event, and the compute
+stream on each reduced bucket's event before the optimizer reads it. Buckets are
 launched strictly in index order, so every rank issues the same collectives in the
 same order even when some parameters get no gradient on some ranks. When backward
 ends, the buckets not yet launched (those holding unused parameters, whose zeroed
@@ -18,6 +23,7 @@ The bucket layout is compared across ranks at construction.
 """
 
 import math
+import os
 import time
 import weakref
 from contextlib import contextmanager
@@ -30,6 +36,7 @@ from distdl.autograd.engine import queue_callback
 from distdl.backend import to_device, xp_of
 from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.ordering import CommThread
+from distdl.comm.threads import cores_per_rank
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
 from distdl.parallel.device_allreduce import DeviceAllreduce
@@ -37,6 +44,7 @@ from distdl.parallel.errors import NonFiniteGradientError, StepMismatchError
 from distdl.timing import PhaseRecorder
 
 NONFINITE_POLICIES = ("error", "skip")
+OVERLAP_CHOICES = ("auto", "thread", "inline")
 
 
 class DistributedDataParallel:
@@ -80,10 +88,13 @@ class DistributedDataParallel:
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
         # buckets on a device (CuPy parameters, or the simulated device bound) go through the device allreduce
         self.device = device.of(self._params[0].data) if self._params else device.HOST
+        self._overlap = _overlap(self.comm)  # else every bucket is reduced at the end of backward, in this thread
+        self._alone = self.comm.size == 1 and self.device.kind == "cpu"  # nothing to average: no allreduce
         self._reducer = self._local_flags = None
         if self.device.kind != "cpu":
             self._reducer = DeviceAllreduce(self.comm, self.device)
             weakref.finalize(self, self._reducer.stop)
+            self._overlap = True  # the device allreduce has a thread and a stream of its own
             self._local_flags = self.device.xp.zeros(len(self.buckets), self.buckets[0].flat.dtype)
         for p in self._params:
             if p.grad is not None:
@@ -143,6 +154,8 @@ class DistributedDataParallel:
         if self.steps:
             raise RuntimeError("register_comm_hook: register the hook before the first backward pass")
         self._hook, self._hook_state = hook, state
+        self._alone = False  # a hook runs even in one process: it may do more than average
+        self._overlap = True  # on the hook's own thread
         if self._reducer is None:  # the device allreduce runs hooks on its own thread, on the host copy
             self._hook_thread = CommThread(self.comm.rank)
             weakref.finalize(self, self._hook_thread.stop)
@@ -193,7 +206,7 @@ class DistributedDataParallel:
         bucket = self._bucket_of[param]
         _home(param, bucket)
         bucket.pending -= 1
-        if bucket.pending == 0:
+        if bucket.pending == 0 and self._overlap:
             try:
                 self._launch(ready_only=True)
             except DistError as exc:
@@ -229,15 +242,18 @@ class DistributedDataParallel:
 
         Without a hook the last bucket is reduced in the caller's thread: nothing is
         left to overlap it with, and the communication thread would only add two
-        thread wake-ups to the step.
+        thread wake-ups to the step. So is every bucket where no core is free for
+        the communication thread (``_overlap``), and none in a world of one.
         """
+        if self._alone:
+            return
         check = bucket.index() == 0  # the signature check of the step: a rank in another collective is named
         if self._reducer is not None:  # after the gradients' kernels, on the device allreduce's stream
             ready = self.device.record_event(self.device.compute_stream())
             bucket.request = self._reducer.submit(bucket, ready, check, self._hook, self._hook_state)
         elif self._hook is not None:
             bucket.request = self._hook_thread.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
-        elif bucket.is_last():
+        elif bucket.is_last() or not self._overlap:
             start = time.time()
             self.comm.allreduce(bucket.flat, "mean", check=check)
             self.last_allreduces.append((bucket.index(), start, time.time(), bucket.nbytes))
@@ -349,7 +365,7 @@ class DistributedDataParallel:
         self.steps += had_batch
         somewhere = any(c[control.NONFINITE] for c in controls)
         # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
-        overflowed = None if somewhere else self._overflowed()
+        overflowed = None if somewhere or self._alone else self._overflowed()  # alone: the sum is the local one
         if somewhere or overflowed is not None:
             if self.nonfinite == "skip":
                 self._skip_step()
@@ -485,9 +501,27 @@ class DistributedDataParallel:
     def __repr__(self):
         sizes = ", ".join(f"{b.nbytes / 2 ** 20:.2f}" for b in self.buckets)
         hook = getattr(self._hook, "__name__", repr(self._hook)) if self._hook is not None else None
-        where = f", on {self.device}, gradient allreduce {self._reducer.method}" if self._reducer is not None else ""
+        if self._reducer is not None:
+            where = f", on {self.device}, gradient allreduce {self._reducer.method}"
+        elif self._alone:
+            where = ", one process: no allreduce"
+        else:
+            where = ", allreduce on the communication thread" if self._overlap else ", allreduce inline (no free core)"
         return (f"DistributedDataParallel(rank {self.comm.rank} of {self.comm.size}, buckets MiB [{sizes}]{where}, "
                 f"comm hook {hook}, nonfinite={self.nonfinite!r})\n  {self.module!r}")
+
+
+def _overlap(comm):
+    """Whether the buckets' allreduces run on the communication thread, overlapping backward.
+
+    Only where this rank has a core free for it (DISTDL_DDP_OVERLAP=auto): on one core per rank
+    the thread only takes turns with backward, and each hand-off to it costs two thread wake-ups.
+    """
+    choice = os.environ.get("DISTDL_DDP_OVERLAP", "auto")
+    if choice not in OVERLAP_CHOICES:
+        raise ValueError(f"DISTDL_DDP_OVERLAP={choice!r}: use auto (the thread where a core per rank is free), "
+                         "thread or inline")
+    return choice == "thread" or (choice == "auto" and cores_per_rank(comm.local_size) >= 2)
 
 
 def _run_hook(hook, state, bucket):

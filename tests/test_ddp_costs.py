@@ -1,0 +1,55 @@
+"""DDP's fixed costs: no allreduce in a world of one; the communication thread only where a core is free for it."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import distdl as dl
+from distdl import nn
+from distdl.comm.local import LocalCommunicator
+from distdl.comm.threads import cores_per_rank
+from distdl.parallel import NonFiniteGradientError
+from distdl.parallel import ddp as ddp_module
+from multiproc import run
+
+
+def test_one_process_averages_nothing_and_still_checks_finiteness():
+    dl.seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    plain = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model, process_group=LocalCommunicator())
+    assert "one process: no allreduce" in repr(ddp)
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    ddp(dl.tensor(x)).sum().backward()
+    plain(dl.tensor(x)).sum().backward()
+    for p, q in zip(model.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    x[0, 0] = np.nan
+    model.zero_grad()
+    with pytest.raises(NonFiniteGradientError, match="step 2: a NaN or Inf gradient on rank 0"):
+        ddp(dl.tensor(x)).sum().backward()
+
+
+def test_the_communication_thread_only_where_a_core_is_free(monkeypatch):
+    comm = LocalCommunicator()
+    monkeypatch.delenv("DISTDL_DDP_OVERLAP", raising=False)
+    assert ddp_module._overlap(comm) == (cores_per_rank(comm.local_size) >= 2)
+    comm.local_size = 10 ** 6  # more ranks on this host than cores
+    assert not ddp_module._overlap(comm)
+    monkeypatch.setenv("DISTDL_DDP_OVERLAP", "thread")
+    assert ddp_module._overlap(comm)
+    monkeypatch.setenv("DISTDL_DDP_OVERLAP", "inline")
+    assert not ddp_module._overlap(LocalCommunicator())
+    monkeypatch.setenv("DISTDL_DDP_OVERLAP", "sometimes")
+    with pytest.raises(ValueError, match="use auto .*, thread or inline"):
+        ddp_module._overlap(comm)
+
+
+@pytest.mark.parametrize("overlap", ["thread", "inline"])
+def test_both_ways_reach_the_one_worker_parameters(monkeypatch, overlap):
+    """Whichever this machine's cores choose, the other way is run too."""
+    monkeypatch.setenv("DISTDL_DDP_OVERLAP", overlap)
+    result = run("zmq", 2, "ddp.py", "equivalence", "cnn", "sgd", "float64", timeout=120)
+    assert result.ok(), str(result)
+    assert "".join(result.outputs).count("equivalence cnn sgd float64 ok") == 2
