@@ -9,11 +9,14 @@
 - the table gives workers, global batch, samples/s, speed-up, efficiency and the share
   of the step spent in exposed communication (what backward waited for at its end);
 - an alpha-beta model of the ZeroMQ allreduce (recursive doubling up to its small-message
-  limit, log2 p exchanges of n bytes; the ring above, t = 2(p-1) alpha + 2 (p-1)/p n beta),
-  one per algorithm, fitted by least relative error to allreduces timed by size; where the
-  ranks outnumber this machine's cores (s ranks per core) a message costs s alpha and a byte
-  the slower of the link (beta) and the rank's share of a core (s gamma): a roofline;
-  predictions beyond this machine give each worker its own core;
+  limit, log2 p exchanges of n bytes; the ring above, t = 2(p-1) alpha + 2 (p-1)/p n beta;
+  the hierarchical ring on N nodes of L ranks, 2(L-1) steps in the node and 2(N-1) across,
+  2(N-1)/N n on each node's link), one per regime, fitted by least relative error to
+  allreduces timed by size (each call's slowest rank, the 20th percentile of the calls);
+  where the ranks outnumber this machine's cores (s ranks per core) a message costs s alpha,
+  a link byte the slower of the link (beta) and the rank's share of a core (s gamma), a byte
+  moved inside a node s gamma: a roofline; a shaped link's token bucket passes its burst at
+  once, in each step; predictions beyond this machine give each worker its own core;
 - the training prediction is compute + overlap * allreduce: the compute per step measured at
   each worker count (step less exposed communication; beyond them, the largest job's), the
   allreduce of the model's gradients by the fitted model (at --predict: by --bandwidth and
@@ -38,15 +41,19 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections import namedtuple
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = ",".join(str(4096 * 4 ** k) for k in range(8))  # 4 KiB .. 64 MiB
 TOLERANCE = 0.10  # held-out points and the training prediction at the measured counts
 CORES = os.cpu_count()  # the emulated nodes share this machine's cores
-Where = namedtuple("Where", "limit cores burst")  # recursive doubling's limit, cores the ranks share, a link's burst
+# recursive doubling's limit, cores the ranks share, a link's burst, the nodes the ranks spread over (None: one each)
+Where = namedtuple("Where", "limit cores burst nodes")
 
 
 def parse_args():
@@ -73,8 +80,6 @@ def parse_args():
 def train_worker(args):
     """One job: time training steps at this world size; in a multi-worker job also time allreduces by size."""
     sys.path.insert(0, str(HERE))
-    import numpy as np
-
     import distdl as dl
     from workloads import agreed_steps, make_step, timed, workload
 
@@ -107,21 +112,20 @@ def train_worker(args):
 
 
 def time_allreduces(comm, sizes, seconds, rounds=3):
-    """[bytes, seconds of the fastest repetition] of float32 allreduces of each size, the same on every rank.
+    """[bytes, seconds] of float32 allreduces of each size: a low percentile of the calls' times, on every rank.
 
-    The fastest, since a load passing on the shared cores only ever adds time; the sizes
-    take turns over ``rounds`` rounds, so that such a load spreads over all of them.
+    A call's time is its slowest rank's (the allreduce is done when the last rank has the
+    result); of those the 20th percentile: a load passing on the shared cores only ever adds
+    time, and a percentile, unlike the single fastest call, does not hang on one lucky
+    wake-up. The sizes take turns over ``rounds`` rounds, so that such a load spreads over
+    all of them; small ones repeat up to 100 times a round.
     """
-    import time
-
-    import numpy as np
-
     arrays, wanted = [np.zeros(n // 4, np.float32) for n in sizes], []
     for array in arrays:
         comm.allreduce(array, "sum", check=False)  # connections and buffers warm
         start = time.perf_counter()
         comm.allreduce(array, "sum", check=False)
-        wanted.append(min(30, max(3, int(seconds / rounds / (time.perf_counter() - start)))))
+        wanted.append(min(100, max(3, int(seconds / rounds / (time.perf_counter() - start)))))
     reps = comm.allreduce(np.array(wanted, np.int64), "max", check=False)
     times = [[] for _ in sizes]
     for _ in range(rounds):
@@ -130,18 +134,18 @@ def time_allreduces(comm, sizes, seconds, rounds=3):
                 start = time.perf_counter()
                 comm.allreduce(array, "sum", check=False)
                 mine.append(time.perf_counter() - start)
-    return [[n, min(t)] for n, t in zip(sizes, times)]
+    slowest = comm.allreduce(np.concatenate([np.array(t) for t in times]), "max", check=False)
+    bounds = np.cumsum([0] + [len(t) for t in times])
+    return [[n, float(np.percentile(slowest[a:b], 20))] for n, a, b in zip(sizes, bounds[:-1], bounds[1:])]
 
 
 def allreduce_worker(args):
     import distdl as dl
 
     comm = dl.init()
-    points = time_allreduces(comm, [int(n) for n in args.sizes.split(",")], args.seconds)
-    everyone = comm.allgather_json(points)
+    points = time_allreduces(comm, [int(n) for n in args.sizes.split(",")], args.seconds)  # the same on every rank
     if comm.rank == 0:
-        typical = [[n, statistics.median(p[i][1] for p in everyone)] for i, (n, _) in enumerate(points)]
-        print("RESULT " + json.dumps({"ranks": comm.size, "allreduce": typical}), flush=True)
+        print("RESULT " + json.dumps({"ranks": comm.size, "allreduce": points}), flush=True)
     dl.shutdown()
 
 
@@ -189,48 +193,67 @@ def small_bytes():
 
 
 def algorithm(nbytes, limit):
+    """The fitted regime of an allreduce of ``nbytes``: latency bound (recursive doubling) or bandwidth bound (rings)."""
     return "doubling" if nbytes <= limit else "ring"
 
 
-def terms(nbytes, p, where):
-    """(messages, bytes) one rank's allreduce of ``nbytes`` among ``p`` waits for, in sequence.
+def shape(p, where):
+    """(nodes, ranks per node) of ``p`` ranks ``where``: spread over the cluster's nodes, else one rank per node."""
+    return layout(p, where.nodes) if where.nodes else (p, 1)
 
-    The bytes a shaped link passes at once (its token bucket, full after a pause) cost no time.
+
+def terms(nbytes, p, where):
+    """(messages, link bytes, node-local bytes) one rank's allreduce of ``nbytes`` among ``p`` waits for, in sequence.
+
+    Recursive doubling: log2 p exchanges of the whole array, which the CPU copies and reduces.
+    The flat ring: 2(p-1) steps of 1/p of the array over each link. The hierarchical ring
+    (several nodes of several ranks, distdl/comm/hierarchical.py): 2(L-1) steps inside the node
+    moving 2(L-1)/L of the array between its processes, then 2(N-1) steps across, each putting
+    1/N of the array on the node's link. A shaped link passes its token bucket's burst at once
+    and refills it while the ranks wait for each other between steps, so each step's first
+    ``burst`` bytes cost no link time.
     """
     if p == 1:
-        return 0, 0
+        return 0, 0, 0
     if algorithm(nbytes, where.limit) == "doubling":
         p2 = 1 << (p.bit_length() - 1)
         exchanges = int(math.log2(p2)) + (2 if p != p2 else 0)  # ranks beyond a power of two fold in, are told after
-        return exchanges, max(exchanges * nbytes - where.burst, 0)
-    return 2 * (p - 1), max(2 * (p - 1) / p * nbytes - where.burst, 0)
+        return exchanges, exchanges * max(nbytes - where.burst, 0), exchanges * nbytes
+    nodes, per_node = shape(p, where)
+    if nodes >= 2 and per_node >= 2:
+        return (2 * (per_node - 1) + 2 * (nodes - 1), 2 * (nodes - 1) * max(nbytes / nodes - where.burst, 0),
+                2 * (per_node - 1) / per_node * nbytes)
+    return 2 * (p - 1), 2 * (p - 1) * max(nbytes / p - where.burst, 0), 0
 
 
-def sharing(p, cores):
-    """How many ranks share each core of this machine (1 where each has its own, or ``cores`` is None)."""
-    return max(1.0, p / cores) if cores else 1.0
+def sharing(p, where):
+    """How many ranks share each core of this machine (1 where each has its own, or ``where.cores`` is None)."""
+    return max(1.0, p / where.cores) if where.cores else 1.0
+
+
+def seconds(alpha, beta, gamma, messages, link, local, s):
+    """The roofline of one allreduce, ``s`` ranks to a core: each message costs alpha per core's worth of ranks
+    (waking a process waits for the others sharing its core), each link byte the slower of the link (beta) and
+    the rank's share of the CPU that copies and reduces it (gamma per core's worth of ranks), each node-local
+    byte that CPU alone."""
+    return messages * alpha * s + link * np.maximum(beta, gamma * s) + local * gamma * s
 
 
 def fit(points, where):
-    """{algorithm: (alpha, beta, gamma)} minimising the relative error over ``points`` of (ranks, bytes, seconds).
+    """{regime: (alpha, beta, gamma)} minimising the relative error over ``points`` of (ranks, bytes, seconds).
 
-    A roofline of one rank's allreduce: each message costs alpha per core's worth of ranks
-    (waking a process waits for the others sharing its core), each byte the slower of the
-    link (beta) and the rank's share of the CPU that copies and reduces it (gamma per core's
-    worth of ranks). beta and gamma are searched on a grid, alpha is least squares for each.
+    beta and gamma are searched on a grid, alpha is least squares for each pair.
     """
-    import numpy as np
-
     model = {}
     grid = np.geomspace(1e-12, 1e-6, 160)
     for kind in ("doubling", "ring"):
-        rows = [(*terms(n, p, where), sharing(p, where.cores), t) for p, n, t in points
+        rows = [(*terms(n, p, where), sharing(p, where), t) for p, n, t in points
                 if algorithm(n, where.limit) == kind]
         if not rows:
             continue
-        m, v, s, t = (np.array(column, float) for column in zip(*rows))
-        per_byte = np.maximum(grid[:, None, None], grid[None, :, None] * s)  # [beta, gamma, point]
-        b, a = v * per_byte / t, m * s / t
+        m, v, w, s, t = (np.array(column, float) for column in zip(*rows))
+        b = seconds(0.0, grid[:, None, None], grid[None, :, None], 0, v, w, s) / t  # [beta, gamma, point]
+        a = m * s / t
         alpha = np.maximum((a * (1 - b)).sum(-1) / max((a * a).sum(), 1e-300), 0.0)
         error = ((a * alpha[..., None] + b - 1) ** 2).sum(-1)
         i, j = np.unravel_index(np.argmin(error), error.shape)
@@ -239,13 +262,11 @@ def fit(points, where):
 
 
 def predict(model, nbytes, p, where):
-    """Seconds of one allreduce of ``nbytes`` among ``p`` ranks ``where`` (cores shared, a link's burst)."""
+    """Seconds of one allreduce of ``nbytes`` among ``p`` ranks ``where`` (cores shared, a link's burst, nodes)."""
     if p == 1:
         return 0.0
     alpha, beta, gamma = model.get(algorithm(nbytes, where.limit)) or model["ring"]
-    messages, volume = terms(nbytes, p, where)
-    s = sharing(p, where.cores)
-    return messages * alpha * s + volume * max(beta, gamma * s)
+    return float(seconds(alpha, beta, gamma, *terms(nbytes, p, where), sharing(p, where)))
 
 
 def split(sizes, limit):
@@ -364,7 +385,7 @@ def main():
     if args.worker:
         return (train_worker if args.worker == "train" else allreduce_worker)(args)
     limit = small_bytes()
-    beyond = Where(limit, None, 0)  # a real cluster: each worker its own core, links without a token bucket
+    beyond = Where(limit, None, 0, None)  # a real cluster: each worker its own core, links without a token bucket
     if args.cluster:
         sys.path.insert(0, str(HERE))
         from cluster import Cluster, ClusterError
@@ -372,10 +393,10 @@ def main():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: the cluster goes
         try:
             with Cluster(args.cluster, args.link) as cluster:
-                return experiment(args, Where(limit, CORES, cluster.burst), beyond, cluster)
+                return experiment(args, Where(limit, CORES, cluster.burst, cluster.nodes), beyond, cluster)
         except ClusterError as exc:
             raise SystemExit(f"scaling.py --cluster: {exc}")
-    return experiment(args, Where(limit, CORES, 0), beyond, None)
+    return experiment(args, Where(limit, CORES, 0, None), beyond, None)
 
 
 def experiment(args, where, beyond_where, cluster):
