@@ -1,7 +1,7 @@
 """Cheap, always-on step timing per phase for any training loop, and an optional Chrome-trace timeline of every rank.
 
 Each step is split into data wait, forward, backward (its compute), exposed
-communication (what backward waited for at its end) and optimizer. The wrapper
+communication (what backward's thread waited for the allreduces) and optimizer. The wrapper
 that runs the model (DistributedDataParallel, or the Trainer on one process)
 tells a ``PhaseRecorder`` where each step begins; the start of backward is seen
 by an identity node on the model's outputs (as torch's ``_DDPSink``), the end of
@@ -195,7 +195,8 @@ class PhaseRecorder:
     The wrapper calls ``forward_begins()`` and returns ``forward_ends(output)``;
     DistributedDataParallel also calls ``synced(wait, allreduces)`` once its buckets
     are averaged. forward runs from the call to the start of the model's backward (the
-    loss included); backward is its compute; communication the exposed allreduce wait;
+    loss included); backward is its compute; communication the time backward's thread waited for
+    the allreduces (in the trace, at the end of backward: the allreduce lane shows when they ran);
     optimizer from there to the end of ``optimizer.step()``; data from that to the next
     forward (the next batch and whatever else the loop does). A step without an optimizer
     step (``no_sync()`` accumulation) ends at its backward.
@@ -242,8 +243,8 @@ class PhaseRecorder:
             self._backward_end = time.time()
 
     def synced(self, wait, allreduces):
-        """Backward's gradients are averaged: it waited ``wait`` s at its end; ``allreduces``: (bucket, start, end,
-        bytes) of each bucket."""
+        """Backward's gradients are averaged: its thread waited ``wait`` s for the allreduces in all;
+        ``allreduces``: (bucket, start, end, bytes) of each bucket."""
         now = time.time()
         self._backward_end, self._sync_end, self._allreduces = now - wait, now, list(allreduces)
 

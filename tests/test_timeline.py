@@ -17,12 +17,14 @@ from test_launch_conventions import distdl_run
 STEPS, FORWARD_SLEEP, DATA_SLEEP, BUCKETS = 12, 0.004, 0.03, 3  # as in the worker
 
 
-@pytest.fixture(scope="module", params=["mpi", "zmq"])
+@pytest.fixture(scope="module", params=[("mpi", "shutdown"), ("zmq", "exit")], ids=["mpi-shutdown", "zmq-exit"])
 def plain_loop(request, tmp_path_factory):
-    """One 2-rank run of the plain loop: its output, the trace, and what each rank wrote."""
-    out = tmp_path_factory.mktemp(f"timeline-{request.param}")
+    """One 2-rank run of the plain loop, the trace written by dl.shutdown() or at the end of the script: its
+    output, the trace, and what each rank wrote."""
+    backend, end = request.param
+    out = tmp_path_factory.mktemp(f"timeline-{backend}")
     trace = out / "trace.json"
-    result = distdl_run("-n", 2, "--backend", request.param, WORKERS / "timeline_loop.py", out, timeout=120,
+    result = distdl_run("-n", 2, "--backend", backend, WORKERS / "timeline_loop.py", out, end, timeout=120,
                         env=dict(os.environ, DISTDL_TIMELINE=str(trace)))
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]

@@ -3,7 +3,8 @@
 Every forward sleeps FORWARD_SLEEP inside the model and rank 1 sleeps DATA_SLEEP before each batch
 (its "data"), so rank 0 waits about that long for rank 1's gradients at the end of each backward.
 Writes OUT/rank-<r>.json: ddp.timings(), the loop's wall time, the steps and the bucket count;
-rank 0 also writes ddp.timings(all_ranks=True). Run with DISTDL_TIMELINE for the trace.
+rank 0 also writes ddp.timings(all_ranks=True). Run with DISTDL_TIMELINE for the trace; END is "shutdown"
+(dl.shutdown() writes it) or "exit" (the end of the script does).
 """
 
 import json
@@ -30,7 +31,7 @@ class SlowLinear(nn.Module):
         return self.second(self.first(x).relu())
 
 
-def main(out):
+def main(out, end):
     dl.init()
     dl.seed(0)
     model = SlowLinear()
@@ -54,8 +55,9 @@ def main(out):
         mine["all_ranks"] = everyone
     with open(f"{out}/rank-{dl.rank()}.json", "w") as f:
         json.dump(mine, f)
-    dl.shutdown()
+    if end == "shutdown":
+        dl.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
