@@ -1,11 +1,14 @@
 """The device layer on the host and on the simulated asynchronous device: ordering, stale reads, events, streams."""
 
+import importlib.util
 import threading
 
 import numpy as np
 import pytest
 
 from distdl import device
+from distdl.comm.errors import DistError
+from distdl.comm.ordering import CommThread
 
 
 @pytest.fixture
@@ -157,3 +160,17 @@ def test_of_gives_the_sim_device_for_host_arrays_only_when_bound(monkeypatch):
     assert device.of(np.zeros(1)) is device.HOST
     monkeypatch.setattr(device, "_bound", device.get("sim"))
     assert device.of(np.zeros(1)).kind == "sim"
+
+
+def test_a_communication_thread_that_cannot_select_the_device_fails_its_requests(monkeypatch):
+    """DISTDL_DEVICE=cuda without CuPy (this venv): the request fails saying what to install; nothing hangs."""
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here")
+    monkeypatch.setattr(device, "_bound", None)
+    monkeypatch.setenv("DISTDL_DEVICE", "cuda")
+    calls = CommThread(0)
+    request = calls.submit(lambda: None)
+    assert request._event.wait(20), "the request never finished"
+    with pytest.raises(DistError, match="CuPy is not installed: pip install 'distdl\\[gpu\\]'"):
+        request.wait()
+    calls.stop()

@@ -84,14 +84,18 @@ class CommThread:
             self._thread = None
 
     def _serve(self):
-        device.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
+        try:
+            device.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
+        except BaseException as exc:  # e.g. DISTDL_DEVICE=cuda without CuPy: every request fails with it, none hangs
+            self.failure = exc
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             request, run = job
             if self.failure is not None:
-                request._finish(DistError(f"rank {self.rank}: not started, an earlier collective failed"))
+                request._finish(DistError(f"rank {self.rank}: not started, an earlier collective failed "
+                                          f"({self.failure})"))
                 continue
             try:
                 run()
