@@ -8,8 +8,11 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
+import distdl as dl
+from distdl import nn, optim
 from distdl.timing import LANES, PHASES, uneven
 from multiproc import WORKERS
 from test_launch_conventions import distdl_run
@@ -66,8 +69,8 @@ def test_ddp_timings_add_up_to_the_wall_time_and_name_the_slow_rank_and_phase(pl
         timings = seen["timings"]
         assert timings["steps"] == STEPS and all(timings[p] >= 0 for p in PHASES)
         accounted = STEPS * sum(timings[p] for p in PHASES)
-        # everything but the first batch's wait (rank 1's first sleep) and the loop's few microseconds before it
-        assert seen["wall"] - DATA_SLEEP * (rank == 1) - 0.01 <= accounted <= seen["wall"], (accounted, seen)
+        # the loop from its first forward, all but microseconds at its ends (a loaded machine may stall there)
+        assert seen["wall"] - 0.05 <= accounted <= seen["wall"], (accounted, seen)
         assert timings["forward"] >= FORWARD_SLEEP
     slow, fast = ranks[1]["timings"], ranks[0]["timings"]
     assert slow["data"] >= DATA_SLEEP * (STEPS - 1) / STEPS and fast["data"] < DATA_SLEEP / 3
@@ -86,3 +89,30 @@ def test_uneven_leaves_out_ranks_without_steps_and_is_quiet_within_20_percent():
     assert uneven([dict(step, forward=0.010, steps=5), idle]) is None  # nothing to compare with, no division by 0
     slower = [dict(step, forward=0.010, steps=5), idle, dict(step, forward=0.010, optimizer=0.02, steps=5)]
     assert uneven(slower) == "rank 2 is 200% slower than rank 0, mostly in optimizer: 20.0 ms per step against 0.0 ms"
+
+
+def test_accumulation_steps_end_at_their_backward_and_forwards_without_backward_are_no_steps():
+    model = nn.Linear(4, 2)
+    ddp = dl.DistributedDataParallel(model)  # a world of one: the recorder is the same
+    opt = optim.SGD(ddp.parameters(), lr=0.1)
+    x = dl.tensor(np.ones((3, 4), np.float32))
+    with dl.no_grad():
+        ddp(x)  # evaluation: no backward follows, no step
+    with ddp.no_sync():
+        for _ in range(2):
+            ddp(x).sum().backward()
+    ddp(x).sum().backward()
+    opt.step()
+    steps = list(ddp.phases.timer.recent)
+    assert len(steps) == ddp.timings()["steps"] == 3
+    assert [s["optimizer"] for s in steps[:2]] == [0.0, 0.0] and steps[2]["optimizer"] > 0
+    assert all(s["forward"] > 0 and s["backward"] > 0 for s in steps)
+
+
+def test_the_trainer_alone_records_one_step_per_batch():
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    trainer = dl.Trainer(nn.Sequential(nn.Linear(4, 2)), "sgd", loss="mse")
+    trainer.fit(x, np.zeros((40, 2), np.float32), batch_size=8, epochs=1, verbose=False)
+    assert trainer.ddp is None and trainer.timer.steps == 5
+    assert all(trainer.timer.means()[p] > 0 for p in ("data", "forward", "backward", "optimizer"))
+    assert trainer.timer.means()["communication"] == 0
