@@ -43,7 +43,7 @@ def _class_targets(input, target, name, ignore_index):
 
     Returns the flat targets and the mask of rows to count, or None when every row counts (known on
     the host; on a device the mask is kept, as knowing would mean a read). The range is checked at
-    once on the host, once per step on a device (value_checks).
+    once on the host, once per step on a device (value_checks), where the mask is always made.
     """
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
@@ -55,16 +55,26 @@ def _class_targets(input, target, name, ignore_index):
     flat = target.reshape(-1)
     if not flat.size:
         return flat, None
+
+    def out_of_range(low, high):
+        return f"{name}: target class indices must lie in [0, {classes}), got values from {low} to {high}"
+
+    if readable(flat):  # the host reads for free: the range first, a mask only where a row is ignored
+        valid = None
+        low, high = int(flat.min()), int(flat.max())
+        if low <= ignore_index <= high:
+            valid = flat != ignore_index
+            picked = flat[valid]
+            low, high = (int(picked.min()), int(picked.max())) if picked.size else (0, 0)
+        if low < 0 or high >= classes:
+            raise IndexError(out_of_range(low, high))
+        return flat, valid
     xp = xp_of(flat)
     wide = flat.astype(xp.int64, copy=False)  # room for ignore_index (-100) beside unsigned targets
     ignored = wide == ignore_index
     limits = np.iinfo(np.int64)
     figures = xp.stack([xp.where(ignored, limits.max, wide).min(), xp.where(ignored, limits.min, wide).max()])
-    check(figures, lambda v: v[0] < 0 or v[1] >= classes,
-          lambda v: f"{name}: target class indices must lie in [0, {classes}), got values from {v[0]} to {v[1]}",
-          IndexError)
-    if readable(ignored):
-        return flat, None if not ignored.any() else ~ignored
+    check(figures, lambda v: v[0] < 0 or v[1] >= classes, lambda v: out_of_range(*v), IndexError)
     return flat % classes, ~ignored  # until the step's check raises, a bad label wraps around, as CuPy's indexing
 
 
