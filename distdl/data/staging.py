@@ -92,12 +92,16 @@ class StagingRing:
         before the batch is handed out."""
         compute = self.device.compute_stream()
         in_flight = []
-        for count, (staged, slot) in batches:
-            in_flight.append((count, *self.upload(staged, slot, compute)))
-            if len(in_flight) > lookahead:
+        try:
+            for count, (staged, slot) in batches:
+                in_flight.append((count, *self.upload(staged, slot, compute)))
+                if len(in_flight) > lookahead:
+                    yield _handed_out(compute, *in_flight.pop(0))
+            while in_flight:
                 yield _handed_out(compute, *in_flight.pop(0))
-        while in_flight:
-            yield _handed_out(compute, *in_flight.pop(0))
+        finally:  # a loop left early: the pool may give these batches' memory to the compute stream only after
+            for _, _, event in in_flight:  # their copies, which may still be writing it
+                compute.wait_event(event)
 
 
 def _handed_out(compute, count, batch, event):
