@@ -10,7 +10,7 @@ from distdl.backend import to_device
 from distdl.data.collate import default_collate
 from distdl.data.keyed_random import SampleKeys
 from distdl.data.sampler import RandomSampler, Sampler, SequentialSampler
-from distdl.data.staging import StagingRing
+from distdl.data.staging import StagingRing, map_batch
 
 
 class DataLoader:
@@ -92,18 +92,10 @@ class DataLoader:
         fields[self.transform_key] = self.transform(fields[self.transform_key], self._keys(indices))
         return fields if isinstance(batch, dict) else type(batch)(fields)
 
-    def _to_host(self, batch):
-        if self.device is None:
-            return batch
-        if isinstance(batch, dict):
-            return {k: self._to_host(v) for k, v in batch.items()}
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self._to_host(v) for v in batch)
-        return to_device(batch, "cpu")
-
     def __iter__(self):
         batches = ((len(indices), self.load_batch(indices)) for indices in self._index_batches())
         staging = self.device is not None and self.device.is_async
+        on_host = self.device is not None and not staging  # device="cpu": a dataset's GPU arrays come to the host
         if staging:  # a pinned buffer per batch loaded ahead, one being filled, one whose copy may be running
             ring = StagingRing(self.device, slots=self.prefetch + 3)
             batches = ((count, ring.stage(batch)) for count, batch in batches)
@@ -114,12 +106,16 @@ class DataLoader:
             for count, batch in delivered:
                 if isinstance(self.sampler, Sampler):
                     self.sampler.position += count  # delivered, not merely prefetched
-                yield batch if staging else self._to_host(batch)
+                yield map_batch(batch, _on_host) if on_host else batch
         finally:
             delivered.close()
             batches.close()
         if self._owns_sampler:
             self.sampler.set_epoch(self.sampler.epoch + 1)
+
+
+def _on_host(leaf):
+    return to_device(leaf, "cpu")
 
 
 _DONE = object()

@@ -64,7 +64,7 @@ class StagingRing:
             view = slot.buffer[offset:offset + leaf.nbytes].view(leaf.dtype).reshape(leaf.shape)
             np.copyto(view, leaf)
             views[id(leaf)] = view
-        return _mapped(batch, lambda leaf: views.get(id(leaf), leaf)), slot
+        return map_batch(batch, lambda leaf: views.get(id(leaf), leaf)), slot
 
     def upload(self, staged, slot, compute):
         """Copy a staged batch to new device arrays on the copy stream; returns (device batch, copy event).
@@ -81,7 +81,7 @@ class StagingRing:
             device.copy_to_device(leaf, target, self._copies)
             return target
 
-        on_device = _mapped(staged, upload_leaf)
+        on_device = map_batch(staged, upload_leaf)
         slot.event = device.record_event(self._copies)
         self._free.put(slot)
         return on_device, slot.event
@@ -125,10 +125,10 @@ def _leaves(batch):
         yield batch
 
 
-def _mapped(batch, fn):
-    """The batch with ``fn`` applied to every leaf, keeping dicts, tuples and lists."""
+def map_batch(batch, fn):
+    """The batch with ``fn`` applied to every leaf (array, string, number), keeping dicts, tuples and lists."""
     if isinstance(batch, dict):
-        return {key: _mapped(value, fn) for key, value in batch.items()}
+        return {key: map_batch(value, fn) for key, value in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_mapped(value, fn) for value in batch)
+        return type(batch)(map_batch(value, fn) for value in batch)
     return fn(batch)
