@@ -193,7 +193,7 @@ def small_bytes():
 
 
 def algorithm(nbytes, limit):
-    """The fitted regime of an allreduce of ``nbytes``: latency bound (recursive doubling) or bandwidth bound (rings)."""
+    """The fitted regime of ``nbytes``: latency bound (recursive doubling) or bandwidth bound (the rings)."""
     return "doubling" if nbytes <= limit else "ring"
 
 

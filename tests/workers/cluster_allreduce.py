@@ -9,7 +9,6 @@ size, its inbox address and the TCP addresses this process listens on (from
 /proc/self/net/tcp, independent of what the communicator reports).
 """
 
-import os
 import socket
 
 import numpy as np
