@@ -330,9 +330,11 @@ class Trainer:
     def _train_steps(self, metrics, callbacks, bar):
         # the host reads the loss at once; a device after the step, unless alone with "skip", where it decides the update
         read_first = not self.device.is_async or (self.ddp is None and self.nonfinite == "skip")
+        # DistributedDataParallel's collectives (the buffers' broadcast, the step check) read on the host by design
+        no_wait = self.device.forbid_syncs if self.ddp is None else nullcontext
         for batch, (x, y) in enumerate(self.loader):
             arrived = time.time()
-            with self.device.forbid_syncs():
+            with no_wait():
                 output = self._forward(Tensor(self._as_model_dtype(x)))
                 loss = self.loss(output, self._target(y))
             if read_first:
@@ -342,8 +344,7 @@ class Trainer:
                     self.skipped_steps += 1
                     self.global_step += 1
                     continue
-            # DistributedDataParallel reads its control elements once a step (the step check, the non-finite verdict)
-            with self.device.forbid_syncs() if self.ddp is None else nullcontext():
+            with no_wait():
                 loss.backward()
                 self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
                 self.optimizer.zero_grad()
