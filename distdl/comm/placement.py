@@ -20,10 +20,7 @@ DEVICES = ("auto", "cpu", "sim", "cuda", "cuda:N")
 
 def gpu_count():
     """How many GPUs CuPy sees here; 0 without CuPy, a driver or a device."""
-    try:
-        return backend.cupy().cuda.runtime.getDeviceCount()
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
-        return 0
+    return backend.cupy().cuda.runtime.getDeviceCount() if backend.gpu_available() else 0
 
 
 def choose_device(requested, local_rank, gpus):
