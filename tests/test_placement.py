@@ -19,7 +19,7 @@ INSTALL = r"CuPy is not installed: pip install 'distdl\[gpu\]'"
 @pytest.mark.parametrize("requested,local_rank,gpus,expected", [
     ("auto", 0, 0, "cpu"), ("auto", 3, 0, "cpu"),
     ("auto", 0, 4, "cuda:0"), ("auto", 5, 4, "cuda:1"), ("auto", 1, 1, "cuda:0"),  # two ranks share the one GPU
-    ("cuda", 3, 2, "cuda:1"), ("cuda:3", 0, 8, "cuda:3"), ("gpu:2", 0, 8, "cuda:2"),
+    ("cuda", 3, 2, "cuda:1"), ("gpu", 3, 2, "cuda:1"), ("cuda:3", 0, 8, "cuda:3"), ("gpu:2", 0, 8, "cuda:2"),
     ("cpu", 2, 8, "cpu"), ("sim", 2, 8, "sim"),
 ])
 def test_each_local_rank_gets_its_device(requested, local_rank, gpus, expected):

@@ -52,7 +52,7 @@ def _gpu_reason(local_rank, gpus):
 def place(requested, comm):
     """Bind this process to its device (see the module's docstring) and say so once, at info level."""
     chosen = os.environ.get("DISTDL_DEVICE") or requested
-    gpus = gpu_count() if chosen in ("auto", "cuda") else 0
+    gpus = gpu_count() if chosen not in ("cpu", "sim") else 0
     spec, reason = choose_device(chosen, comm.local_rank, gpus)
     if chosen != requested:
         reason = f"DISTDL_DEVICE={chosen}" + (f", {reason}" if reason != "asked for" else "")
