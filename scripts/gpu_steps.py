@@ -204,15 +204,20 @@ def _each_case(check, names):
 
 
 def ops_gradcheck(simulate):
-    """Every op of tests/op_table.py: its gradient on the device against finite differences, in float64."""
+    """Every op of tests/op_table.py: its gradient on the device against finite differences, in float64;
+    the table's non-contiguous cases on Fortran-order and strided inputs too."""
     from op_checks import check_gradient
-    from op_table import CASES
+    from op_table import CASES, NONCONTIGUOUS
 
     where = engine_device(simulate)
     failures = _each_case(lambda name: check_gradient(name, where), sorted(CASES))
+    failures += [f"non-contiguous {f}" for f in _each_case(lambda name: check_gradient(name, where, noncontig=True),
+                                                           NONCONTIGUOUS)]
     if failures:
-        raise CheckFailed(f"{len(failures)} of {len(CASES)} ops: " + "; ".join(failures[:4]), {"failures": failures})
-    return f"{len(CASES)} ops on {where or 'numpy'}: gradients equal finite differences (float64)", {"ops": len(CASES)}
+        raise CheckFailed(f"{len(failures)} of {len(CASES) + len(NONCONTIGUOUS)} cases: " + "; ".join(failures[:4]),
+                          {"failures": failures})
+    return (f"{len(CASES)} ops ({len(NONCONTIGUOUS)} also non-contiguous) on {where or 'numpy'}: gradients equal "
+            "finite differences (float64)"), {"ops": len(CASES)}
 
 
 def ops_vs_numpy(simulate):

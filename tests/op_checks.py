@@ -27,10 +27,10 @@ def cases_on(device, dtype="float64"):
     return build_cases(put)
 
 
-def check_gradient(name, device):
-    """Finite differences in float64 of the op run on ``device``."""
+def check_gradient(name, device, noncontig=False):
+    """Finite differences in float64 of the op run on ``device`` (on Fortran-order or strided inputs if asked)."""
     fn, inputs = cases_on(device)[name]
-    gradcheck(fn, *inputs, device=device)
+    gradcheck(fn, *inputs, device=device, noncontig=noncontig)
 
 
 def _forward_backward(fn, inputs, device, dtype):

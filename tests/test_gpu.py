@@ -11,7 +11,7 @@ import pytest
 import distdl as dl
 from distdl import functional as F
 from op_checks import check_against_numpy, check_gradient
-from op_table import CASES
+from op_table import CASES, NONCONTIGUOUS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not dl.gpu_available(), reason="needs CuPy and a CUDA GPU")]
 
@@ -19,6 +19,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not dl.gpu_available(), reason
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_op_gradient_on_cupy_in_float64(name):
     check_gradient(name, "cuda")
+
+
+@pytest.mark.parametrize("name", NONCONTIGUOUS)
+def test_op_gradient_on_cupy_noncontiguous_inputs(name):
+    check_gradient(name, "cuda", noncontig=True)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
