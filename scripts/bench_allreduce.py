@@ -13,13 +13,17 @@ float32 sum, sizes 4 KiB to ``--max-mib`` MiB. Per size the contenders alternate
 ``--rounds`` rounds (machine drift hits all alike); each figure is the median round.
 With ``--cluster K --link RATE`` the ZeroMQ job alone runs on an emulated cluster
 (scripts/cluster.py: a network namespace per node, links shaped with tc tbf), ``n`` ranks
-on each of the K nodes: the hierarchical allreduce against the flat ring, in the same job.
+on each of the K nodes: the hierarchical allreduce against the flat ring, in the same job;
+with ``--only mpi`` instead raw MPICH Allreduce, one job for each of its compositions
+(MPIR_CVAR_ALLREDUCE_COMPOSITION: auto, node-local reduce + inter-node + broadcast, flat),
+mpiexec in node 0's namespace and each node's Hydra proxy started in its own.
 algbw = bytes / time; busbw = algbw * 2(n-1)/n, the convention of nccl-tests.
 """
 
 import argparse
 import json
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -44,7 +48,7 @@ def parse_args():
     parser.add_argument("--curve", action="store_true", help="also time ZeroMQ with CURVE encryption")
     parser.add_argument("--cluster", type=int, help="nodes of an emulated cluster (root needed); -n ranks on each")
     parser.add_argument("--link", default="1gbit", help="the emulated cluster's link rate, as tc writes it")
-    parser.add_argument("--worker", choices=["mpi", "zmq"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mpi", "mpich", "zmq"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -195,34 +199,69 @@ def flat_ring(comm, array):
         comm._hierarchy = groups
 
 
-def launch_on_cluster(args, script, env):
-    """The zmq job as ``-n`` ranks on each of ``--cluster`` emulated nodes; rank 0's output."""
-    from cluster import Cluster, ClusterError
+def mpich_worker(args):
+    """Raw MPICH Allreduce alone, no distdl: its composition is the one the environment chose."""
+    from mpi4py import MPI
 
-    try:
-        with Cluster(args.cluster, args.link) as cluster:
-            procs = cluster.start_job([sys.executable, "-m", "launcher", "-n", str(args.n), "--backend", "zmq",
-                                       "--no-tag-output", *script[1:]], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            outputs = [p.communicate(timeout=1800) for p in procs]
-    except ClusterError as exc:
-        raise SystemExit(f"bench_allreduce.py --cluster: {exc}")
+    raw = MPI.COMM_WORLD
+    table = []
+    for nbytes in sizes(args.max_mib):
+        a = np.zeros(nbytes // 4, np.float32)
+        contenders = {"mpi4py": lambda: raw.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)}
+        table.append({"bytes": nbytes, **measure(contenders, raw.Barrier,
+                                                 lambda calls: raw.allreduce(calls, op=MPI.MAX), args)})
+    if raw.rank == 0:
+        print(json.dumps({"table": table}))
+
+
+MPICH_COMPOSITIONS = {"auto": "0", "hierarchical": "1", "flat": "2"}  # MPIR_CVAR_ALLREDUCE_COMPOSITION
+
+
+def zmq_on_cluster(cluster, args, script, env):
+    """The zmq job as ``-n`` ranks on each node of the emulated cluster; rank 0's output."""
+    procs = cluster.start_job([sys.executable, "-m", "launcher", "-n", str(args.n), "--backend", "zmq",
+                               "--no-tag-output", *script[1:]], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [p.communicate(timeout=1800) for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"the zmq benchmark failed on the cluster: {[p.returncode for p in procs]}\n"
                          + "\n".join(err for _, err in outputs))
     return outputs[0][0]
 
 
-def launch(args, backend, **extra_env):
+def mpich_on_cluster(cluster, args, script, env):
+    """One MPICH job across the cluster: mpiexec in node 0's namespace, Hydra's manual launcher printing each
+    node's proxy command, which starts here in that node's namespace; rank 0's output."""
+    hosts = ",".join(f"{address}:{args.n}" for address in cluster.addresses)
+    mpiexec = cluster.popen(0, [str(Path(sys.executable).parent / "mpiexec"), "-iface", "eth0", "-hosts", hosts,
+                                "-launcher", "manual", "-n", str(args.cluster * args.n), *script],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proxies = []
+    for line in iter(mpiexec.stdout.readline, ""):
+        if line.startswith("HYDRA_LAUNCH:"):
+            command = line[len("HYDRA_LAUNCH:"):].strip()
+            node = int(re.search(r"--proxy-id (\d+)", command).group(1))
+            proxies.append(cluster.popen(node, ["sh", "-c", command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
+        elif line.startswith("HYDRA_LAUNCH_END"):
+            break
+    out = mpiexec.stdout.read()  # rank 0's table, after the launch lines
+    for proc in [mpiexec, *proxies]:
+        proc.wait(timeout=60)
+    if mpiexec.returncode:
+        raise SystemExit(f"the MPICH benchmark failed on the cluster ({mpiexec.returncode}):\n{out}")
+    return out
+
+
+def launch(args, backend, cluster=None, **extra_env):
     script = [sys.executable, __file__, "--worker", backend, "--max-mib", str(args.max_mib), "--rounds",
               str(args.rounds), "--seconds", str(args.seconds)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra_env)
-    if backend == "mpi":
+    if cluster is not None:
+        out = (mpich_on_cluster if backend == "mpich" else zmq_on_cluster)(cluster, args, script, env)
+    elif backend == "mpi":
         mpiexec = Path(sys.executable).parent / "mpiexec"
         out = subprocess.run([str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.n)] + script,
                              env=env, capture_output=True, text=True, check=True).stdout
-    elif args.cluster:
-        out = launch_on_cluster(args, script, env)
     else:
         port, gloo_port, token = free_port(), free_port(), secrets.token_hex(8)
         procs = [subprocess.Popen(script, env=dict(env, DISTDL_RANK=str(r), DISTDL_WORLD_SIZE=str(args.n),
@@ -269,6 +308,8 @@ def main():
         return mpi_worker(args)
     if args.worker == "zmq":
         return zmq_worker(args)
+    if args.worker == "mpich":
+        return mpich_worker(args)
     if args.cluster:
         print(f"{args.cluster} emulated nodes x {args.n} ranks, links {args.link}, float32 sum, median of "
               f"{args.rounds} alternating rounds")
@@ -290,10 +331,27 @@ def run_mpi_job(args):
 
 
 def run_cluster_job(args):
-    rows = launch(args, "zmq")["table"]
+    from cluster import Cluster, ClusterError
+
+    ranks = args.cluster * args.n
+    try:
+        with Cluster(args.cluster, args.link) as cluster:
+            if args.only == "mpi":
+                tables = {name: launch(args, "mpich", cluster, MPIR_CVAR_ALLREDUCE_COMPOSITION=code)["table"]
+                          for name, code in MPICH_COMPOSITIONS.items()}
+            else:
+                rows = launch(args, "zmq", cluster)["table"]
+    except ClusterError as exc:
+        raise SystemExit(f"bench_allreduce.py --cluster: {exc}")
+    if args.only == "mpi":
+        rows = [{"bytes": row["bytes"], **{name: tables[name][i]["mpi4py"] for name in tables}}
+                for i, row in enumerate(tables["auto"])]
+        print_table(f"MPICH on {args.cluster} nodes x {args.n} ranks (UCX_TLS={os.environ.get('UCX_TLS', 'default')}):"
+                    " each MPIR_CVAR_ALLREDUCE_COMPOSITION in its own job", rows, list(tables), "flat", ranks)
+        return
     names = ["distdl zmq"] + (["distdl zmq flat ring"] if "distdl zmq flat ring" in rows[0] else [])
     print_table(f"ZeroMQ on {args.cluster} nodes x {args.n} ranks: the default layout against the flat ring", rows,
-                names, names[-1], args.cluster * args.n)
+                names, names[-1], ranks)
 
 
 def run_zmq_job(args):
