@@ -88,6 +88,25 @@ def test_prefetch_reraises_the_loading_error():
         list(DataLoader(Exploding(), batch_size=2, prefetch=2))
 
 
+def test_a_prefetch_thread_that_cannot_select_the_device_raises_instead_of_hanging(monkeypatch):
+    """DISTDL_DEVICE names a device this process cannot use: the loop gets the reason, not an endless wait."""
+    monkeypatch.setenv("DISTDL_DEVICE", "tpu")
+    loop = threading.Thread(target=lambda: outcome.append(_first_error(DataLoader(numbered(), prefetch=2))))
+    outcome = []
+    loop.start()
+    loop.join(timeout=20)
+    assert not loop.is_alive(), "the loop waited for a prefetch thread that had died"
+    assert "tpu" in str(outcome[0])
+
+
+def _first_error(loader):
+    try:
+        list(loader)
+    except Exception as exc:
+        return exc
+    return None
+
+
 def test_leaving_a_prefetching_loop_early_stops_its_thread():
     for batch in DataLoader(numbered(1000), batch_size=1, prefetch=4):
         break

@@ -127,8 +127,8 @@ def _prefetched(batches, depth):
     stop = threading.Event()
 
     def produce():
-        devices.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
         try:
+            devices.thread_init()  # CuPy's current device is per thread: this one must use the worker's GPU too
             for batch in batches:
                 if not _put(ready, (batch, None), stop):
                     return
