@@ -76,15 +76,23 @@ def select(comm, dev, method=None):
 
 
 def nccl_unique_id(comm, make_id):
-    """Rank 0's ``make_id()`` (128 signed bytes), broadcast over the host communicator to every rank."""
-    uid = np.zeros(NCCL_ID_BYTES, np.int64)
+    """Rank 0's ``make_id()``, broadcast over the host communicator to every rank, in the form it was made.
+
+    ``cupy.cuda.nccl.get_unique_id`` returns ``bytes`` since CuPy 14 (a tuple of 128 signed ints before), and
+    ``NcclCommunicator`` takes only that form; the form travels with the id (its last element: 1 for bytes).
+    """
+    uid = np.zeros(NCCL_ID_BYTES + 1, np.int64)
     if comm.rank == 0:
-        made = np.asarray(make_id(), np.int64)
-        if made.shape != (NCCL_ID_BYTES,):
-            raise ValueError(f"a NCCL unique id has {NCCL_ID_BYTES} bytes, this one {made.size}")
-        uid[:] = made
+        made = make_id()
+        as_bytes = isinstance(made, bytes)
+        values = np.frombuffer(made, np.uint8) if as_bytes else np.asarray(made, np.int64)
+        if values.shape != (NCCL_ID_BYTES,):
+            raise ValueError(f"a NCCL unique id has {NCCL_ID_BYTES} bytes, this one {values.size}")
+        uid[:NCCL_ID_BYTES], uid[NCCL_ID_BYTES] = values, as_bytes
     comm.broadcast(uid, root=0)
-    return tuple(int(b) for b in uid)
+    if uid[NCCL_ID_BYTES]:
+        return bytes(uid[:NCCL_ID_BYTES].astype(np.uint8))
+    return tuple(int(b) for b in uid[:NCCL_ID_BYTES])
 
 
 class HostBucket:
