@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+from distdl import device
 from distdl.data import (DataLoader, Dataset, DistributedSampler, Subset, TensorDataset, default_collate,
                          random_split)
 from distdl.data import transforms as T
@@ -90,6 +91,7 @@ def test_prefetch_reraises_the_loading_error():
 
 def test_a_prefetch_thread_that_cannot_select_the_device_raises_instead_of_hanging(monkeypatch):
     """DISTDL_DEVICE names a device this process cannot use: the loop gets the reason, not an endless wait."""
+    monkeypatch.setattr(device, "_bound", None)  # unbound: the thread reads DISTDL_DEVICE
     monkeypatch.setenv("DISTDL_DEVICE", "tpu")
     loop = threading.Thread(target=lambda: outcome.append(_first_error(DataLoader(numbered(), prefetch=2))))
     outcome = []
