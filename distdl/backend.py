@@ -66,7 +66,7 @@ def parse_device(device):
         return "cuda", int(device)
     text = str(device)
     kind, _, index = text.partition(":")
-    if kind in ("cuda", "gpu"):
+    if kind in ("cuda", "gpu") and (not index or index.isdigit()):
         return "cuda", int(index) if index else None
     raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 

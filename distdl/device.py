@@ -300,7 +300,10 @@ def get(spec=None):
     if spec == "sim":
         key = "sim"
     else:
-        kind, index = backend.parse_device(spec)
+        try:
+            kind, index = backend.parse_device(spec)
+        except ValueError:
+            raise ValueError(f"unknown device {spec!r}: use 'cpu', 'sim', 'cuda' or 'cuda:N'") from None
         if kind == "cpu":
             return HOST
         if index is None:
@@ -316,7 +319,12 @@ def current():
     if _bound is not None:
         return _bound
     spec = os.environ.get("DISTDL_DEVICE")
-    return get(spec) if spec else HOST
+    if not spec:
+        return HOST
+    try:
+        return get(spec)
+    except ValueError as exc:  # the name came from the environment: say so, or the user looks in the script
+        raise ValueError(f"DISTDL_DEVICE={spec!r}: {exc}") from None
 
 
 def bind(spec=None):

@@ -21,8 +21,6 @@ def test_get_names_the_devices_and_shares_instances(monkeypatch):
     assert device.get("cpu") is device.HOST and repr(device.HOST) == "cpu"
     assert device.get("sim") is device.get("sim") and device.get("sim").is_async
     assert device.get(None) is device.HOST and device.current() is device.HOST
-    with pytest.raises(ValueError, match="use 'cpu', 'cuda' or 'cuda:N'"):
-        device.get("tpu")
 
 
 def test_distdl_device_overrides_what_bind_asks_for(monkeypatch):
@@ -32,6 +30,16 @@ def test_distdl_device_overrides_what_bind_asks_for(monkeypatch):
     assert device.bind("cpu").kind == "sim" and device.current().kind == "sim"
     monkeypatch.delenv("DISTDL_DEVICE")
     assert device.bind("cpu") is device.HOST
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "cuda:-1"])
+def test_a_wrong_device_name_lists_the_right_ones_and_says_where_it_came_from(monkeypatch, spec):
+    with pytest.raises(ValueError, match=f"unknown device '{spec}': use 'cpu', 'sim', 'cuda' or 'cuda:N'"):
+        device.get(spec)
+    monkeypatch.setattr(device, "_bound", None)
+    monkeypatch.setenv("DISTDL_DEVICE", spec)
+    with pytest.raises(ValueError, match=f"DISTDL_DEVICE='{spec}': unknown device"):
+        device.current()
 
 
 def test_host_is_synchronous():
