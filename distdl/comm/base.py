@@ -70,6 +70,17 @@ class Communicator:
         self._check_usable()
         return self._calls.submit(functools.partial(self._allreduce, array, op, check))
 
+    def submit(self, run):
+        """Run ``run()``, which may call this communicator's collectives, on the communication thread; its Request.
+
+        It takes its place in the one order of this communicator's calls: a collective called later, from any
+        thread, waits for it. Work with collectives of its own (a communication hook, a device bucket's
+        allreduce) goes through here, never through a thread of its own, so that every rank issues those
+        collectives and the caller's (SyncBatchNorm's, in the same backward) in the same order.
+        """
+        self._check_usable()
+        return self._calls.submit(run)
+
     def broadcast(self, array, root=0):
         check_array(array, "broadcast")
         check_root(root, self.size, "broadcast")
@@ -179,7 +190,7 @@ class Communicator:
         """Wait for the non-blocking collectives issued before this one: every rank keeps one order."""
         if self._closed or self._failure is not None:
             self._check_usable()
-        if self._calls.pending:
+        if self._calls.pending and not self._calls.is_current():  # on the thread itself: the earlier ones are done
             self._calls.wait_pending()
 
     def on_close(self, callback):

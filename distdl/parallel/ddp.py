@@ -35,7 +35,6 @@ from distdl import device
 from distdl.autograd.engine import queue_callback
 from distdl.backend import to_device, xp_of
 from distdl.comm import CollectiveMismatchError, DistError, get_comm
-from distdl.comm.ordering import CommThread
 from distdl.comm.threads import cores_per_rank
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
@@ -107,7 +106,7 @@ class DistributedDataParallel:
         self.last_sync_wait = 0.0  # seconds the last backward waited for its allreduces: the exposed communication
         self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
         self.phases = PhaseRecorder(self.comm)  # each step's phases: timings(), DISTDL_TIMELINE
-        self._hook = self._hook_state = self._hook_thread = None
+        self._hook = self._hook_state = None
         self._armed = False  # a forward ran: the next backward must average
         self._end_queued = False  # this backward pass will call _on_backward_end at its end
         self._next_bucket = 0
@@ -156,9 +155,6 @@ class DistributedDataParallel:
         self._hook, self._hook_state = hook, state
         self._alone = False  # a hook runs even in one process: it may do more than average
         self._overlap = True  # on the hook's own thread
-        if self._reducer is None:  # the device allreduce runs hooks on its own thread, on the host copy
-            self._hook_thread = CommThread(self.comm.rank)
-            weakref.finalize(self, self._hook_thread.stop)
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -252,7 +248,7 @@ class DistributedDataParallel:
             ready = self.device.record_event(self.device.compute_stream())
             bucket.request = self._reducer.submit(bucket, ready, check, self._hook, self._hook_state)
         elif self._hook is not None:
-            bucket.request = self._hook_thread.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
+            bucket.request = self.comm.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
         elif bucket.is_last() or not self._overlap:
             start = time.time()
             self.comm.allreduce(bucket.flat, "mean", check=check)
@@ -292,20 +288,14 @@ class DistributedDataParallel:
             "`with ddp.join():`]") from exc
 
     def _wait_all(self):
-        try:
-            for bucket in self.buckets:
-                if bucket.request is not None:
-                    request, bucket.request = bucket.request, None
-                    request.wait()
-                    if self._reducer is not None:
-                        self._compute_waits_for(bucket)
-                    self.last_allreduces.append((bucket.index(), request.started_at, request.finished_at,
-                                                 bucket.nbytes))
-        finally:
-            if self._hook_thread is not None:
-                self._hook_thread.wait_pending()  # waited for above; this forgets them
-            if self._reducer is not None:
-                self._reducer.wait_pending()
+        for bucket in self.buckets:
+            if bucket.request is not None:
+                request, bucket.request = bucket.request, None
+                request.wait()
+                if self._reducer is not None:
+                    self._compute_waits_for(bucket)
+                self.last_allreduces.append((bucket.index(), request.started_at, request.finished_at,
+                                             bucket.nbytes))
 
     def _compute_waits_for(self, bucket):
         """The optimizer's kernels (the compute stream) start only once the averaged bucket is in place."""

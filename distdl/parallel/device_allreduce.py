@@ -11,7 +11,8 @@ Three paths, chosen once by ``choose`` (``auto``) and said at start:
   bucket is copied in chunks, so copying chunk k+1 to the host overlaps reducing
   chunk k; each chunk is copied back as soon as it is reduced.
 
-Every bucket runs on a communication thread of its own, in index order, after its
+Every bucket runs on the host communicator's thread (``Communicator.submit``), in
+index order and in order with every other collective of the rank, after its
 stream waited on the gradients' event; its ``reduced_event`` is what the compute
 stream waits on before the optimizer reads it. The signature check (first bucket)
 and the timeouts stay the host communicator's; NCCL's completion is polled against
@@ -27,7 +28,6 @@ import numpy as np
 
 from distdl import backend
 from distdl.comm.errors import CollectiveTimeoutError
-from distdl.comm.ordering import CommThread
 
 log = logging.getLogger("distdl.parallel")
 
@@ -120,13 +120,12 @@ class HostBucket:
 
 
 class DeviceAllreduce:
-    """Averages device buckets over ``comm`` by ``method`` (see ``select``), on a communication thread of its own."""
+    """Averages device buckets over ``comm`` by ``method`` (see ``select``), on ``comm``'s communication thread."""
 
     def __init__(self, comm, dev, method=None, chunk_bytes=CHUNK_BYTES):
         self.comm, self.dev = comm, dev
         self.method = select(comm, dev, method)
         self.chunk_bytes = max(int(chunk_bytes), 1)
-        self._thread = CommThread(comm.rank)
         self._stream = dev.new_stream()
         self._host = {}  # bucket index -> its pinned host buffer (staging), allocated once
         self._nccl = self._nccl_communicator() if self.method == "nccl" else None
@@ -138,14 +137,9 @@ class DeviceAllreduce:
         When it is done, ``bucket.reduced_event`` is reached once the averaged bucket is in device memory.
         A communication hook runs on the host copy of the bucket (staging), whatever the path.
         """
-        return self._thread.submit(partial(self._reduce, bucket, ready, check, hook, hook_state))
-
-    def wait_pending(self):
-        """Forget the requests already waited for (``submit`` keeps each until then); raise the first failure."""
-        self._thread.wait_pending()
+        return self.comm.submit(partial(self._reduce, bucket, ready, check, hook, hook_state))
 
     def stop(self):
-        self._thread.stop()
         if self._nccl is not None:
             self._nccl.destroy()
             self._nccl = None

@@ -132,6 +132,13 @@ def nosync(comm, micro=3):
 
 
 def syncbn(comm):
+    """Also with several buckets and a hook: SyncBatchNorm's collectives in backward then fall between the
+    buckets' allreduces, which must keep one order on every rank (they once ran on a thread of their own)."""
+    for bucket_cap_mb, hook in ((25, None), (0.0002, None), (0.0002, allreduce_hook)):
+        syncbn_once(comm, bucket_cap_mb, hook)
+
+
+def syncbn_once(comm, bucket_cap_mb, hook):
     rank, size = comm.rank, comm.size
 
     def net():
@@ -141,7 +148,10 @@ def syncbn(comm):
 
     model = nn.SyncBatchNorm.convert_sync_batchnorm(net())
     reference = net()
-    ddp = dl.DistributedDataParallel(model)
+    ddp = dl.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    if hook is not None:
+        ddp.register_comm_hook(None, hook)
+    assert (len(ddp.buckets) == 1) == (bucket_cap_mb == 25), len(ddp.buckets)
     rng = np.random.default_rng(7)
     x_all = rng.standard_normal((BATCH * size, 2, 4, 4)) * 3 + 1
     y_all = rng.integers(0, 2, BATCH * size)
