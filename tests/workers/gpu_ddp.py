@@ -2,9 +2,10 @@
 
 Run under ``distdl-run -n N`` by scripts/gpu_check.py. KIND is the device kind dl.init() must have bound
 (``cuda``, or ``sim`` where DISTDL_DEVICE=sim). Each rank trains a float64 replica, its tensors on that device,
-on its slice of every global batch through DistributedDataParallel (several buckets), and, on NumPy, one
-model on the whole batches; both must end equal (1e-10), the replicas identical. Rank r writes
-OUT_DIR/rank{r}.json: its device, the allreduce path DDP said it took, and the largest difference.
+on its slice of every global batch through DistributedDataParallel (several buckets; its BatchNorm a
+SyncBatchNorm, whose statistics are reduced over the ranks), and, on NumPy, one model (plain BatchNorm)
+on the whole batches; parameters and running statistics must end equal (1e-10), the replicas identical.
+Rank r writes OUT_DIR/rank{r}.json: its device, the allreduce path DDP said it took, the largest difference.
 """
 
 import hashlib
@@ -47,7 +48,8 @@ class PathSaid(logging.Handler):
 
 def build():
     dl.seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(),
                          nn.Linear(4 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, 3)).double()
 
 
@@ -66,7 +68,7 @@ def main():
         raise SystemExit(f"rank {comm.rank}: dl.init() bound {bound}, not a {kind} device")
     place = "cuda" if kind == "cuda" else None  # the simulated device computes on NumPy arrays
     reference = build()
-    model = build()
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build())
     if place:
         model.to(place)
     ddp = dl.DistributedDataParallel(model, bucket_cap_mb=0.002)  # a few KB: several buckets
@@ -79,9 +81,9 @@ def main():
     for step in range(STEPS):
         train(ddp, ddp_opt, x[step, mine], y[step, mine], place)
         train(reference, ref_opt, x[step], y[step], None)
-    got = {name: backend.to_device(p.data, "cpu") for name, p in model.named_parameters()}
-    worst = max(float(np.abs(got[name] - p.data).max() / max(np.abs(p.data).max(), 1.0))
-                for name, p in reference.named_parameters())
+    got = {name: backend.to_device(value, "cpu") for name, value in model.state_dict().items()}
+    worst = max(float(np.abs(got[name] - value).max() / max(np.abs(value).max(), 1.0))
+                for name, value in reference.state_dict().items())
     digests = comm.allgather_json(hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in got.values()))
                                   .hexdigest())
     result = {"rank": comm.rank, "device": repr(bound), "method": said.method, "worst": worst,
