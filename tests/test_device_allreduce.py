@@ -35,8 +35,12 @@ def test_the_real_detection_here_chooses_staging():
 
 
 def test_the_path_can_be_forced_and_a_wrong_name_is_refused(monkeypatch):
-    monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", "cuda-aware-mpi")
-    assert da.select(LocalCommunicator(), device.get("sim")) == "cuda-aware-mpi"
+    monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", "staging")
+    assert da.select(LocalCommunicator(), device.get("sim")) == "staging"
+    for gpu_only in ("cuda-aware-mpi", "nccl"):  # off a GPU, a "launched" host allreduce would run out of order
+        monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", gpu_only)
+        with pytest.raises(ValueError, match=f"{gpu_only}' needs a GPU; sim buckets take 'staging'"):
+            da.select(LocalCommunicator(), device.get("sim"))
     monkeypatch.setenv("DISTDL_GPU_ALLREDUCE", "gloo")
     with pytest.raises(ValueError, match="use 'auto' or one of nccl, cuda-aware-mpi, staging"):
         da.select(LocalCommunicator(), device.get("sim"))

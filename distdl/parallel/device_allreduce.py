@@ -64,14 +64,21 @@ def local_devices():
 
 
 def select(comm, dev, method=None):
-    """The path for ``dev``'s buckets on ``comm``: DISTDL_GPU_ALLREDUCE or ``method`` if given, else ``auto``."""
+    """The path for ``dev``'s buckets on ``comm``: ``method`` if given, else DISTDL_GPU_ALLREDUCE, else ``auto``.
+
+    Off a GPU only staging exists: on the simulated device NCCL is absent, and a CUDA-aware allreduce
+    "launched" on its stream would run whenever some thread waits on that stream, out of the ranks' order.
+    """
     method = method or os.environ.get("DISTDL_GPU_ALLREDUCE", "auto")
-    if method != "auto":
-        if method not in METHODS:
-            raise ValueError(f"gradient allreduce {method!r}: use 'auto' or one of {', '.join(METHODS)}")
-        return method
+    if method not in ("auto", *METHODS):
+        raise ValueError(f"gradient allreduce {method!r}: use 'auto' or one of {', '.join(METHODS)}")
     if dev.kind != "cuda":
-        return "staging"  # the simulated device has no NCCL and no MPI that reads it
+        if method not in ("auto", "staging"):
+            raise ValueError(f"gradient allreduce {method!r} needs a GPU; {dev} buckets take 'staging' (or 'auto'): "
+                             "unset DISTDL_GPU_ALLREDUCE or bind the worker to a GPU")
+        return "staging"
+    if method != "auto":
+        return method
     return choose(nccl_available(), comm.local_size, local_devices(), comm.backend, comm.cuda_aware)
 
 
