@@ -34,12 +34,17 @@ def cupy():
     return _cupy
 
 
+def gpu_count():
+    """How many CUDA devices CuPy sees here; 0 without CuPy, a driver or a device."""
+    try:
+        return cupy().cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
+        return 0
+
+
 def gpu_available():
     """True when CuPy imports and sees at least one CUDA device."""
-    try:
-        return cupy().cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
-        return False
+    return gpu_count() > 0
 
 
 def xp_of(array):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from distdl import device
+from distdl.backend import gpu_count
 from distdl.comm.local import LocalCommunicator
 from distdl.comm.mpi import cuda_support
 from distdl.nn import Parameter
@@ -29,8 +30,8 @@ def test_choose_from_injected_answers(nccl, ranks, gpus, backend, aware, want):
 
 def test_the_real_detection_here_chooses_staging():
     """This machine: no GPU (no CuPy in this venv, or no driver), and the pip mpich is not CUDA-aware."""
-    assert not da.nccl_available() and da.local_devices() == 0 and cuda_support() is False
-    assert da.choose(da.nccl_available(), 1, da.local_devices(), "mpi", cuda_support()) == "staging"
+    assert not da.nccl_available() and gpu_count() == 0 and cuda_support() is False
+    assert da.choose(da.nccl_available(), 1, gpu_count(), "mpi", cuda_support()) == "staging"
     assert da.select(LocalCommunicator(), device.get("sim")) == "staging"
 
 

@@ -18,11 +18,6 @@ log = logging.getLogger("distdl.comm")
 DEVICES = ("auto", "cpu", "sim", "cuda", "cuda:N")
 
 
-def gpu_count():
-    """How many GPUs CuPy sees here; 0 without CuPy, a driver or a device."""
-    return backend.cupy().cuda.runtime.getDeviceCount() if backend.gpu_available() else 0
-
-
 def choose_device(requested, local_rank, gpus):
     """The device spec (cpu, sim, cuda:N) a worker of ``local_rank`` binds to when ``gpus`` GPUs are seen, and why."""
     if requested == "auto":
@@ -52,7 +47,7 @@ def _gpu_reason(local_rank, gpus):
 def place(requested, comm):
     """Bind this process to its device (see the module's docstring) and say so once, at info level."""
     chosen = os.environ.get("DISTDL_DEVICE") or requested
-    gpus = gpu_count() if chosen not in ("cpu", "sim") else 0
+    gpus = backend.gpu_count() if chosen not in ("cpu", "sim") else 0
     spec, reason = choose_device(chosen, comm.local_rank, gpus)
     if chosen != requested:
         reason = f"DISTDL_DEVICE={chosen}" + (f", {reason}" if reason != "asked for" else "")

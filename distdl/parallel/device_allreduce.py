@@ -55,14 +55,6 @@ def nccl_available():
         return False
 
 
-def local_devices():
-    """How many GPUs this process sees (0 without CuPy or a driver)."""
-    try:
-        return backend.cupy().cuda.runtime.getDeviceCount()
-    except Exception:
-        return 0
-
-
 def select(comm, dev, method=None):
     """The path for ``dev``'s buckets on ``comm``: ``method`` if given, else DISTDL_GPU_ALLREDUCE, else ``auto``.
 
@@ -79,7 +71,7 @@ def select(comm, dev, method=None):
         return "staging"
     if method != "auto":
         return method
-    return choose(nccl_available(), comm.local_size, local_devices(), comm.backend, comm.cuda_aware)
+    return choose(nccl_available(), comm.local_size, backend.gpu_count(), comm.backend, comm.cuda_aware)
 
 
 def nccl_unique_id(comm, make_id):
