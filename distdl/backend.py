@@ -6,6 +6,7 @@ Engine code asks ``xp = xp_of(array)`` and then calls only ``xp.*``.
 """
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -32,6 +33,18 @@ def cupy():
             ) from exc
         _cupy = cp
     return _cupy
+
+
+def nccl():
+    """CuPy's NCCL binding, or None where CuPy finds no libnccl. ``cupy.cuda.nccl`` is a submodule that
+    ``import cupy`` does not load: asked for as an attribute before anything imported it, it is missing.
+    CuPy's warning that libnccl is absent is silenced: the device allreduce then says which path it took."""
+    cupy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="\\s*nccl library could not be loaded")
+        import cupy.cuda.nccl as binding
+
+    return binding if binding.available else None
 
 
 def gpu_count():

@@ -129,3 +129,13 @@ def test_a_gpu_checkpoint_loads_on_the_host_and_back_onto_the_gpu(tmp_path):
     assert backend.is_gpu_array(extra["table"])
     for key, value in saved.items():
         np.testing.assert_array_equal(cupy.asnumpy(back.state_dict()[key]), value)
+
+
+def test_nccl_detection_imports_cupys_nccl_submodule():
+    """``import cupy`` does not load ``cupy.cuda.nccl``: asked as an attribute in a fresh process, the binding is
+    missing, and ``auto`` would never choose NCCL. The detection must import it, and agree with its ``available``."""
+    probe = ("import sys; from distdl.parallel import device_allreduce as da; found = da.nccl_available(); "
+             "assert 'cupy.cuda.nccl' in sys.modules, 'the NCCL binding was never imported'; "
+             "import cupy.cuda.nccl as nccl; assert found == nccl.available, (found, nccl.available)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -48,10 +48,8 @@ def choose(nccl_available, local_ranks, local_devices, backend_name, mpi_cuda_aw
 def nccl_available():
     """Whether CuPy's NCCL binding imports and finds libnccl."""
     try:
-        from_cupy = backend.cupy().cuda.nccl
-        from_cupy.get_version()
-        return True
-    except Exception:  # no CuPy, no libnccl, no driver: no NCCL here
+        return backend.nccl() is not None
+    except Exception:  # no CuPy, or a binding that fails to load: no NCCL here
         return False
 
 
@@ -195,7 +193,10 @@ class DeviceAllreduce:
 
     # -- NCCL ------------------------------------------------------------------------------------------------------
     def _nccl_communicator(self):
-        nccl = backend.cupy().cuda.nccl
+        nccl = backend.nccl()
+        if nccl is None:
+            raise RuntimeError("gradient allreduce 'nccl': CuPy finds no NCCL library; pip install nvidia-nccl-cu12 "
+                               "(or put libnccl on the library path), or let DISTDL_GPU_ALLREDUCE choose ('auto')")
         uid = nccl_unique_id(self.comm, nccl.get_unique_id)
         with backend.cupy().cuda.Device(self.dev.index):
             return nccl.NcclCommunicator(self.comm.size, uid, self.comm.rank)
@@ -203,7 +204,7 @@ class DeviceAllreduce:
     def _nccl_allreduce(self, bucket, check):
         """The bucket's gradients through NCCL; the checked bucket's control elements through the host
         communicator, which compares the ranks' calls (NCCL would hang or mix them)."""
-        nccl = backend.cupy().cuda.nccl
+        nccl = backend.nccl()
         part = bucket.flat
         if check:
             self._staged_control(bucket)
