@@ -26,6 +26,11 @@ def test_each_local_rank_gets_its_device(requested, local_rank, gpus, expected):
     assert choose_device(requested, local_rank, gpus)[0] == expected
 
 
+def test_a_gpu_index_beyond_those_seen_is_refused_before_binding():
+    with pytest.raises(ValueError, match=r"device='cuda:2', but CuPy sees 2 GPUs here \(cuda:0 to cuda:1\)"):
+        choose_device("cuda:2", 0, 2)
+
+
 def test_an_unknown_device_says_which_are_known():
     with pytest.raises(ValueError, match=r"unknown device 'tpu': use one of auto, cpu, sim, cuda, cuda:N"):
         choose_device("tpu", 0, 0)

@@ -30,13 +30,18 @@ def choose_device(requested, local_rank, gpus):
         _, index = backend.parse_device(requested)
     except ValueError:
         raise ValueError(f"unknown device {requested!r}: use one of {', '.join(DEVICES)}") from None
-    if index is not None:
-        return f"cuda:{index}", "asked for"
     if not gpus:
         backend.cupy()  # without CuPy: says what to install
         raise RuntimeError(f"a GPU was asked for (device={requested!r}) but CuPy sees none; check the driver "
                            f"(nvidia-smi) and CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
                            "or use device='cpu'")
+    if index is not None:
+        if index >= gpus:
+            raise ValueError(f"device={requested!r}, but CuPy sees {gpus} GPU{'s' * (gpus != 1)} here (cuda:0 to "
+                             f"cuda:{gpus - 1}); check CUDA_VISIBLE_DEVICES="
+                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, or use device='cuda' "
+                             "(GPU local_rank % GPUs)")
+        return f"cuda:{index}", "asked for"
     return f"cuda:{local_rank % gpus}", _gpu_reason(local_rank, gpus)
 
 
