@@ -4,9 +4,9 @@ On the host a check reads its figures at once and raises where the bad input cam
 asynchronous device (a GPU, or the simulated device) reading a value makes the host wait for the
 device, which stalls every kernel queued behind it; there a check is queued with its figures left
 on the device, and ``verify()`` reads every queued check in one copy and raises the first failure,
-with the same message the host would give. The Trainer calls ``verify()`` once per step, after the
-step; ``Tensor.item()`` and ``.numpy()`` call it before their own read, so a loop of one's own sees
-the error at its next read (PyTorch reports a bad index on a GPU late too, as a device-side assert).
+with the same message the host would give. ``Tensor.item()`` and ``.numpy()`` call it before their
+own read: the Trainer's one read a step (the loss, after the step) raises there, and a loop of one's
+own sees the error at its next read (PyTorch reports a bad index on a GPU late too, as a device-side assert).
 
 Until the error is raised, the ops of a bad input compute garbage, never read out of bounds: CuPy
 wraps out-of-range indices around.
