@@ -115,14 +115,10 @@ def _staged(leaf):
 
 
 def _leaves(batch):
-    if isinstance(batch, dict):
-        for value in batch.values():
-            yield from _leaves(value)
-    elif isinstance(batch, (tuple, list)):
-        for value in batch:
-            yield from _leaves(value)
-    else:
-        yield batch
+    """The batch's leaves in ``map_batch``'s order (the one walk over a batch)."""
+    found = []
+    map_batch(batch, found.append)
+    return found
 
 
 def map_batch(batch, fn):
