@@ -57,6 +57,14 @@ def test_nccl_id_made_on_rank_0_reaches_every_rank(backend, form):
     assert ids == {"0": want, "1": want}
 
 
+def test_a_bad_staging_chunk_size_is_refused_saying_what_is_wanted(monkeypatch):
+    monkeypatch.setenv("DISTDL_STAGING_CHUNK_BYTES", "4M")
+    with pytest.raises(ValueError, match=r"DISTDL_STAGING_CHUNK_BYTES='4M': give a whole number of bytes"):
+        da.DeviceAllreduce(LocalCommunicator(), device.get("sim"))
+    monkeypatch.setenv("DISTDL_STAGING_CHUNK_BYTES", "256")
+    assert da.DeviceAllreduce(LocalCommunicator(), device.get("sim")).chunk_bytes == 256
+
+
 def sim_buckets(sizes):
     return plan_buckets([Parameter(np.zeros(n)) for n in sizes], 1 << 30)
 

@@ -32,7 +32,7 @@ from distdl.comm.errors import CollectiveTimeoutError
 log = logging.getLogger("distdl.parallel")
 
 METHODS = ("nccl", "cuda-aware-mpi", "staging")
-CHUNK_BYTES = int(os.environ.get("DISTDL_STAGING_CHUNK_BYTES", 4 << 20))
+CHUNK_BYTES = 4 << 20  # a staged bucket's chunk, unless DISTDL_STAGING_CHUNK_BYTES says otherwise
 NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
 
 
@@ -70,6 +70,17 @@ def select(comm, dev, method=None):
     if method != "auto":
         return method
     return choose(nccl_available(), comm.local_size, backend.gpu_count(), comm.backend, comm.cuda_aware)
+
+
+def staging_chunk_bytes():
+    """DISTDL_STAGING_CHUNK_BYTES, else CHUNK_BYTES: how much of a bucket one staged copy moves."""
+    text = os.environ.get("DISTDL_STAGING_CHUNK_BYTES")
+    if text is None:
+        return CHUNK_BYTES
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"DISTDL_STAGING_CHUNK_BYTES={text!r}: give a whole number of bytes, at least 1 "
+                         f"(e.g. {CHUNK_BYTES} for 4 MiB, the default when it is unset)")
+    return int(text)
 
 
 def nccl_unique_id(comm, make_id):
@@ -119,10 +130,10 @@ class HostBucket:
 class DeviceAllreduce:
     """Averages device buckets over ``comm`` by ``method`` (see ``select``), on ``comm``'s communication thread."""
 
-    def __init__(self, comm, dev, method=None, chunk_bytes=CHUNK_BYTES):
+    def __init__(self, comm, dev, method=None, chunk_bytes=None):
         self.comm, self.dev = comm, dev
         self.method = select(comm, dev, method)
-        self.chunk_bytes = max(int(chunk_bytes), 1)
+        self.chunk_bytes = max(int(chunk_bytes if chunk_bytes is not None else staging_chunk_bytes()), 1)
         self._stream = dev.new_stream()
         self._host = {}  # bucket index -> its pinned host buffer (staging), allocated once
         self._nccl = self._nccl_communicator() if self.method == "nccl" else None
