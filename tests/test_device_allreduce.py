@@ -15,23 +15,31 @@ from distdl.parallel.buckets import plan_buckets
 from multiproc import run
 
 
-@pytest.mark.parametrize("nccl,ranks,gpus,backend,aware,want", [
-    (True, 4, 4, "mpi", True, "nccl"),
-    (True, 1, 8, "zmq", False, "nccl"),
-    (True, 2, 1, "mpi", True, "cuda-aware-mpi"),  # two ranks on one GPU: NCCL would refuse ("Duplicate GPU")
-    (True, 2, 1, "zmq", True, "staging"),  # CUDA-aware is MPI's, never ZeroMQ's
-    (False, 1, 1, "mpi", True, "cuda-aware-mpi"),
-    (False, 1, 1, "mpi", False, "staging"),
-    (False, 2, 2, "zmq", False, "staging"),
+def ranks(*gpus, nccl=True, aware=False):
+    """``choose``'s answers of ranks on the (host, PCI bus id) pairs ``gpus``."""
+    return [[host, gpu, nccl, aware] for host, gpu in gpus]
+
+
+A0, A1, B0 = ("a", "0000:17:00.0"), ("a", "0000:65:00.0"), ("b", "0000:17:00.0")
+
+
+@pytest.mark.parametrize("answers,backend,want", [
+    (ranks(A0, A1, B0), "mpi", "nccl"),  # same bus id on two hosts: two GPUs
+    (ranks(A0), "zmq", "nccl"),
+    (ranks(A0, A0, aware=True), "mpi", "cuda-aware-mpi"),  # two ranks on one GPU: NCCL would refuse ("Duplicate GPU")
+    (ranks(A0, A0, aware=True), "zmq", "staging"),  # CUDA-aware is MPI's, never ZeroMQ's
+    (ranks(A0) + ranks(A1, nccl=False), "mpi", "staging"),  # NCCL missing on one rank: none uses it
+    (ranks(A0, nccl=False, aware=True) + ranks(A1, nccl=False), "mpi", "staging"),  # MPI CUDA-aware on one only
+    (ranks(A0, nccl=False, aware=True), "mpi", "cuda-aware-mpi"),
 ])
-def test_choose_from_injected_answers(nccl, ranks, gpus, backend, aware, want):
-    assert da.choose(nccl, ranks, gpus, backend, aware) == want
+def test_choose_from_every_ranks_answers(answers, backend, want):
+    assert da.choose(answers, backend) == want
 
 
 def test_the_real_detection_here_chooses_staging():
     """This machine: no GPU (no CuPy in this venv, or no driver), and the pip mpich is not CUDA-aware."""
     assert not da.nccl_available() and gpu_count() == 0 and cuda_support() is False
-    assert da.choose(da.nccl_available(), 1, gpu_count(), "mpi", cuda_support()) == "staging"
+    assert da.choose([["here", None, da.nccl_available(), cuda_support()]], "mpi") == "staging"
     assert da.select(LocalCommunicator(), device.get("sim")) == "staging"
 
 

@@ -4,7 +4,7 @@ Three paths, chosen once by ``choose`` (``auto``) and said at start:
 
 - ``nccl``: ``cupy.cuda.nccl`` reduces on the GPU. Rank 0's unique id travels
   over the host communicator. NCCL refuses two ranks on one GPU ("Duplicate
-  GPU"), so it is chosen only when this host's ranks do not outnumber its GPUs.
+  GPU"), so it is chosen only when no two ranks share one.
 - ``cuda-aware-mpi``: MPI reads device memory itself, when
   ``MPIX_Query_cuda_support()`` says it can (the pip ``mpich`` cannot).
 - ``staging``: through pinned host buffers, over either host communicator. A
@@ -21,6 +21,7 @@ the same timeout, and a NCCL communicator that timed out is aborted, never waite
 
 import logging
 import os
+import socket
 import time
 from functools import partial
 
@@ -36,13 +37,27 @@ CHUNK_BYTES = 4 << 20  # a staged bucket's chunk, unless DISTDL_STAGING_CHUNK_BY
 NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
 
 
-def choose(nccl_available, local_ranks, local_devices, backend_name, mpi_cuda_aware):
-    """The path for this job's device buckets, from the answers of the detection functions (a pure function)."""
-    if nccl_available and local_ranks <= local_devices:
+def choose(answers, backend_name):
+    """The path for this job's device buckets from every rank's answers (a pure function).
+
+    ``answers`` holds, per rank, ``(host, gpu, nccl_available, mpi_cuda_aware)``: ``gpu`` names the physical
+    device the rank computes on (its PCI bus id), so two ranks on one GPU are seen whatever each one's
+    CUDA_VISIBLE_DEVICES numbers it. NCCL needs libnccl on every rank and refuses two ranks on one GPU
+    ("Duplicate GPU", since NCCL 2.5); CUDA-aware MPI must be so on every rank. Every rank decides from the
+    same gathered answers, so all take the same path.
+    """
+    gpus = [(host, gpu) for host, gpu, _, _ in answers]
+    if all(nccl for _, _, nccl, _ in answers) and len(set(gpus)) == len(gpus):
         return "nccl"
-    if backend_name == "mpi" and mpi_cuda_aware:
+    if backend_name == "mpi" and all(aware for _, _, _, aware in answers):
         return "cuda-aware-mpi"
     return "staging"
+
+
+def answers_here(comm, dev):
+    """This rank's entry of ``choose``'s answers."""
+    return [socket.gethostname(), backend.cupy().cuda.runtime.deviceGetPCIBusId(dev.index), nccl_available(),
+            bool(comm.cuda_aware)]
 
 
 def nccl_available():
@@ -69,7 +84,7 @@ def select(comm, dev, method=None):
         return "staging"
     if method != "auto":
         return method
-    return choose(nccl_available(), comm.local_size, backend.gpu_count(), comm.backend, comm.cuda_aware)
+    return choose(comm.allgather_json(answers_here(comm, dev)), comm.backend)  # collective: every rank builds DDP
 
 
 def staging_chunk_bytes():
