@@ -109,7 +109,7 @@ def test_chunks_cover_the_bucket_exactly():
     reducer.stop()
 
 
-def test_a_cupy_array_is_staged_through_the_host_unless_the_backend_is_cuda_aware():
+def test_a_cupy_array_is_staged_through_the_host_unless_the_backend_is_cuda_aware_and_synchronized():
     """CuPy arrays on unowned memory need no driver: enough to see the communicator's dispatch."""
     cupy = pytest.importorskip("cupy")
     host = np.zeros(8, np.float32)
@@ -117,5 +117,6 @@ def test_a_cupy_array_is_staged_through_the_host_unless_the_backend_is_cuda_awar
     array = cupy.ndarray((8,), np.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
     comm = LocalCommunicator()
     assert comm._staged(array) and not comm._staged(host)
-    comm.cuda_aware = True
-    assert not comm._staged(array)
+    comm.cuda_aware = True  # then MPI reads the device itself, after the stream is synchronized: no driver here
+    with pytest.raises(cupy.cuda.runtime.CUDARuntimeError):
+        comm._staged(array)

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from distdl import device
 from distdl.backend import device_of, is_gpu_array, to_device
 from distdl.comm.errors import CollectiveMismatchError, DistError
 from distdl.comm.ordering import CommThread
@@ -158,8 +159,17 @@ class Communicator:
 
     def _staged(self, array):
         """Whether ``array`` is device memory this backend cannot move: it then travels through a host copy
-        (``.get()`` and ``.set()`` wait for the current stream, so no kernel is still writing it)."""
-        return not self.cuda_aware and is_gpu_array(array)
+        (``.get()`` and ``.set()`` wait for the current stream, so no kernel is still writing it).
+
+        A CUDA-aware backend reads device memory itself, and knows nothing of streams: the current stream
+        is synchronized here first, so the kernels that write ``array`` are done before MPI reads it.
+        """
+        if not is_gpu_array(array):
+            return False
+        if self.cuda_aware:
+            device.of(array).compute_stream().synchronize()
+            return False
+        return True
 
     # -- order and failure -----------------------------------------------------------------------------------------
     @property
