@@ -6,6 +6,7 @@ Engine code asks ``xp = xp_of(array)`` and then calls only ``xp.*``.
 """
 
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -55,6 +56,16 @@ def gpu_count():
         return 0
 
 
+def cupy_with_a_gpu(requested):
+    """CuPy, once it is known to see a GPU; else what to install, or what to check (never CUDA's raw error)."""
+    cp = cupy()  # without CuPy: says what to install
+    if gpu_count() == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+        raise RuntimeError(f"a GPU was asked for ({requested}) but CuPy sees none; check the driver (nvidia-smi) and "
+                           f"CUDA_VISIBLE_DEVICES={visible}, or use the CPU (device='cpu', or unset DISTDL_DEVICE)")
+    return cp
+
+
 def gpu_available():
     """True when CuPy imports and sees at least one CUDA device."""
     return gpu_count() > 0
@@ -101,11 +112,11 @@ def to_device(array, device):
     kind, index = parse_device(device)
     if kind == "cpu":
         return array.get() if is_gpu_array(array) else array
-    cp = cupy()
     if index is None:
-        index = cp.cuda.runtime.getDevice()
+        index = cupy_with_a_gpu(f"device={device!r}").cuda.runtime.getDevice()
     if is_gpu_array(array) and array.device.id == index:
         return array
+    cp = cupy_with_a_gpu(f"device={device!r}")
     with cp.cuda.Device(index):
         return cp.asarray(array)
 

@@ -307,7 +307,7 @@ def get(spec=None):
         if kind == "cpu":
             return HOST
         if index is None:
-            index = backend.cupy().cuda.runtime.getDevice()
+            index = backend.cupy_with_a_gpu(f"device={spec!r}").cuda.runtime.getDevice()
         key = f"cuda:{index}"
     if key not in _devices:
         _devices[key] = SimDevice() if key == "sim" else CudaDevice(int(key.partition(":")[2]))

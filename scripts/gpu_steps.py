@@ -108,7 +108,7 @@ def environment(simulate):
             info[module] = __import__(module).__version__
         except ImportError:
             info[module] = None
-    missing = [module for module in ("mpi4py", "zmq", "tqdm", "threadpoolctl", "safetensors") if not info[module]]
+    missing = [module for module in ("mpi4py", "zmq", "tqdm", "threadpoolctl") if not info[module]]
     lacking = f"; distdl's dependencies missing here: {', '.join(missing)}" if missing else ""
     from distdl.comm.mpi import cuda_support
     from distdl.parallel.device_allreduce import nccl_available

@@ -438,17 +438,18 @@ def save(record, args):
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
     if args.plot and "measured" in record:
-        plot(record, args.plot)
-    print(f"\nwrote {args.out}" + (f" and {args.plot}" if args.plot and "measured" in record else ""))
+        plotted = plot(record, args.plot)
+    print(f"\nwrote {args.out}" + (f" and {args.plot}" if args.plot and "measured" in record and plotted else ""))
     return 0
 
 
 def plot(record, path):
+    """Draw the record to ``path``; False (and said) where matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-        return
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -495,6 +496,7 @@ def plot(record, path):
         right.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    return True
 
 
 if __name__ == "__main__":

@@ -139,3 +139,12 @@ def test_nccl_detection_imports_cupys_nccl_submodule():
              "import cupy.cuda.nccl as nccl; assert found == nccl.available, (found, nccl.available)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.skipif(backend.gpu_count() > 0, reason="a GPU is here: the no-GPU message cannot be seen")
+@pytest.mark.parametrize("ask", [lambda: dl.nn.Linear(3, 2).to("cuda"), lambda: dl.device.get("cuda"),
+                                 lambda: dl.tensor([1.0], device="cuda:0")])
+def test_asking_for_a_gpu_that_cupy_cannot_see_says_what_to_check(ask):
+    """CuPy without a driver: what to check and how to stay on the CPU, not CUDA's 'driver version is insufficient'."""
+    with pytest.raises(RuntimeError, match=r"CuPy sees none; check the driver \(nvidia-smi\) and CUDA_VISIBLE_DEVICES"):
+        ask()

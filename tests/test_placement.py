@@ -68,8 +68,9 @@ def test_distdl_device_wins_over_the_argument(fresh, monkeypatch, caplog):
 def test_init_asked_for_a_gpu_without_cupy_says_what_to_install_and_leaves_no_world(how, fresh, monkeypatch):
     if how == "DISTDL_DEVICE":
         monkeypatch.setenv("DISTDL_DEVICE", "cuda")
-    with pytest.raises(RuntimeError, match=INSTALL):
+    with pytest.raises(RuntimeError, match=INSTALL) as raised:
         dl.init(backend="local", device="cuda" if how == "init" else "auto")
+    assert str(raised.value).startswith("DISTDL_DEVICE=cuda") == (how == "DISTDL_DEVICE")  # where the ask came from
     from distdl.comm import world
 
     assert world._current is None  # a later init starts afresh

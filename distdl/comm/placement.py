@@ -31,10 +31,7 @@ def choose_device(requested, local_rank, gpus):
     except ValueError:
         raise ValueError(f"unknown device {requested!r}: use one of {', '.join(DEVICES)}") from None
     if not gpus:
-        backend.cupy()  # without CuPy: says what to install
-        raise RuntimeError(f"a GPU was asked for (device={requested!r}) but CuPy sees none; check the driver "
-                           f"(nvidia-smi) and CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
-                           "or use device='cpu'")
+        backend.cupy_with_a_gpu(f"device={requested!r}")  # raises: without CuPy, what to install; else what to check
     if index is not None:
         if index >= gpus:
             raise ValueError(f"device={requested!r}, but CuPy sees {gpus} GPU{'s' * (gpus != 1)} here (cuda:0 to "
@@ -53,7 +50,12 @@ def place(requested, comm):
     """Bind this process to its device (see the module's docstring) and say so once, at info level."""
     chosen = os.environ.get("DISTDL_DEVICE") or requested
     gpus = backend.gpu_count() if chosen not in ("cpu", "sim") else 0
-    spec, reason = choose_device(chosen, comm.local_rank, gpus)
+    try:
+        spec, reason = choose_device(chosen, comm.local_rank, gpus)
+    except (RuntimeError, ValueError) as exc:
+        if chosen == requested:
+            raise
+        raise type(exc)(f"DISTDL_DEVICE={chosen} (it wins over init(device=...)): {exc}") from None
     if chosen != requested:
         reason = f"DISTDL_DEVICE={chosen}" + (f", {reason}" if reason != "asked for" else "")
     if spec.startswith("cuda") and comm.local_size > gpus > 0:
