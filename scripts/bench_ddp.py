@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(HERE.parent))
 import distdl as dl  # noqa: E402
 from distdl import backend, device  # noqa: E402
-from workloads import agreed_steps, free_port, gpu_peer, make_step, require_gpu, timed, workload  # noqa: E402
+from workloads import agreed_steps, free_port, gpu_peer, make_step, require_gpu, synced, timed, workload  # noqa: E402
 
 try:
     import torch
@@ -68,17 +68,6 @@ def where():
     return repr(device.current())
 
 
-def synced(step, synchronize):
-    """The step followed by a wait for the device, so that a time covers the work and not only its launch."""
-    if ARGS.device == "cpu":
-        return step
-
-    def step_and_wait():
-        step()
-        synchronize()
-    return step_and_wait
-
-
 def distdl_sync():
     backend.cupy().cuda.Device().synchronize()  # every stream: DDP's communication stream too
 
@@ -91,7 +80,7 @@ def distdl_figures(key, comm, bucket_mb):
     target = backend.as_array(y, device=where())
     step = synced(make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
                             dl.tensor(x.astype(np.float32), device=where()),
-                            target if y.dtype.kind == "i" else dl.tensor(target)), distdl_sync)
+                            target if y.dtype.kind == "i" else dl.tensor(target)), distdl_sync, ARGS.device)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     times, waits = timed(step, steps, (lambda: ddp.last_sync_wait) if bucket_mb else None)
@@ -119,7 +108,8 @@ def torch_figures(key, comm, distributed):
         model = TorchDDP(model, device_ids=[device.current().index] if ARGS.device == "cuda" else None)
     step = synced(make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr),
                             getattr(torch.nn, loss_name)(), torch.from_numpy(x.astype(np.float32)).to(where()),
-                            torch.from_numpy(y).to(where())), torch.cuda.synchronize if ARGS.device == "cuda" else None)
+                            torch.from_numpy(y).to(where())),
+                  torch.cuda.synchronize if ARGS.device == "cuda" else None, ARGS.device)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     return {"title": title, "step": statistics.median(timed(step, steps)[0]), "steps": steps}

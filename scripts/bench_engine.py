@@ -23,6 +23,9 @@ import sys
 import time
 
 
+TARGETS = {"mlp": 0.9, "cnn": 1.0, "lstm": 1.4, "ae": 0.9}
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads for both frameworks")
@@ -33,7 +36,11 @@ def parse_args():
     parser.add_argument("--models", default="mlp,cnn,lstm,ae")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both frameworks run")
     parser.add_argument("--peak-of", metavar="MODEL:FRAMEWORK", help=argparse.SUPPRESS)  # the child of step_peak_mb
-    return parser.parse_args()
+    args = parser.parse_args()
+    unknown = sorted(set(args.models.split(",")) - set(TARGETS))
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    return args
 
 
 ARGS = parse_args()
@@ -44,7 +51,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import distdl as dl  # noqa: E402
-from workloads import gpu_peer, make_step, require_gpu, workload  # noqa: E402
+from workloads import gpu_peer, make_step, require_gpu, synced, workload  # noqa: E402
 
 try:
     import torch
@@ -54,7 +61,6 @@ if ARGS.device == "cuda":
     require_gpu()
     torch = gpu_peer(torch)
 
-TARGETS = {"mlp": 0.9, "cnn": 1.0, "lstm": 1.4, "ae": 0.9}
 PEAK_TARGET_MB = 60
 
 
@@ -66,17 +72,6 @@ def timed_steps(step, repeats, seconds):
         step()
         times.append(time.perf_counter() - start)
     return times
-
-
-def synced(step, synchronize):
-    """The step followed by a wait for the device (on the CPU there is nothing to wait for)."""
-    if ARGS.device == "cpu":
-        return step
-
-    def step_and_wait():
-        step()
-        synchronize()
-    return step_and_wait
 
 
 def build_steps(key, frameworks=("distdl", "torch")):
@@ -94,12 +89,12 @@ def build_steps(key, frameworks=("distdl", "torch")):
         steps["torch"] = synced(make_step(peer, getattr(torch.optim, opt_name)(peer.parameters(), lr=lr),
                                           getattr(torch.nn, loss_name)(), torch.from_numpy(x).to(ARGS.device),
                                           torch.from_numpy(y).to(ARGS.device)),
-                                torch.cuda.synchronize if ARGS.device == "cuda" else None)
+                                torch.cuda.synchronize if ARGS.device == "cuda" else None, ARGS.device)
     model.to(ARGS.device)
     target = dl.backend.as_array(y, device=ARGS.device)
     step = make_step(model, getattr(dl.optim, opt_name)(model.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
                      dl.tensor(x, device=ARGS.device), target if y.dtype.kind == "i" else dl.tensor(target))
-    steps = {"distdl": synced(step, lambda: dl.backend.cupy().cuda.Device().synchronize()), **steps}
+    steps = {"distdl": synced(step, lambda: dl.backend.cupy().cuda.Device().synchronize(), ARGS.device), **steps}
     return title, {name: step for name, step in steps.items() if name in frameworks}
 
 

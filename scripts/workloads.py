@@ -91,6 +91,18 @@ def timed(step, steps, after=None):
     return times, extra
 
 
+def synced(step, synchronize, device):
+    """The step followed by a wait for the device, so that a time covers the work and not only its launch
+    (on the CPU there is nothing to wait for)."""
+    if device == "cpu":
+        return step
+
+    def step_and_wait():
+        step()
+        synchronize()
+    return step_and_wait
+
+
 def free_port():
     """A port free on loopback right now (for a peer's rendezvous, e.g. gloo's)."""
     with socket.socket() as s:
