@@ -182,7 +182,7 @@ class Cluster:
         at = launcher_end(argv)
         if at is None:
             return list(argv)
-        return [*argv[:at], "--nnodes", str(nodes), "--node-rank", str(node), "--master-addr",
+        return [beside_python(argv[0]), *argv[1:at], "--nnodes", str(nodes), "--node-rank", str(node), "--master-addr",
                 self.addresses[0], "--master-port", str(port), *argv[at:]]
 
     def start_job(self, argv, env=None, nodes=None, **options):
@@ -207,6 +207,15 @@ class Cluster:
             proc.wait()
         for name in self.names + [self.switch]:
             remove_namespace(name)
+
+
+def beside_python(program):
+    """A bare ``distdl-run`` not on PATH is the one installed beside this Python (``.venv/bin/python`` run
+    without the venv activated), so the nodes find the launcher the user's own environment has."""
+    if os.sep in program or shutil.which(program):
+        return program
+    nearby = os.path.join(os.path.dirname(sys.executable), program)
+    return nearby if os.access(nearby, os.X_OK) else program
 
 
 def launcher_end(argv):

@@ -38,8 +38,10 @@ def host_links():
     return sorted(subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout.split("\n"))
 
 
-def cluster_namespaces():
-    return [name for name in emulated.namespaces() if name.startswith(emulated.PREFIX)]
+def cluster_namespaces(pid=None):
+    """The emulated clusters' namespaces on this machine; those of the cluster.py process ``pid`` if given."""
+    prefix = emulated.PREFIX if pid is None else f"{emulated.PREFIX}-{pid}-"
+    return [name for name in emulated.namespaces() if name.startswith(prefix)]
 
 
 def alive(pid):
@@ -55,7 +57,7 @@ def make_cluster():
     """Clusters built in this process, torn down after the test; then nothing of any cluster may remain."""
     if REASON:
         pytest.skip(REASON)
-    links, made = host_links(), []
+    links, made, before = host_links(), [], set(cluster_namespaces())
 
     def make(nodes, link="1gbit"):
         made.append(emulated.Cluster(nodes, link).__enter__())
@@ -64,7 +66,7 @@ def make_cluster():
     yield make
     for built in made:
         built.teardown()
-    assert not cluster_namespaces()
+    assert not set(cluster_namespaces()) - before  # another run's clusters (a concurrent CI job) are not ours
     assert host_links() == links  # no veth or bridge was left in (or ever added to) the machine's namespace
 
 
@@ -73,9 +75,9 @@ def nothing_left():
     """For tests that run cluster.py itself: after it, no cluster namespace and the machine's interfaces as before."""
     if REASON:
         pytest.skip(REASON)
-    links = host_links()
+    links, before = host_links(), set(cluster_namespaces())
     yield
-    assert not cluster_namespaces()
+    assert not set(cluster_namespaces()) - before
     assert host_links() == links
 
 
@@ -173,11 +175,11 @@ def test_cluster_py_tears_down_after_a_signal_and_a_killed_runs_namespaces_go_at
     run.communicate(timeout=30)
     workers = [int(p) for p in re.findall(r"pid (\d+) rank", started)]
     if how == signal.SIGKILL:  # nothing could tear down: the next run removes what is left, processes included
-        assert len(cluster_namespaces()) == 3
+        assert len(cluster_namespaces(run.pid)) == 3
         emulated.clean_stale()
     else:
         assert run.returncode == 128 + how
-    assert not cluster_namespaces()
+    assert not cluster_namespaces(run.pid)
     assert not [pid for pid in workers if alive(pid)]
 
 

@@ -67,6 +67,9 @@ def test_the_next_read_of_a_value_raises_the_queued_error(sim):
     F.embedding(np.array([0, 9]), t(5, 2))
     with pytest.raises(IndexError, match=r"\[0, 5\).*from 0 to 9"):
         loss.numpy()
+    F.embedding(np.array([0, 9]), t(5, 2))
+    with pytest.raises(IndexError, match=r"\[0, 5\).*from 0 to 9"):
+        bool(loss > 0)  # an `if loss > limit:` reads the device too
 
 
 def test_good_inputs_pass_the_step_check(sim):

@@ -305,6 +305,7 @@ class Tensor:
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous: use .any() or .all()")
+        value_checks.verify()  # a read of the device, as item(): the queued input checks come first
         return bool(self.data)
 
     def any(self):
