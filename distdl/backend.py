@@ -30,7 +30,8 @@ def cupy():
         except ImportError as exc:
             raise RuntimeError(
                 "a GPU was requested but CuPy is not installed: "
-                "pip install 'distdl[gpu]' (or the cupy-cudaXXx wheel matching your CUDA)"
+                "pip install 'distdl[gpu]' (in a checkout: pip install -e '.[gpu]'; or the cupy-cudaXXx wheel matching "
+                "your CUDA)"
             ) from exc
         _cupy = cp
     return _cupy
