@@ -22,6 +22,7 @@ cuda, cuda:N) overrides what ``bind`` was asked for.
 import contextlib
 import os
 import threading
+import time
 import warnings
 from collections import deque
 
@@ -41,6 +42,16 @@ class Event:
 
     def query(self):
         return True
+
+    def wait(self, what, timeout=None):
+        """``synchronize()`` bounded by ``timeout`` seconds (DISTDL_TIMEOUT by default), polling: a stuck device
+        gives TimeoutError naming ``what`` instead of a wait forever (CUDA's own synchronize has no timeout)."""
+        timeout = float(os.environ.get("DISTDL_TIMEOUT", 300)) if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while not self.query():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} waited {timeout:g} s for the device: it is stuck")
+            time.sleep(1e-4)
 
 
 class Stream:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -182,3 +183,15 @@ def test_a_communication_thread_that_cannot_select_the_device_fails_its_requests
     with pytest.raises(DistError, match="CuPy is not installed: pip install 'distdl\\[gpu\\]'"):
         request.wait()
     calls.stop()
+
+
+def test_a_wait_for_a_stuck_device_is_bounded_and_names_what_waited():
+    class Stuck(device.Event):
+        def query(self):
+            return False
+
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="the pinned buffer's copy waited 0.2 s for the device: it is stuck"):
+        Stuck().wait("the pinned buffer's copy", timeout=0.2)
+    assert time.monotonic() - start < 5
+    device.get("sim").record_event(device.get("sim").compute_stream()).wait("nothing", timeout=0)  # done at once

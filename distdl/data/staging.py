@@ -30,7 +30,7 @@ class _Slot:
     def reuse(self):
         """Wait until the last copy from this buffer is done: only then may the host write into it again."""
         if self.event is not None:
-            self.event.synchronize()
+            self.event.wait("DataLoader: a pinned staging buffer's copy to the device")
             self.event = None
 
 

@@ -22,7 +22,6 @@ the same timeout, and a NCCL communicator that timed out is aborted, never waite
 import logging
 import os
 import socket
-import time
 from functools import partial
 
 import numpy as np
@@ -209,13 +208,10 @@ class DeviceAllreduce:
 
     def _await(self, event, what):
         """Wait for a device event no longer than the communicator's timeout (never a bare wait)."""
-        timeout = getattr(self.comm, "timeout", float(os.environ.get("DISTDL_TIMEOUT", 300)))
-        deadline = time.monotonic() + timeout
-        while not event.query():
-            if time.monotonic() > deadline:
-                raise CollectiveTimeoutError(f"rank {self.comm.rank}: {what} waited {timeout:g} s on "
-                                             f"{self.dev}: the device is stuck or a peer never joined")
-            time.sleep(1e-4)
+        try:
+            event.wait(what, getattr(self.comm, "timeout", None))
+        except TimeoutError as exc:
+            raise CollectiveTimeoutError(f"rank {self.comm.rank}: {exc} ({self.dev}), or a peer never joined") from None
 
     # -- NCCL ------------------------------------------------------------------------------------------------------
     def _nccl_communicator(self):
