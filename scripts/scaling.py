@@ -452,22 +452,30 @@ def plot(record, path):
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     measured, predicted = record["measured"], record.get("predicted", [])
     panels = 3 if "allreduce_points" in record else 2
-    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     speed, efficiency = axes[0], axes[1]
     workers = [m["workers"] for m in measured]
     speed.plot(workers, [m["speedup"] for m in measured], "o-", label="measured")
     efficiency.plot(workers, [m["efficiency"] for m in measured], "o-", label="measured")
-    if predicted:
-        ps = [p["workers"] for p in predicted]
-        speed.plot(ps, [p["workers"] * p["efficiency"] for p in predicted], "s:", mfc="none", label="predicted")
-        efficiency.plot(ps, [p["efficiency"] for p in predicted], "s:", mfc="none", label="predicted")
+    # the model, open markers: checked at the measured counts (here), predicted beyond them (--predict's network)
+    check = {c["workers"]: c for c in record.get("training_check", [])}
+    here = [(m["workers"], m["efficiency"] * check[m["workers"]]["measured_s"] / check[m["workers"]]["predicted_s"])
+            for m in measured if m["workers"] in check]
+    beyond = [(p["workers"], p["efficiency"]) for p in predicted]
+    for points, style, label in ((here, "D", "model, here"), (beyond, "s:", "predicted")):
+        if points:
+            ps, es = zip(*points)
+            speed.plot(ps, [p * e for p, e in points], style, color="C1", mfc="none", label=label)
+            efficiency.plot(ps, es, style, color="C1", mfc="none", label=label)
     ticks = sorted(set(workers) | {p["workers"] for p in predicted})
     speed.plot(ticks, ticks, "k--", label="ideal")
     efficiency.axhline(1.0, color="k", linestyle="--", label="ideal")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis in (speed, efficiency):
         if ticks[-1] / ticks[0] > 16:
             axis.set_xscale("log", base=2)
@@ -475,25 +483,42 @@ def plot(record, path):
         axis.xaxis.set_major_locator(FixedLocator(ticks))  # whole workers only
         axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xticklabels([str(t) for t in ticks], rotation=45 if len(ticks) > 8 else 0)
+        axis.yaxis.set_major_formatter(plain)
         axis.legend()
     speed.set(xlabel="workers", ylabel="speed-up (x one worker)", title=f"{record['title']}: speed-up")
-    efficiency.set(xlabel="workers", ylabel="parallel efficiency", ylim=(0, 1.1),
-                   title=f"{record['title']}: efficiency")
+    efficiency.set(xlabel="workers", ylabel="parallel efficiency", title=f"{record['title']}: efficiency")
+    lowest = min(e for e in [m["efficiency"] for m in measured] + [e for _, e in here + beyond] if e > 0)
+    if lowest < 0.1:  # a linear axis would flatten everything below 0.1 onto zero
+        efficiency.set_yscale("log")
+        efficiency.yaxis.set_major_formatter(plain)
+        efficiency.set_ylim(lowest / 2, 1.5)
+    else:
+        efficiency.set_ylim(0, 1.1)
     if panels == 3:
         ranks = sorted({m["ranks"] for m in record["allreduce_points"]})
         right = axes[2]
+        colours = {}
         for p in ranks:
             ours = [m for m in record["allreduce_points"] if m["ranks"] == p]
-            line, = right.plot([m["bytes"] for m in ours if not m["held_out"]],
-                               [m["measured_s"] for m in ours if not m["held_out"]], "o", label=f"{p} fitted")
+            line, = right.plot([m["bytes"] for m in ours], [m["predicted_s"] for m in ours], "-")
+            colours[p] = line.get_color()
+            right.plot([m["bytes"] for m in ours if not m["held_out"]],
+                       [m["measured_s"] for m in ours if not m["held_out"]], "o", color=colours[p])
             right.plot([m["bytes"] for m in ours if m["held_out"]], [m["measured_s"] for m in ours if m["held_out"]],
-                       "D", mfc="none", color=line.get_color(), label=f"{p} held out")
-            right.plot([m["bytes"] for m in ours], [m["predicted_s"] for m in ours], "-", color=line.get_color(),
-                       label=f"{p} model")
+                       "D", mfc="none", color=colours[p])
+        sizes = sorted({m["bytes"] for m in record["allreduce_points"]})
         right.set_xscale("log", base=2)
         right.set_yscale("log")
-        right.set(xlabel="bytes", ylabel="allreduce seconds", title=f"allreduce, {record['args']['link']} links")
-        right.legend(fontsize="small", ncol=2)
+        right.xaxis.set_major_locator(FixedLocator(sizes))
+        right.xaxis.set_minor_locator(NullLocator())
+        right.set_xticklabels([size_name(b) for b in sizes], rotation=45)
+        right.set(xlabel="allreduce size", ylabel="allreduce seconds",
+                  title=f"allreduce, {record['args']['link']} links")
+        keys = [Line2D([], [], color=colours[p], label=f"{p} ranks") for p in ranks] + [
+            Line2D([], [], color="grey", marker="o", linestyle="none", label="measured, fitted"),
+            Line2D([], [], color="grey", marker="D", mfc="none", linestyle="none", label="measured, held out"),
+            Line2D([], [], color="grey", label="model")]
+        right.legend(handles=keys, fontsize="small", ncol=2, loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return True
