@@ -15,6 +15,7 @@ POLL_SECONDS = 0.05
 GRACE_SECONDS = procs.KEEPER_GRACE + 2.0  # the keepers stop their own trees first
 SWEEP_GRACE = 1.0
 PUMP_SECONDS = 5.0
+RAISED_FIRST_SECONDS = 5.0  # how long the launcher waits for a rank that raised first to end, after a peer did
 
 
 class Attempt:
@@ -61,11 +62,12 @@ class Attempt:
         """Wait until all workers succeed (None), one fails (its Failure), the launcher is told to stop, or another
         node has a problem (``peer_problem()`` returns why)."""
         while True:
-            ended = {rank: p.poll() for rank, p in self.processes.items()}
+            ended = self._poll()
             seen = self.records.read()
             failure = self._first_failure(seen, ended)
             if failure is not None:
-                self.stopped = self._still_running(seen, ended) - {failure.rank}
+                failure = self._raised_first(failure, seen, interrupted)
+                self.stopped = self._ended_by(failure, self.records.read(), self._poll())
                 return failure
             if all(code is not None for code in ended.values()):
                 return None
@@ -95,6 +97,43 @@ class Attempt:
             if failure is not None:
                 return failure
         return None
+
+    def _poll(self):
+        return {rank: p.poll() for rank, p in self.processes.items()}
+
+    def _raised_first(self, failure, seen, interrupted):
+        """The failure of the rank that raised before ``failure`` began, where that is another rank.
+
+        A rank that raises tells its peers it leaves before its interpreter has ended, so a peer can die of losing it
+        and end first. The earliest error is the better evidence: wait a little for that process to end as a worker
+        (a child's error never does: its keeper records only the worker), and name it.
+        """
+        since = self._since(failure, seen)
+        earlier = [e for e in seen.errors if e["time"] < since and e["rank"] != failure.rank]
+        if not earlier:
+            return failure
+        deadline = time.monotonic() + RAISED_FIRST_SECONDS
+        while time.monotonic() < deadline and not interrupted():
+            seen = self.records.read()
+            record = seen.exit_of_process(earlier[0]["pid"])
+            if record is not None:
+                return of_exit(record["rank"], record["code"], seen.completed(record["pid"]), record["pid"]) or failure
+            time.sleep(POLL_SECONDS)
+        return failure
+
+    def _ended_by(self, failure, seen, ended):
+        """The other ranks that ``failure`` ended: those still running, which are stopped now, and those that failed
+        since it raised (or ended), of a lost peer."""
+        since = self._since(failure, seen)
+        failed_since = {e["rank"] for e in seen.exits if e["time"] >= since and
+                        of_exit(e["rank"], e["code"], seen.completed(e["pid"]))}
+        return (self._still_running(seen, ended) | failed_since) - {failure.rank}
+
+    @staticmethod
+    def _since(failure, seen):
+        """When ``failure`` began: its worker's error record, else its end."""
+        first = seen.error_of(failure.rank, failure.pid) or seen.exit_of_process(failure.pid)
+        return first["time"] if first else time.time()
 
     def _still_running(self, seen, ended):
         if self.mpi:

@@ -29,6 +29,9 @@ class Records:
     def exit_of(self, rank):
         return next((e for e in self.exits if e["rank"] == rank), None)
 
+    def exit_of_process(self, pid):
+        return next((e for e in self.exits if e["pid"] == pid), None)
+
     def error_of(self, rank, pid=None):
         """The earliest error of ``rank``: of its worker process ``pid`` where known (not of a child of it)."""
         return next((e for e in self.errors if e["rank"] == rank and pid in (None, e["pid"])), None)

@@ -68,6 +68,22 @@ def test_an_exception_in_one_worker_ends_the_job_with_its_traceback(backend):
     assert not [p for p in pids_in(result.stdout) if alive(p)]
 
 
+def test_the_rank_that_raised_first_is_the_one_named_although_its_peer_ended_first():
+    # Rank 1 raises and tells rank 0 it leaves, then lingers; rank 0 dies of the lost peer and its process ends
+    # first (under ZeroMQ; MPI's rank 0 waits to be stopped). Every line must tell the same story: rank 1.
+    result = distdl_run("-n", 2, "--backend", "zmq", "--max-restarts", 1, "--timeout", 20, WORKERS / "launched.py",
+                        "raise_and_linger", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.count("PeerLostError: rank 0: rank 1 went away") == 2, result.stdout  # the race happened
+    attempt = [r"root cause: rank 1 on \S+ raised ValueError at [\d:]+, exit code 1 \(its traceback is above.*",
+               r"ValueError: boom from rank 1", r"stopped rank 0 because of it"]
+    expected = attempt + [r"restarting the job \(1 of 1 restarts\) after rank 1 failed with exit code 1, from .*"] + \
+        attempt + [r"giving up after 1 restart: rank 1 failed with exit code 1"]
+    lines = [line.removeprefix("distdl-run: ") for line in result.stderr.splitlines()]
+    assert len(lines) == len(expected) and all(map(re.fullmatch, expected, lines)), result.stderr
+    assert not [p for p in pids_in(result.stdout) if alive(p)]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_worker_killed_by_a_signal_ends_the_job_within_seconds(backend):
     start = time.monotonic()
