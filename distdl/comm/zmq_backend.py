@@ -189,6 +189,8 @@ class ZMQCommunicator(Communicator):
             try:
                 frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                frames = None  # nothing yet; handled below, so that a lost peer's error chains no zmq.Again
+            if frames is None:
                 now = time.monotonic()
                 if now < spin_until:
                     continue
