@@ -57,12 +57,22 @@ class CommThread:
         self._thread = None
 
     def submit(self, run):
-        """Run ``run()`` on the communication thread after everything submitted before; return its Request."""
+        """Run ``run()`` on the communication thread after everything submitted before; return its Request.
+
+        Submitted from the thread itself (a hook returning ``comm.iallreduce(...)``'s handle), ``run`` runs at
+        once, in its place in the order: queued, it would wait forever behind the job that waits for it.
+        """
+        if self.is_current():
+            run()
+            return CompletedRequest()
         request = Request()
         if self._thread is None:
             self._jobs = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._serve, name=f"distdl-comm-{self.rank}", daemon=True)
             self._thread.start()
+        # requests that are done and succeeded need no later wait: a loop that never makes a blocking
+        # collective (DDP with a hook, on a device) must not keep one per bucket and step
+        self.pending = [r for r in self.pending if not r.done() or r._error is not None]
         self.pending.append(request)
         self._jobs.put((request, run))
         return request

@@ -250,15 +250,20 @@ def fp16(comm):
         step(initial, reference_optimizer, x[s], y[s])
     for p, q in zip(model.parameters(), initial.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=0, atol=2e-3 * np.abs(q.data).max())
-    hooked, plain = (build("mlp", np.float32, seed=0) for _ in range(2))  # allreduce_hook: what DDP does without one
+    # allreduce_hook, and a hook that returns its handle as torch's do: what DDP does without one
+    hooked, handed, plain = (build("mlp", np.float32, seed=0) for _ in range(3))
     with_hook = dl.DistributedDataParallel(hooked, bucket_cap_mb=0.001)
     with_hook.register_comm_hook(None, allreduce_hook)
+    with_handle = dl.DistributedDataParallel(handed, bucket_cap_mb=0.001)
+    with_handle.register_comm_hook(comm, lambda state, bucket: state.iallreduce(bucket.buffer(), "mean"))
     without = dl.DistributedDataParallel(plain, bucket_cap_mb=0.001)
-    for ddp_, model_ in ((with_hook, hooked), (without, plain)):
+    for ddp_ in (with_hook, with_handle, without):
         optimizer_ = optim.SGD(ddp_.parameters(), lr=0.05)
         for s in range(3):
             step(ddp_, optimizer_, x[s, mine], y[s, mine])
-    assert digest(hooked) == digest(plain)
+            # no blocking collective in these steps: done requests must not pile up, one per bucket and step
+            assert len(comm._calls.pending) <= len(ddp_.buckets), f"{len(comm._calls.pending)} requests kept"
+    assert digest(hooked) == digest(plain) == digest(handed)
 
 
 def stall(comm, stamp):
