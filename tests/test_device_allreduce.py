@@ -120,3 +120,12 @@ def test_a_cupy_array_is_staged_through_the_host_unless_the_backend_is_cuda_awar
     comm.cuda_aware = True  # then MPI reads the device itself, after the stream is synchronized: no driver here
     with pytest.raises(cupy.cuda.runtime.CUDARuntimeError):
         comm._staged(array)
+
+
+def test_ranks_that_would_take_different_paths_are_refused_on_every_rank():
+    result = run("zmq", 2, "path_agreement.py", timeout=60)
+    assert result.ok(), str(result)
+    said = "".join(result.outputs)
+    for rank in (0, 1):
+        assert f"rank {rank}: the ranks' gradient allreduce paths or devices differ (rank 0: auto on sim; " \
+               "rank 1: staging on sim)" in said, said

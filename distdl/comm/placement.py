@@ -31,7 +31,8 @@ def choose_device(requested, local_rank, gpus):
     except ValueError:
         raise ValueError(f"unknown device {requested!r}: use one of {', '.join(DEVICES)}") from None
     if not gpus:
-        backend.cupy_with_a_gpu(f"device={requested!r}")  # raises: without CuPy, what to install; else what to check
+        backend.cupy_with_a_gpu(f"device={requested!r}")  # without CuPy, what to install; else what to check
+        raise RuntimeError(f"a GPU was asked for (device={requested!r}) but none was counted here")
     if index is not None:
         if index >= gpus:
             raise ValueError(f"device={requested!r}, but CuPy sees {gpus} GPU{'s' * (gpus != 1)} here (cuda:0 to "

@@ -2,9 +2,10 @@
 
 A hook is ``hook(state, bucket)``: it replaces every element of ``bucket.buffer()``
 by its mean over the ranks, in place, and returns when done (or returns a handle
-whose ``wait()`` does). DDP calls it on a communication thread of its own, bucket
-after bucket in index order, while backward goes on; the hook may call the
-communicator's blocking collectives. ``state`` is what was registered with the hook;
+whose ``wait()`` does). DDP calls it on the communicator's communication thread,
+bucket after bucket in index order, while backward goes on, in one order with the
+rank's other collectives; the hook may call the communicator's collectives, blocking
+or not. ``state`` is what was registered with the hook;
 for the built-in hooks it is the communicator, None meaning ``dl.get_comm()``.
 
 Every rank must end with bit-identical buffers: the replicas take their step from them.

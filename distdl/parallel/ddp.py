@@ -93,7 +93,7 @@ class DistributedDataParallel:
         if self.device.kind != "cpu":
             self._reducer = DeviceAllreduce(self.comm, self.device)
             weakref.finalize(self, self._reducer.stop)
-            self._overlap = True  # the device allreduce has a thread and a stream of its own
+            self._overlap = True  # the device allreduce has a stream of its own, on the communication thread
             self._local_flags = self.device.xp.zeros(len(self.buckets), self.buckets[0].flat.dtype)
         for p in self._params:
             if p.grad is not None:
@@ -154,7 +154,7 @@ class DistributedDataParallel:
             raise RuntimeError("register_comm_hook: register the hook before the first backward pass")
         self._hook, self._hook_state = hook, state
         self._alone = False  # a hook runs even in one process: it may do more than average
-        self._overlap = True  # on the hook's own thread
+        self._overlap = True  # the hook runs on the communication thread
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):

@@ -76,6 +76,12 @@ def select(comm, dev, method=None):
     method = method or os.environ.get("DISTDL_GPU_ALLREDUCE", "auto")
     if method not in ("auto", *METHODS):
         raise ValueError(f"gradient allreduce {method!r}: use 'auto' or one of {', '.join(METHODS)}")
+    answers = answers_here(comm, dev) if dev.kind == "cuda" and method == "auto" else None
+    everyone = comm.allgather_json([method, dev.kind, answers])  # collective: every rank builds DDP
+    if any(theirs[:2] != everyone[0][:2] for theirs in everyone):
+        ranks = "; ".join(f"rank {r}: {m} on {kind}" for r, (m, kind, _) in enumerate(everyone))
+        raise ValueError(f"the ranks' gradient allreduce paths or devices differ ({ranks}): set DISTDL_GPU_ALLREDUCE "
+                         "and DISTDL_DEVICE alike on every rank (or leave them unset)")
     if dev.kind != "cuda":
         if method not in ("auto", "staging"):
             raise ValueError(f"gradient allreduce {method!r} needs a GPU; {dev} buckets take 'staging' (or 'auto'): "
@@ -83,7 +89,7 @@ def select(comm, dev, method=None):
         return "staging"
     if method != "auto":
         return method
-    return choose(comm.allgather_json(answers_here(comm, dev)), comm.backend)  # collective: every rank builds DDP
+    return choose([theirs[2] for theirs in everyone], comm.backend)
 
 
 def staging_chunk_bytes():
