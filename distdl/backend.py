@@ -5,6 +5,7 @@ a GPU is asked for, so distdl runs and is tested everywhere on NumPy alone.
 Engine code asks ``xp = xp_of(array)`` and then calls only ``xp.*``.
 """
 
+import functools
 import numbers
 import os
 import warnings
@@ -37,10 +38,12 @@ def cupy():
     return _cupy
 
 
+@functools.cache
 def nccl():
     """CuPy's NCCL binding, or None where CuPy finds no libnccl. ``cupy.cuda.nccl`` is a submodule that
     ``import cupy`` does not load: asked for as an attribute before anything imported it, it is missing.
-    CuPy's warning that libnccl is absent is silenced: the device allreduce then says which path it took."""
+    CuPy's warning that libnccl is absent is silenced: the device allreduce then says which path it took.
+    Looked up once (``catch_warnings`` is not thread-safe: the communication thread must not run it per bucket)."""
     cupy()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="\\s*nccl library could not be loaded")
@@ -60,10 +63,15 @@ def gpu_count():
 def cupy_with_a_gpu(requested):
     """CuPy, once it is known to see a GPU; else what to install, or what to check (never CUDA's raw error)."""
     cp = cupy()  # without CuPy: says what to install
-    if gpu_count() == 0:
+    try:
+        count, why = cp.cuda.runtime.getDeviceCount(), ""
+    except Exception as exc:  # no driver, no device: CUDA's words, after what to do
+        count, why = 0, f" (CUDA: {exc})"
+    if count == 0:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
         raise RuntimeError(f"a GPU was asked for ({requested}) but CuPy sees none; check the driver (nvidia-smi) and "
-                           f"CUDA_VISIBLE_DEVICES={visible}, or use the CPU (device='cpu', or unset DISTDL_DEVICE)")
+                           f"CUDA_VISIBLE_DEVICES={visible}, or use the CPU (device='cpu', or unset DISTDL_DEVICE)"
+                           + why)
     return cp
 
 

@@ -167,7 +167,9 @@ class Communicator:
         if not is_gpu_array(array):
             return False
         if self.cuda_aware:
-            device.of(array).compute_stream().synchronize()
+            on = device.of(array)
+            on.record_event(on.compute_stream()).wait(f"rank {self.rank}: the kernels writing a CUDA-aware "
+                                                      "collective's array")
             return False
         return True
 
