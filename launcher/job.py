@@ -109,15 +109,18 @@ class Attempt:
         (a child's error never does: its keeper records only the worker), and name it.
         """
         since = self._since(failure, seen)
-        earlier = [e for e in seen.errors if e["time"] < since and e["rank"] != failure.rank]
-        if not earlier:
+        if since is None:  # no record of when it began (its keeper left none): nothing to compare with
             return failure
+        earlier = sorted((e for e in seen.errors if e["time"] < since and e["rank"] != failure.rank),
+                         key=lambda e: e["time"])
         deadline = time.monotonic() + RAISED_FIRST_SECONDS
-        while time.monotonic() < deadline and not interrupted():
+        while earlier and time.monotonic() < deadline and not interrupted():
             seen = self.records.read()
-            record = seen.exit_of_process(earlier[0]["pid"])
-            if record is not None:
-                return of_exit(record["rank"], record["code"], seen.completed(record["pid"]), record["pid"]) or failure
+            for error in earlier:  # the earliest whose process ended as a worker (a child's error never does)
+                record = seen.exit_of_process(error["pid"])
+                if record is not None:
+                    return of_exit(record["rank"], record["code"], seen.completed(record["pid"]),
+                                   record["pid"]) or failure
             time.sleep(POLL_SECONDS)
         return failure
 
@@ -125,15 +128,15 @@ class Attempt:
         """The other ranks that ``failure`` ended: those still running, which are stopped now, and those that failed
         since it raised (or ended), of a lost peer."""
         since = self._since(failure, seen)
-        failed_since = {e["rank"] for e in seen.exits if e["time"] >= since and
+        failed_since = {e["rank"] for e in seen.exits if since is not None and e["time"] >= since and
                         of_exit(e["rank"], e["code"], seen.completed(e["pid"]))}
         return (self._still_running(seen, ended) | failed_since) - {failure.rank}
 
     @staticmethod
     def _since(failure, seen):
-        """When ``failure`` began: its worker's error record, else its end."""
+        """When ``failure`` began: its worker's error record, else its end; None without either."""
         first = seen.error_of(failure.rank, failure.pid) or seen.exit_of_process(failure.pid)
-        return first["time"] if first else time.time()
+        return first["time"] if first else None
 
     def _still_running(self, seen, ended):
         if self.mpi:
