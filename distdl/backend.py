@@ -5,6 +5,7 @@ a GPU is asked for, so distdl runs and is tested everywhere on NumPy alone.
 Engine code asks ``xp = xp_of(array)`` and then calls only ``xp.*``.
 """
 
+import contextlib
 import functools
 import numbers
 import os
@@ -73,6 +74,24 @@ def cupy_with_a_gpu(requested):
                            f"CUDA_VISIBLE_DEVICES={visible}, or use the CPU (device='cpu', or unset DISTDL_DEVICE)"
                            + why)
     return cp
+
+
+@contextlib.contextmanager
+def sync_detector():
+    """``cupyx.allow_synchronize(False)``: a host wait for the GPU inside raises. Deprecated since CuPy 10, it warns
+    on entry (silenced here), and CuPy 14's ``ndarray.get`` no longer declares its wait, so it catches less there
+    than in older CuPy."""
+    cupy()
+    import cupyx
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="cupyx.allow_synchronize")
+        detector = cupyx.allow_synchronize(False)
+        detector.__enter__()
+    try:
+        yield
+    finally:
+        detector.__exit__(None, None, None)
 
 
 def gpu_available():

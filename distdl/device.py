@@ -13,8 +13,8 @@ between a device and the network is written once:
   e's work happen at once.
 - ``cuda`` / ``cuda:N``: a GPU through CuPy (streams, events, pinned host memory).
 
-Besides ``backend.py`` this is the only module that knows CuPy (lazily, through
-``backend.cupy()``). CuPy's current device and stream are per thread, so every
+CuPy itself is imported only by ``backend.py`` (lazily): the CUDA device reaches
+its streams, events and pinned memory through ``backend.cupy()``. CuPy's current device and stream are per thread, so every
 thread distdl starts calls ``thread_init()`` first. ``DISTDL_DEVICE`` (cpu, sim,
 cuda, cuda:N) overrides what ``bind`` was asked for.
 """
@@ -23,7 +23,6 @@ import contextlib
 import os
 import threading
 import time
-import warnings
 from collections import deque
 
 import numpy as np
@@ -283,20 +282,9 @@ class CudaDevice(Device):
             event.record(stream.raw)
         return _CudaEvent(event)
 
-    @contextlib.contextmanager
     def forbid_syncs(self):
-        """``cupyx.allow_synchronize(False)``: deprecated since CuPy 10, it warns on entry (silenced here), and CuPy
-        14's ``ndarray.get`` no longer declares its wait, so it catches less there than in older CuPy."""
-        import cupyx
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="cupyx.allow_synchronize")
-            detector = cupyx.allow_synchronize(False)
-            detector.__enter__()
-        try:
-            yield
-        finally:
-            detector.__exit__(None, None, None)
+        """CuPy's synchronisation detector (``backend.sync_detector``): a host wait inside raises."""
+        return backend.sync_detector()
 
 
 HOST = Device()
