@@ -18,6 +18,13 @@ from distdl.comm import get_comm
 FLOAT16_MAX = 60000.0  # a little under float16's largest finite value, 65504
 
 
+def run_hook(hook, state, bucket):
+    """Average ``bucket`` with ``hook``: its return, when a handle, is waited for (as torch's futures)."""
+    handle = hook(state, bucket)
+    if handle is not None:
+        handle.wait()
+
+
 def allreduce_hook(state, bucket):
     """The default: one allreduce of the whole bucket (what DDP does without a hook, minus its shortcuts)."""
     comm = state if state is not None else get_comm()

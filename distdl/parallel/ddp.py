@@ -38,6 +38,7 @@ from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.threads import cores_per_rank
 from distdl.parallel import control
 from distdl.parallel.buckets import coalesced, layout_of, plan_buckets
+from distdl.parallel.comm_hooks import run_hook
 from distdl.parallel.device_allreduce import DeviceAllreduce
 from distdl.parallel.errors import NonFiniteGradientError, StepMismatchError
 from distdl.timing import PhaseRecorder
@@ -248,7 +249,7 @@ class DistributedDataParallel:
             ready = self.device.record_event(self.device.compute_stream())
             bucket.request = self._reducer.submit(bucket, ready, check, self._hook, self._hook_state)
         elif self._hook is not None:
-            bucket.request = self.comm.submit(partial(_run_hook, self._hook, self._hook_state, bucket))
+            bucket.request = self.comm.submit(partial(run_hook, self._hook, self._hook_state, bucket))
         elif bucket.is_last() or not self._overlap:
             start = time.time()
             self.comm.allreduce(bucket.flat, "mean", check=check)
@@ -514,15 +515,10 @@ def _overlap(comm):
     return choice == "thread" or (choice == "auto" and cores_per_rank(comm.local_size) >= 2)
 
 
-def _run_hook(hook, state, bucket):
-    handle = hook(state, bucket)
-    if handle is not None:
-        handle.wait()
-
-
 def _flag_nonfinite(bucket, flags):
     """A device kernel: the bucket's finiteness flag (its control element, and this rank's copy in ``flags``)."""
-    bad = xp_of(bucket.flat).logical_not(xp_of(bucket.flat).isfinite(bucket.grads).all())
+    xp = xp_of(bucket.flat)
+    bad = xp.logical_not(xp.isfinite(bucket.grads).all())
     bucket.control[control.NONFINITE:control.NONFINITE + 1] = bad
     flags[bucket.index():bucket.index() + 1] = bad
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from distdl import backend
 from distdl.comm.errors import CollectiveTimeoutError
+from distdl.parallel.comm_hooks import run_hook
 
 log = logging.getLogger("distdl.parallel")
 
@@ -205,9 +206,7 @@ class DeviceAllreduce:
         for k, part in enumerate(parts):
             self._await(copied[k], f"bucket {bucket.index()}'s copy to the host")
             if hook is not None:
-                handle = hook(hook_state, HostBucket(bucket, host))
-                if handle is not None:
-                    handle.wait()
+                run_hook(hook, hook_state, HostBucket(bucket, host))
             else:
                 self.comm.allreduce(host[part], "mean", check=check and k == 0)
             self.dev.copy_to_device(host[part], flat[part], self._stream)
