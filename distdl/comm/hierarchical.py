@@ -51,14 +51,21 @@ def describe(groups):
     return f"hierarchical: {len(groups.across)} nodes x {len(groups.local)} ranks"
 
 
-def allreduce(comm, flat, ufunc, call, groups):
+def allreduce(comm, flat, ufunc, call, groups, segments=None):
     """Reduce ``flat`` in place over every rank: reduce-scatter in the node, ring across nodes, allgather in the node.
 
-    ``comm`` is the ZeroMQ communicator: its ``_ring`` runs the steps of a ring among a group.
+    ``comm`` is the ZeroMQ communicator: its ``_ring`` runs the steps of a ring among a group. With
+    ``segments`` (the node's shared memory, ``shared_memory.Segments``) the in-node phases run there.
     """
     size = len(groups.local)
     starts = np.concatenate([[0], np.cumsum(split_counts(flat.size, size))])
     index = groups.local.index(comm.rank)
-    comm._ring(flat, ufunc, call, groups.local, 0, size - 1)
+    if segments:
+        segments.reduce_scatter(comm, flat, ufunc, call)
+    else:
+        comm._ring(flat, ufunc, call, groups.local, 0, size - 1)
     comm._ring(flat[starts[index]:starts[index + 1]], ufunc, call, groups.across, 0, 2 * (len(groups.across) - 1))
-    comm._ring(flat, ufunc, call, groups.local, size - 1, 2 * (size - 1))
+    if segments:
+        segments.allgather(comm, flat, call)
+    else:
+        comm._ring(flat, ufunc, call, groups.local, size - 1, 2 * (size - 1))

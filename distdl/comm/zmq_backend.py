@@ -40,7 +40,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from distdl.comm import hierarchical, rendezvous, security
+from distdl.comm import hierarchical, rendezvous, security, shared_memory
 from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
 from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
@@ -115,6 +115,8 @@ class ZMQCommunicator(Communicator):
         self._user_ids = {str(peer): peer for peer in range(size) if peer != rank}
         self._everyone = list(range(size))
         self._hierarchy = hierarchical.plan([peer["host"] for peer in table], rank, HIERARCHICAL)
+        self._same_host = self._hierarchy.local if self._hierarchy else (self._everyone if len(local) == size else None)
+        self._shm = None  # shared_memory.Segments of the same-host ranks once mapped; False where they cannot be
         self.ring_layout = hierarchical.describe(self._hierarchy)  # what large allreduces run as
         self.address = me  # where this rank listens (host, tcp, ipc) and its public key
 
@@ -295,12 +297,21 @@ class ZMQCommunicator(Communicator):
             if flat.nbytes <= SMALL_BYTES:
                 self._recursive_doubling(flat, UFUNCS[op], call)
             elif self._hierarchy is not None:
-                hierarchical.allreduce(self, flat, UFUNCS[op], call, self._hierarchy)
+                hierarchical.allreduce(self, flat, UFUNCS[op], call, self._hierarchy, self._shared(call))
+            elif self._shared(call):
+                self._shm.allreduce(self, flat, UFUNCS[op], call)
             else:
                 self._ring(flat, UFUNCS[op], call, self._everyone, 0, 2 * (self.size - 1))
             self._flush(call)
         if op == "mean":
             finish_mean(array, self.size)
+
+    def _shared(self, call):
+        """The same-host ranks' shared-memory segments (mapped in the first call that needs them), or None."""
+        if self._shm is None:
+            group = self._same_host
+            self._shm = (group is not None and len(group) > 1 and shared_memory.attach(self, group, call)) or False
+        return self._shm or None
 
     def _recursive_doubling(self, flat, ufunc, call):
         """log2(n) pairwise exchanges; ranks beyond the largest power of two fold in first and are told after."""
@@ -427,5 +438,7 @@ class ZMQCommunicator(Communicator):
         self._gatekeeper.refusals.summary()
         for monitor in list(self._monitor_of) + [self._inbox_monitor]:
             monitor.close(linger=0)
+        if self._shm:
+            self._shm.close()
         self._gatekeeper.close()
         self._context.term()

@@ -1,0 +1,261 @@
+"""Allreduce among the ranks of one host through shared memory; ZeroMQ carries only the signals.
+
+Over ``ipc://`` every byte is copied into a socket and out of it again, by ZeroMQ's
+I/O threads, one segment at a time; here each rank of the group maps one segment of
+every other rank's (two slots of ``DISTDL_ZMQ_SHM_BYTES``). Per chunk of the array,
+each rank copies the pieces the others reduce into its own slot, signals, reduces its
+own piece over the group's slots in rank order into its own slot, signals, and copies
+the others' reduced pieces out: two signals per chunk, each an empty ZeroMQ message to
+every peer, so every wait keeps the communicator's deadline, mismatch checks and
+dead-peer detection. Piece i of every chunk lies in the array's part i (the array cut
+in near-equal parts), so the same slots also serve the hierarchical allreduce's
+in-node reduce-scatter and allgather.
+
+Trust: a segment is a file of this user's, mode 0600, with a random name, made in
+/dev/shm (``DISTDL_ZMQ_SHM_DIR``) and reserved in full (a full /dev/shm fails at
+once, not with a SIGBUS later); its name travels only over the authenticated ZeroMQ
+channel; a peer's segment must be a regular file of this user's, 0600, of the size this
+rank expects, or the allreduce fails naming it. Each rank unlinks its own file once
+every peer has said it mapped it, so nothing is left in /dev/shm however the job ends
+later. Where a rank cannot make or map one, every rank of the group keeps the
+``ipc://`` ring, and says so once in the log.
+"""
+
+import contextlib
+import logging
+import mmap
+import os
+import secrets
+import stat
+
+import numpy as np
+
+from distdl.comm.errors import ProtocolError
+from distdl.comm.reduction import split_counts
+
+log = logging.getLogger("distdl.comm")
+
+# Measured (bench_allreduce.py, 2 ranks, DISTDL_ZMQ_SHM_BYTES 1, 2, 4, 8 MiB): see the README's benchmarks.
+DEFAULT_SLOT_BYTES = 4 << 20
+LEAST_SLOT_BYTES = 4096
+PREFIX = "distdl-"
+TOKEN_BYTES = 32  # the hex of 16 random bytes: the segment's name after PREFIX
+NAMES_TAG, ACKS_TAG = 2 ** 32 - 3, 2 ** 32 - 2  # below signature.AGREE_TAG (2**32 - 1)
+MAPPED, UNAVAILABLE, REFUSED = 1, 0, 2  # what a rank says after mapping its peers' segments
+U8 = np.dtype(np.uint8)
+
+
+def slot_bytes():
+    """The bytes of one slot (DISTDL_ZMQ_SHM_BYTES; 0 turns shared memory off), checked when a job first needs it."""
+    text = os.environ.get("DISTDL_ZMQ_SHM_BYTES", str(DEFAULT_SLOT_BYTES))
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and value < LEAST_SLOT_BYTES:
+        raise ValueError(f"DISTDL_ZMQ_SHM_BYTES={text!r}: give a number of bytes, at least {LEAST_SLOT_BYTES} "
+                         f"(default {DEFAULT_SLOT_BYTES}), or 0 for ZeroMQ's ipc:// sockets instead of shared memory")
+    return value
+
+
+def directory():
+    return os.environ.get("DISTDL_ZMQ_SHM_DIR", "/dev/shm")
+
+
+def attach(comm, group, call):
+    """The group's segments mapped here (a ``Segments``), or None where some rank has no shared memory.
+
+    Every rank of ``group`` calls it in the same collective ``call``; they all get segments or all get None.
+    """
+    nbytes = slot_bytes()
+    if nbytes == 0:
+        return None
+    peers = [r for r in group if r != comm.rank]
+    total = 2 * nbytes
+    path, own, reason = _create(total)
+    try:
+        token = os.path.basename(path)[len(PREFIX):].encode() if path else b"\0" * TOKEN_BYTES
+        for peer in peers:
+            comm._send(peer, call, NAMES_TAG, np.frombuffer(token, U8))
+        tokens = {peer: bytes(comm._recv(peer, call, NAMES_TAG, U8, TOKEN_BYTES)) for peer in peers}
+        maps, status, refusal = {}, MAPPED if own is not None else UNAVAILABLE, None
+        for peer, theirs in tokens.items():
+            if status != MAPPED:
+                break
+            if theirs == b"\0" * TOKEN_BYTES:
+                status, reason = UNAVAILABLE, f"rank {peer} could not make its segment"
+                continue
+            try:
+                maps[peer] = _open(theirs, total, peer, comm.rank)
+            except ProtocolError as exc:
+                status, refusal = REFUSED, exc
+            except OSError as exc:
+                status, reason = UNAVAILABLE, f"rank {peer}'s segment cannot be mapped here ({exc})"
+        for peer in peers:
+            comm._send(peer, call, ACKS_TAG, np.array([status], U8))
+        said = {peer: int(comm._recv(peer, call, ACKS_TAG, U8, 1)[0]) for peer in peers}
+    finally:
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # every peer has mapped it, or none will
+    if refusal is not None:
+        _close_all(maps, own)
+        raise refusal
+    refused = [peer for peer, s in said.items() if s == REFUSED]
+    if refused:
+        _close_all(maps, own)
+        raise ProtocolError(f"rank {comm.rank}: rank(s) {refused} refused this rank's shared-memory segment "
+                            "(their errors say why: a different DISTDL_ZMQ_SHM_BYTES, or a file not of this "
+                            "user's); every rank must run the same distdl with the same settings")
+    if status == MAPPED and all(s == MAPPED for s in said.values()):
+        maps[comm.rank] = own
+        return Segments(group, group.index(comm.rank), [maps[r] for r in group], nbytes)
+    _close_all(maps, own)
+    if reason is None:
+        reason = f"rank(s) {[p for p, s in said.items() if s != MAPPED]} could not map every segment"
+    log.warning("distdl: rank %d: no shared memory among ranks %s (%s); their allreduces use ipc:// sockets",
+                comm.rank, group, reason)
+    return None
+
+
+def _create(nbytes):
+    """(path, mmap, None) of a new segment of this user's, reserved in full; (None, None, why) where it cannot be."""
+    path = os.path.join(directory(), PREFIX + secrets.token_hex(TOKEN_BYTES // 2))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return None, None, f"cannot make a segment in {directory()}: {exc}"
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        return path, mmap.mmap(fd, nbytes), None
+    except OSError as exc:
+        os.unlink(path)
+        return None, None, f"cannot reserve {nbytes} bytes in {directory()}: {exc}"
+    finally:
+        os.close(fd)
+
+
+def _open(token, nbytes, peer, rank):
+    """Map ``peer``'s segment, refusing (ProtocolError) one that is not this user's private file of ``nbytes``."""
+    name = token.decode("ascii", "replace")
+    if len(name) != TOKEN_BYTES or any(c not in "0123456789abcdef" for c in name):
+        raise ProtocolError(f"rank {rank}: rank {peer} named a shared-memory segment {name!r}, not one distdl makes")
+    path = os.path.join(directory(), PREFIX + name)
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ProtocolError(f"rank {rank}: rank {peer}'s shared-memory segment {path} is not a private file of "
+                                f"this user's (mode {stat.filemode(info.st_mode)}, owner {info.st_uid}): refused")
+        if info.st_size != nbytes:
+            raise ProtocolError(f"rank {rank}: rank {peer}'s shared-memory segment {path} has {info.st_size} bytes "
+                                f"where this rank expects {nbytes} (2 x DISTDL_ZMQ_SHM_BYTES): refused; every rank "
+                                "must run the same distdl with the same settings")
+        return mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+
+
+def _close_all(maps, own):
+    for segment in list(maps.values()) + ([own] if own is not None else []):
+        segment.close()
+
+
+class Segments:
+    """Every group member's segment, mapped: two slots each, a slot being one region per member."""
+
+    def __init__(self, group, position, maps, nbytes):
+        self.group, self.position, self.slot_bytes = group, position, nbytes
+        self._maps = maps
+        self._views = {}
+
+    def _slots(self, dtype):
+        """Per member, its (2, members, piece) array of ``dtype`` over its segment."""
+        if dtype not in self._views:
+            members = len(self.group)
+            piece = self.slot_bytes // (members * dtype.itemsize)
+            self._views[dtype] = [np.frombuffer(m, dtype, 2 * members * piece).reshape(2, members, piece)
+                                  for m in self._maps]
+        return self._views[dtype]
+
+    def _chunks(self, flat):
+        """Per chunk: its slot views and (start, stop) of its piece in each member's part of ``flat``."""
+        slots = self._slots(flat.dtype)
+        piece = slots[0].shape[2]
+        starts = np.concatenate([[0], np.cumsum(split_counts(flat.size, len(self.group)))]).tolist()
+        chunks = -(-(starts[1] - starts[0]) // piece)
+        for k in range(chunks):
+            yield [view[k % 2] for view in slots], [(a + k * piece, min(a + (k + 1) * piece, b))
+                                                     for a, b in zip(starts[:-1], starts[1:])]
+
+    def _signal(self, comm, call, tag, empty):
+        """Tell every peer this rank reached ``tag``, and wait until each of them has too."""
+        peers = [r for r in self.group if r != comm.rank]
+        for peer in peers:
+            comm._send(peer, call, tag, empty)
+        for peer in peers:
+            comm._recv(peer, call, tag, empty.dtype, 0)
+
+    def _reduce_piece(self, slots, pieces, flat, ufunc):
+        """This member's piece reduced over every member in rank order, into its own slot and into ``flat``."""
+        me = self.position
+        a, b = pieces[me]
+        out = slots[me][me, :b - a]
+        inputs = [flat[a:b] if i == me else slot[me, :b - a] for i, slot in enumerate(slots)]
+        ufunc(inputs[0], inputs[1], out=out)
+        for x in inputs[2:]:
+            ufunc(out, x, out=out)
+        flat[a:b] = out
+
+    def _copy_in(self, slots, pieces, flat):
+        mine = slots[self.position]
+        for i, (a, b) in enumerate(pieces):
+            if i != self.position:
+                mine[i, :b - a] = flat[a:b]
+
+    def _copy_out(self, slots, pieces, flat):
+        for i, (a, b) in enumerate(pieces):
+            if i != self.position:
+                flat[a:b] = slots[i][i, :b - a]
+
+    def allreduce(self, comm, flat, ufunc, call):
+        """Reduce ``flat`` in place over the group.
+
+        A slot is written again only after a signal that says every reader is done with it: the
+        pieces a peer reduces are read before that peer's second signal, a reduced piece is read
+        before the peers' first signal of the next chunk (or call).
+        """
+        empty = flat[:0]
+        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+            self._copy_in(slots, pieces, flat)
+            self._signal(comm, call, 2 * k, empty)
+            self._reduce_piece(slots, pieces, flat, ufunc)
+            self._signal(comm, call, 2 * k + 1, empty)
+            self._copy_out(slots, pieces, flat)
+
+    def reduce_scatter(self, comm, flat, ufunc, call):
+        """Leave this member's part of ``flat`` reduced over the group (the other parts as they were).
+
+        One signal per chunk: the two slots alternate, and a peer's signal for chunk k+1 says it is
+        done reading chunk k's slot.
+        """
+        empty = flat[:0]
+        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+            self._copy_in(slots, pieces, flat)
+            self._signal(comm, call, 2 * k, empty)
+            self._reduce_piece(slots, pieces, flat, ufunc)
+
+    def allgather(self, comm, flat, call):
+        """Every member's part of ``flat`` copied from its owner's slots into every other member's ``flat``."""
+        empty = flat[:0]
+        me = self.position
+        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+            a, b = pieces[me]
+            slots[me][me, :b - a] = flat[a:b]
+            self._signal(comm, call, 2 * k + 1, empty)
+            self._copy_out(slots, pieces, flat)
+
+    def close(self):
+        self._views.clear()
+        for segment in self._maps:
+            segment.close()
