@@ -112,7 +112,7 @@ def test_uneven_inputs_without_join_are_a_named_error_not_a_hang(backend):
     assert time.monotonic() - start < 20
     output = "".join(result.outputs)
     assert not result.ok()
-    assert re.search(r"stopped: CollectiveMismatchError: rank \d.*allreduce #20 \(mean, float64, 85 elements\).*"
+    assert re.search(r"stopped: CollectiveMismatchError: rank \d.*allreduce #20 \(sum, float64, 86 elements\).*"
                      r"allreduce #20 \(sum, float64, 1 elements\)", output), output
     assert "no error" not in output and "killed by the test harness" not in output
 
@@ -129,7 +129,8 @@ def test_rank_0_evaluating_alone_while_rank_1_shuts_down_is_named_within_2_secon
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skipped_alike(backend):
-    """Finite gradients whose sum overflows: skipped alike, or named; fp16 with an Inf and a NaN: bit-identical;
+    """3e38 on every rank averages to 3e38 (divided before summed); summed first (allreduce_hook), it overflows:
+    skipped alike, or named; fp16 with an Inf and a NaN: bit-identical;
     "skip": both ranks skip step 3, replicas bit-identical, the
     parameters those of one process that left step 3 out; "error": every rank names rank 1 and step 3."""
     result = run(backend, 2, "ddp.py", "nonfinite", timeout=90)
@@ -138,7 +139,7 @@ def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skippe
     for rank in range(2):
         assert (f"rank {rank} stopped: rank {rank}: step 3: a NaN or Inf gradient on rank 1 (first non-finite "
                 "parameter: rank 1: 4.bias)") in output, output
-        assert f"rank {rank} stopped: rank {rank}: step 1: every rank's gradient was finite, but their sum " \
+        assert f"rank {rank} stopped: rank {rank}: step 1: every rank's gradient was finite, but their average " \
                "overflowed to Inf in bias" in output, output
 
 

@@ -1,6 +1,7 @@
 """The control elements at the end of every gradient bucket: DDP's checks ride in its own reduction.
 
-Each rank writes, after its gradients: whether its gradients were finite, whether it
+Each rank writes, after its gradients: whether its gradients were finite, whether their
+squared norm overflowed (only then can the sum of finite gradients overflow), whether it
 had a batch this step (``join()``: a rank out of data sends zeros), and the 16 low
 bits of its step number, each bit as one element worth 0 or 1. The bucket is averaged
 like the gradients, so each element comes back as (number of ranks that sent 1) /
@@ -9,15 +10,15 @@ bit exactly when its count is 0 or the number of those ranks. No message of its 
 no extra round trip: the check of a step costs a few elements in a reduction that
 happens anyway. A plain sum of step numbers could not tell {3, 5} from {4, 4}; bit by
 bit it can. Only the first bucket carries the batch and step elements (the others'
-stay zero); every bucket carries its finiteness flag. (The bucket layout is fixed at
+stay zero); every bucket carries its two finiteness flags. (The bucket layout is fixed at
 construction, and compared across ranks there.)
 """
 
 import numpy as np
 
-NONFINITE, ACTIVE = 0, 1  # positions of the two flags
-STEP_BITS = slice(2, 18)
-CONTROL_SIZE = 18
+NONFINITE, LARGE, ACTIVE = 0, 1, 2  # positions of the three flags
+STEP_BITS = slice(3, 19)
+CONTROL_SIZE = 19
 _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # row b: the 8 bits of b
 
 
@@ -30,8 +31,8 @@ def templates(high, dtype):
     """The templates of the 256 steps whose second byte is ``high``, as rows: a step then costs a row lookup."""
     out = np.zeros((256, CONTROL_SIZE), dtype)
     out[:, ACTIVE] = 1
-    out[:, 2:10] = _BYTE_BITS
-    out[:, 10:18] = _BYTE_BITS[high & 0xFF]
+    out[:, STEP_BITS.start:STEP_BITS.start + 8] = _BYTE_BITS
+    out[:, STEP_BITS.start + 8:STEP_BITS.stop] = _BYTE_BITS[high & 0xFF]
     return out
 
 

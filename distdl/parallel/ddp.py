@@ -15,6 +15,11 @@ ends, the buckets not yet launched (those holding unused parameters, whose zeroe
 gradients then count as zeros) are launched, and every bucket is waited for: the
 optimizer reads averaged gradients.
 
+On the host path each gradient is divided by the world size as it is copied into its
+bucket (a pass that happens anyway), and the buckets are summed: no division pass after
+the allreduce, and a sum of finite gradients overflows only where their squared norm
+did on some rank (``_overflowed`` looks only there).
+
 The path is checked, always: the first bucket of each step goes through the
 communicator's signature check (a rank in another collective is named at once), and
 the control elements at the end of every bucket (``control.py``) carry each rank's
@@ -86,6 +91,7 @@ class DistributedDataParallel:
         self._check_same_model()
         self._broadcast(list(module.parameters()) + list(module.buffers()))
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
+        self._buffer_list = [b for b in module.buffers() if b is not None]  # as torch, the buffers of construction
         # buckets on a device (CuPy parameters, or the simulated device bound) go through the device allreduce
         self.device = device.of(self._params[0].data) if self._params else device.HOST
         self._overlap = _overlap(self.comm)  # else every bucket is reduced at the end of backward, in this thread
@@ -108,6 +114,7 @@ class DistributedDataParallel:
         self.last_allreduces = []  # (bucket index, start, end, bytes) of the last backward, wall clock
         self.phases = PhaseRecorder(self.comm)  # each step's phases: timings(), DISTDL_TIMELINE
         self._hook = self._hook_state = None
+        self._set_pre_scale()
         self._armed = False  # a forward ran: the next backward must average
         self._end_queued = False  # this backward pass will call _on_backward_end at its end
         self._next_bucket = 0
@@ -156,6 +163,19 @@ class DistributedDataParallel:
         self._hook, self._hook_state = hook, state
         self._alone = False  # a hook runs even in one process: it may do more than average
         self._overlap = True  # the hook runs on the communication thread
+        self._set_pre_scale()
+
+    def _set_pre_scale(self):
+        """Divide by the world size in the copy into the bucket, not in a pass of its own after the sum.
+
+        Only on the host path without a hook (a hook averages as it likes, the device allreduce
+        in its own kernel); None where nothing is scaled. As torch's default hook, the gradients
+        are divided before they are summed; the control elements are summed as they are and
+        divided after (``_averaged_controls``), so that their counts stay exact.
+        """
+        host_sum = self._reducer is None and self._hook is None and not self._alone
+        self._pre_scale = self.buckets[0].grads.dtype.type(1 / self.comm.size) if host_sum and self.buckets else None
+        self._bounded = host_sum and all(4 * self.comm.size ** 2 < np.finfo(b.grads.dtype).max for b in self.buckets)
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -164,15 +184,10 @@ class DistributedDataParallel:
         self._prepare_for_backward()
         return self.phases.forward_ends(self.module(*args, **kwargs))
 
-    def _buffers(self):
-        return [b for b in self.module.buffers() if b is not None]
-
     def _sync_buffers(self):
         """Rank 0's buffers (BatchNorm's running statistics) to every rank before a training forward, as torch."""
-        if self.module.training and self.broadcast_buffers and self.comm.size > 1:
-            buffers = self._buffers()
-            if buffers:
-                self._broadcast(buffers)
+        if self.module.training and self.broadcast_buffers and self.comm.size > 1 and self._buffer_list:
+            self._broadcast(self._buffer_list)
 
     def _prepare_for_backward(self):
         """Arm the sync for the next backward; every bucket waits for all its gradients again."""
@@ -183,6 +198,7 @@ class DistributedDataParallel:
         self._end_queued = False
         self.step_skipped = False
         self._local_nonfinite = None
+        self._homed = set()  # the parameters whose gradient was final in this pass, in their bucket (and scaled)
         self.last_allreduces = []
         step = self.steps + 1
         if step >> 8 != self._templates_high:
@@ -201,7 +217,8 @@ class DistributedDataParallel:
             self._end_queued = True
             queue_callback(self._on_backward_end)
         bucket = self._bucket_of[param]
-        _home(param, bucket)
+        _home(param, bucket, self._pre_scale)
+        self._homed.add(param)
         bucket.pending -= 1
         if bucket.pending == 0 and self._overlap:
             try:
@@ -219,7 +236,7 @@ class DistributedDataParallel:
             if self._reducer is None:
                 if bucket.index() == 0:
                     bucket.control[...] = self._control
-                bucket.control[control.NONFINITE] = self._locally_nonfinite(bucket)
+                bucket.control[control.NONFINITE], bucket.control[control.LARGE] = self._locally_nonfinite(bucket)
             else:  # on the device, in stream order: no host sync per bucket
                 if bucket.index() == 0:
                     bucket.control[...] = self._device_control
@@ -228,11 +245,16 @@ class DistributedDataParallel:
             self._next_bucket += 1
 
     def _locally_nonfinite(self, bucket):
-        """Whether this rank's gradients in ``bucket`` hold a NaN or Inf; the first such parameter is remembered."""
-        bad = _first_nonfinite(bucket)
+        """(whether this rank's gradients in ``bucket`` hold a NaN or Inf, whether their squared norm overflowed).
+
+        One BLAS dot product in the common case; the first non-finite parameter is remembered.
+        """
+        if math.isfinite(bucket.grads.dot(bucket.grads)):
+            return False, False
+        bad = _nonfinite_param(bucket)
         if bad is not None and self._local_nonfinite is None:
             self._local_nonfinite = self._names[bad]
-        return bad is not None
+        return bad is not None, True
 
     def _start(self, bucket):
         """Average ``bucket`` over the ranks: the hook on its thread, else an allreduce.
@@ -252,10 +274,10 @@ class DistributedDataParallel:
             bucket.request = self.comm.submit(partial(run_hook, self._hook, self._hook_state, bucket))
         elif bucket.is_last() or not self._overlap:
             start = time.time()
-            self.comm.allreduce(bucket.flat, "mean", check=check)
+            self.comm.allreduce(bucket.flat, "sum", check=check)  # the gradients were divided in _home
             self.last_allreduces.append((bucket.index(), start, time.time(), bucket.nbytes))
         else:
-            bucket.request = self.comm.iallreduce(bucket.flat, "mean", check=check)
+            bucket.request = self.comm.iallreduce(bucket.flat, "sum", check=check)
 
     def _on_backward_end(self):
         if not self._armed:
@@ -266,8 +288,8 @@ class DistributedDataParallel:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
-                else:  # e.g. accumulated under no_sync, unused in this pass
-                    _home(p, bucket)
+                elif p not in self._homed:  # e.g. accumulated under no_sync, unused in this pass
+                    _home(p, bucket, self._pre_scale)
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
@@ -308,7 +330,9 @@ class DistributedDataParallel:
         On a device the reduced buckets' finiteness comes in the same copy (``_overflowed`` reads it).
         """
         if self._reducer is None:
-            return [bucket.control for bucket in self.buckets]
+            if self._pre_scale is None:
+                return [bucket.control for bucket in self.buckets]
+            return [bucket.control / self.comm.size for bucket in self.buckets]  # summed: now their mean, as elsewhere
         xp, count = self.device.xp, len(self.buckets)
         finite = [xp.isfinite(bucket.grads).all().reshape(1) for bucket in self.buckets]
         fetched = to_device(xp.concatenate([b.control for b in self.buckets] + finite + [self._local_flags]), "cpu")
@@ -318,10 +342,17 @@ class DistributedDataParallel:
         self._local_bad = fetched[-count:]
         return list(controls)
 
-    def _overflowed(self):
-        """The first parameter whose reduced gradient is not finite, else None (after ``_controls``)."""
+    def _overflowed(self, controls):
+        """The first parameter whose reduced gradient is not finite, else None (after ``_controls``).
+
+        On the host path without a hook only the buckets in which some rank's squared norm
+        overflowed are read: where it is finite on every rank, each rank's gradient divided by W
+        is below sqrt(max) in magnitude, so their sum stays below W sqrt(max) < max/2
+        (``_bounded``: 4 W^2 < max, true up to 2^62 ranks in float32, 2^7 in float16).
+        """
         if self._reducer is None:
-            return next((bad for bucket in self.buckets if (bad := _first_nonfinite(bucket)) is not None), None)
+            suspects = [b for b, c in zip(self.buckets, controls) if c[control.LARGE] or not self._bounded]
+            return next((bad for bucket in suspects if (bad := _first_nonfinite(bucket)) is not None), None)
         bucket = next((b for b, finite in zip(self.buckets, self._reduced_finite) if not finite), None)
         return None if bucket is None else _nonfinite_or_first(bucket)
 
@@ -356,7 +387,7 @@ class DistributedDataParallel:
         self.steps += had_batch
         somewhere = any(c[control.NONFINITE] for c in controls)
         # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
-        overflowed = None if somewhere or self._alone else self._overflowed()  # alone: the sum is the local one
+        overflowed = None if somewhere or self._alone else self._overflowed(controls)  # alone: the sum is the local one
         if somewhere or overflowed is not None:
             if self.nonfinite == "skip":
                 self._skip_step()
@@ -396,11 +427,12 @@ class DistributedDataParallel:
             "pass nonfinite='skip' to skip such steps")
 
     def _raise_overflow(self, had_batch, name):
-        """Every rank's gradient was finite but their average is not: the reduction overflowed."""
+        """Every rank's gradient was finite but their average is not: the reduction or a hook's compression overflowed."""
         raise NonFiniteGradientError(
-            f"rank {self.comm.rank}: {self._step_name(had_batch)}: every rank's gradient was finite, but their sum overflowed to Inf in "
-            f"{name}; the gradients are too large for {self.buckets[0].grads.dtype}: lower the learning rate or "
-            "the loss scale, clip the gradients, or pass nonfinite='skip' to skip such steps")
+            f"rank {self.comm.rank}: {self._step_name(had_batch)}: every rank's gradient was finite, but their "
+            f"average overflowed to Inf in {name} (in the reduction, or in a communication hook's compression); the "
+            f"gradients are too large for {self.buckets[0].grads.dtype} or the hook's dtype: lower the learning rate "
+            "or the loss scale, clip the gradients, or pass nonfinite='skip' to skip such steps")
 
     @contextmanager
     def no_sync(self):
@@ -441,7 +473,7 @@ class DistributedDataParallel:
             pass
         done = self.comm.allgather(np.array([self.steps - first], np.int64))[:, 0]
         if (done != done.max()).any():
-            self._broadcast(list(self.module.parameters()) + self._buffers(), root=int(np.argmax(done)))
+            self._broadcast(list(self.module.parameters()) + self._buffer_list, root=int(np.argmax(done)))
         self.steps = first + int(done.max())  # the steps of the job, on every rank
 
     def _shadow_step(self):
@@ -529,8 +561,11 @@ def _first_nonfinite(bucket):
     One BLAS dot product in the common case: NaN and Inf make it non-finite. Only then
     (or when the dot product itself overflowed) are the parameters looked at one by one.
     """
-    if math.isfinite(bucket.grads.dot(bucket.grads)):
-        return None
+    return None if math.isfinite(bucket.grads.dot(bucket.grads)) else _nonfinite_param(bucket)
+
+
+def _nonfinite_param(bucket):
+    """The first parameter of ``bucket`` whose gradient holds a NaN or Inf, looked at one by one, else None."""
     return next((p for p in bucket.params if not np.isfinite(bucket.views[p]).all()), None)
 
 
@@ -540,18 +575,23 @@ def _nonfinite_or_first(bucket):
     return bucket.params[0] if bad is None else bad
 
 
-def _home(param, bucket):
-    """Make ``param.grad`` its bucket view again.
+def _home(param, bucket, scale=None):
+    """Make ``param.grad`` its bucket view again, multiplied by ``scale`` (1/world size) unless it is None.
 
     After ``zero_grad(set_to_none=True)`` the engine hands the first gradient over as
-    a fresh array: one copy into the bucket, cheaper than zeroing the bucket before
-    backward and adding into it. With ``set_to_none=False`` the engine adds into the
-    view in place and nothing is copied.
+    a fresh array: one copy into the bucket (scaled on the way), cheaper than zeroing the
+    bucket before backward and adding into it. With ``set_to_none=False`` the engine adds
+    into the view in place, and only the scaling passes over it.
     """
     view = bucket.views[param]
     if param.grad is not view:
-        view[...] = param.grad
+        if scale is None:
+            view[...] = param.grad
+        else:
+            np.multiply(param.grad, scale, out=view)
         param.grad = view
+    elif scale is not None:
+        view *= scale
 
 
 def _weak(obj, method):

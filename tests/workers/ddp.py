@@ -380,14 +380,25 @@ def train_with_a_nan(comm, policy, hook, bad_step=3, steps=5):
 
 
 def overflow(comm):
-    """Every rank's gradient is finite (3e38) but their float32 sum is not: skipped alike, or named."""
+    """Gradients are divided by the world size before they are summed (as torch's default hook): every rank's 3e38
+    averages to 3e38, finite, and nothing is skipped. Through allreduce_hook, or on a device (both sum, then divide),
+    the sum overflows: every rank skips the step alike, or names the overflow."""
     for policy in ("skip", "error"):
         model = nn.Linear(2, 1)
         ddp = dl.DistributedDataParallel(model, nonfinite=policy)
+        if ddp.device.kind != "cpu":  # the device allreduce averages in its own kernel: sum, then divide
+            break
+        (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
+        assert not ddp.step_skipped and model.bias.grad[0] == np.float32(3e38), (policy, model.bias.grad)
+    for policy in ("skip", "error"):
+        model = nn.Linear(2, 1)
+        ddp = dl.DistributedDataParallel(model, nonfinite=policy)
+        if ddp.device.kind == "cpu":
+            ddp.register_comm_hook(None, allreduce_hook)
         try:
             (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
         except NonFiniteGradientError as exc:
-            assert policy == "error" and "sum overflowed to Inf in bias" in str(exc), exc
+            assert policy == "error" and "average overflowed to Inf in bias" in str(exc), exc
             print(f"rank {comm.rank} stopped: {exc}", flush=True)
         else:
             assert policy == "skip" and ddp.step_skipped and model.weight.grad is None, policy
