@@ -293,7 +293,7 @@ class Trainer:
             logs, samples = self._train_epoch(epoch, epochs, callbacks, verbose)
             seconds = time.perf_counter() - start
             if validation_data is not None:
-                figures = self.evaluate(validation_data, batch_size, validation_transform)
+                figures = self.evaluate(validation_data, batch_size=batch_size, transform=validation_transform)
                 logs.update({f"val_{k}": v for k, v in figures.items()})
             self.history.append(epoch, logs)
             for callback in callbacks:
@@ -398,10 +398,14 @@ class Trainer:
         return dataset, DataLoader(dataset, batch_size=batch_size, sampler=sampler, transform=transform,
                                    device=self._loader_device)
 
-    def evaluate(self, data, batch_size=256, transform=None):
-        """Loss and metrics over every sample of ``data`` exactly once, reduced over the ranks."""
+    def evaluate(self, x, y=None, batch_size=256, transform=None):
+        """Loss and metrics over every sample exactly once, reduced over the ranks.
+
+        As ``fit``: arrays ``x`` and ``y`` (Keras's order), or ``x`` a Dataset of (input, target) pairs or a
+        tuple (x, y).
+        """
         began = time.time()
-        _, loader = self._exact_loader(data, batch_size, transform)
+        _, loader = self._exact_loader(training_dataset(x, y), batch_size, transform)
         metrics = self._fresh_metrics()
         self.model.eval()
         with no_grad():

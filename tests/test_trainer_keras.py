@@ -43,6 +43,7 @@ def test_validation_split_holds_out_the_last_samples_before_shuffling():
     for a, b in zip(split, first):
         np.testing.assert_array_equal(a, b)
     assert history["val_loss"][-1] == pytest.approx(trainer.evaluate((x[90:], y[90:]))["loss"])
+    assert trainer.evaluate(x[90:], y[90:], batch_size=4) == pytest.approx(trainer.evaluate((x[90:], y[90:])))
     assert "val_loss" in history and dict(history) == history.history and list(history) == list(history.history)
     with pytest.raises(ValueError, match=r"validation_split must lie in \(0, 1\), got 1.5"):
         trainer.fit(x, y, validation_split=1.5)
