@@ -1,5 +1,6 @@
 """DataLoader: batches, shuffling, collation, prefetch equal to the plain loader, resumable position."""
 
+import collections
 import threading
 
 import numpy as np
@@ -51,6 +52,26 @@ def test_item_datasets_collate_dicts_and_tuples():
     np.testing.assert_array_equal(batch["x"], [[0, 0], [1, 1], [2, 2], [3, 3]])
     np.testing.assert_array_equal(batch["meta"][0], [0, 1, 2, 3])
     np.testing.assert_array_equal(batch["meta"][1], [0, 0.5, 1, 1.5])
+
+
+Sample = collections.namedtuple("Sample", "image label")
+
+
+class NamedSamples(Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return Sample(np.full((2, 2), i, np.float32), i)
+
+
+@pytest.mark.parametrize("device", [None, "cpu", "sim"])
+def test_namedtuple_samples_stay_namedtuples_through_collate_transform_and_staging(device):
+    loader = DataLoader(NamedSamples(), batch_size=4, device=device, transform=lambda images, keys: images + 1)
+    batches = list(loader)
+    assert [type(b) for b in batches] == [Sample] * 3
+    np.testing.assert_array_equal(np.asarray(batches[1].image)[:, 0, 0], [5, 6, 7, 8])
+    np.testing.assert_array_equal(np.asarray(batches[1].label), [4, 5, 6, 7])
 
 
 def test_collate_errors_say_what_to_do():

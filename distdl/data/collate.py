@@ -7,11 +7,16 @@ import numpy as np
 from distdl.backend import xp_of
 
 
+def same_kind(sequence, values):
+    """``values`` as a sequence of ``sequence``'s type: a tuple, a list, or a namedtuple (built from its fields)."""
+    return type(sequence)(*values) if hasattr(sequence, "_fields") else type(sequence)(values)
+
+
 def default_collate(samples):
     """Stack a list of samples into a batch, field by field.
 
     Arrays are stacked along a new first axis; numbers become a 1-D array; tuples,
-    lists and dicts keep their structure with each field collated.
+    lists (namedtuples too) and dicts keep their structure with each field collated.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
@@ -21,7 +26,7 @@ def default_collate(samples):
     if isinstance(first, (tuple, list)):
         if any(len(s) != len(first) for s in samples):
             raise ValueError("cannot collate samples with different numbers of fields")
-        return type(first)(default_collate(list(field)) for field in zip(*samples))
+        return same_kind(first, [default_collate(list(field)) for field in zip(*samples)])
     if isinstance(first, numbers.Number) or hasattr(first, "shape"):
         shapes = {np.shape(s) for s in samples}
         if len(shapes) > 1:

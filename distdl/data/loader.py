@@ -7,7 +7,7 @@ import numpy as np
 
 from distdl import device as devices
 from distdl.backend import to_device
-from distdl.data.collate import default_collate
+from distdl.data.collate import default_collate, same_kind
 from distdl.data.keyed_random import SampleKeys
 from distdl.data.sampler import RandomSampler, Sampler, SequentialSampler
 from distdl.data.staging import StagingRing, map_batch
@@ -90,7 +90,7 @@ class DataLoader:
             return self.transform(batch, self._keys(indices))
         fields = dict(batch) if isinstance(batch, dict) else list(batch)
         fields[self.transform_key] = self.transform(fields[self.transform_key], self._keys(indices))
-        return fields if isinstance(batch, dict) else type(batch)(fields)
+        return fields if isinstance(batch, dict) else same_kind(batch, fields)
 
     def __iter__(self):
         batches = ((len(indices), self.load_batch(indices)) for indices in self._index_batches())

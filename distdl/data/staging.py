@@ -16,6 +16,8 @@ import queue
 
 import numpy as np
 
+from distdl.data.collate import same_kind
+
 _ALIGN = 64  # bytes between the fields of one batch in a pinned buffer: every dtype stays aligned
 _FREE_WAIT = 60.0  # seconds; with slots >= batches in flight + 2 a buffer is always free: waiting longer is a bug
 
@@ -126,5 +128,5 @@ def map_batch(batch, fn):
     if isinstance(batch, dict):
         return {key: map_batch(value, fn) for key, value in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(map_batch(value, fn) for value in batch)
+        return same_kind(batch, [map_batch(value, fn) for value in batch])
     return fn(batch)
