@@ -57,9 +57,9 @@ def test_a_peer_segment_of_another_size_is_refused_on_every_rank(segment_dir):
     result = run_job(2, "exact", segment_dir, timeout=60,
                      env_for_rank=lambda rank: {"DISTDL_ZMQ_SHM_BYTES": 8192} if rank == 1 else {})
     assert result.returncodes[0] != 0 and result.returncodes[1] != 0, str(result)
-    assert "rank 1's shared-memory segment" in result.outputs[0] and "has 16384 bytes where this rank expects " \
-        "12000" in result.outputs[0], str(result)
-    assert "has 12000 bytes where this rank expects 16384" in result.outputs[1], str(result)
+    assert "rank 1's shared-memory segment" in result.outputs[0] and "has 20480 bytes where this rank expects " \
+        "16096" in result.outputs[0], str(result)
+    assert "has 16096 bytes where this rank expects 20480" in result.outputs[1], str(result)
     assert os.listdir(segment_dir) == []
 
 
@@ -78,6 +78,19 @@ def test_a_peer_that_stalls_in_a_shared_memory_allreduce_times_out_naming_it(seg
     assert not result.ok()
     assert "CollectiveTimeoutError: rank 0: allreduce #" in result.outputs[0] and "for rank 1" in result.outputs[0], \
         str(result)
+
+
+@pytest.mark.parametrize("scenario, other_count", [("mismatch", 300_001), ("mismatch_small", 10)])
+def test_ranks_that_reduce_different_sizes_fail_with_both_calls_named(scenario, other_count, segment_dir):
+    """300001 elements: both ranks in shared memory; 10: rank 1 in recursive doubling, whose message rank 0 sees."""
+    result = run_job(2, scenario, segment_dir, collective_timeout=20, timeout=60)
+    assert not result.ok()
+    for output in result.outputs if other_count > 10 else result.outputs[:1]:
+        assert "CollectiveMismatchError" in output, str(result)
+        assert "allreduce #2 (sum, float32, 300000 elements)" in output, str(result)
+        assert f"allreduce #2 (sum, float32, {other_count} elements)" in output, str(result)
+    if other_count == 10:  # rank 1 waits in its recursive doubling for rank 0, which raised
+        assert "PeerLostError" in result.outputs[1] and "went away during allreduce #2" in result.outputs[1], str(result)
 
 
 def test_a_bad_slot_size_says_what_is_wanted(monkeypatch):

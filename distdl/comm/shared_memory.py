@@ -2,14 +2,22 @@
 
 Over ``ipc://`` every byte is copied into a socket and out of it again, by ZeroMQ's
 I/O threads, one segment at a time; here each rank of the group maps one segment of
-every other rank's (two slots of ``DISTDL_ZMQ_SHM_BYTES``). Per chunk of the array,
-each rank copies the pieces the others reduce into its own slot, signals, reduces its
-own piece over the group's slots in rank order into its own slot, signals, and copies
-the others' reduced pieces out: two signals per chunk, each an empty ZeroMQ message to
-every peer, so every wait keeps the communicator's deadline, mismatch checks and
-dead-peer detection. Piece i of every chunk lies in the array's part i (the array cut
-in near-equal parts), so the same slots also serve the hierarchical allreduce's
-in-node reduce-scatter and allgather.
+every other rank's (a header page and two slots of ``DISTDL_ZMQ_SHM_BYTES``). Per chunk
+of the array, each rank copies the pieces the others reduce into its own slot, signals,
+reduces its own piece over the group's slots in rank order into its own slot, signals,
+and copies the others' reduced pieces out. Piece i of every chunk lies in the array's
+part i (the array cut in near-equal parts), so the same slots also serve the
+hierarchical allreduce's in-node reduce-scatter and allgather.
+
+Signals: a rank signals by storing its progress (the call's sequence number and the
+step) in its header, after the call's signature; its peers spin on it briefly, then
+sleep in growing pauses. A ZeroMQ message per signal cost 150-200 us here (ZeroMQ's I/O
+threads must get a core), a store under a microsecond. This relies on stores becoming
+visible in program order (x86-64); elsewhere the group keeps ipc://. While it waits, a
+rank keeps the communicator's deadline and dead-peer detection, compares the peer's
+signature at each call's first signal, and takes any ZeroMQ message a group peer sent
+meanwhile as that peer having made another call: every wait ends, with a named error
+if not with the data.
 
 Trust: a segment is a file of this user's, mode 0600, with a random name, made in
 /dev/shm (``DISTDL_ZMQ_SHM_DIR``) and reserved in full (a full /dev/shm fails at
@@ -25,19 +33,27 @@ import contextlib
 import logging
 import mmap
 import os
+import platform
 import secrets
 import stat
+import time
 
 import numpy as np
 
-from distdl.comm.errors import ProtocolError
+from distdl.comm.errors import CollectiveMismatchError, ProtocolError
 from distdl.comm.reduction import split_counts
+from distdl.comm.signature import describe_signature, unpack_header
 
 log = logging.getLogger("distdl.comm")
 
-# Measured (bench_allreduce.py, 2 ranks, DISTDL_ZMQ_SHM_BYTES 1, 2, 4, 8 MiB): see the README's benchmarks.
-DEFAULT_SLOT_BYTES = 4 << 20
+# Measured (2 ranks, slots of 256 KiB to 4 MiB interleaved in one job): 1 MiB took 64 MiB in 16.5 ms (4 MiB slots
+# 39.5 ms: the slots leave the caches), 1-16 MiB within 5% of the best; 256 KiB was slower from 4 MiB (more signals).
+DEFAULT_SLOT_BYTES = 1 << 20
 LEAST_SLOT_BYTES = 4096
+HEADER_BYTES = 4096  # a page of its own: the owner's progress, then its call's signature
+ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")  # a flag stored after data is seen after it
+SPIN_SECONDS = 200e-6
+LONGEST_PAUSE = 1e-3
 PREFIX = "distdl-"
 TOKEN_BYTES = 32  # the hex of 16 random bytes: the segment's name after PREFIX
 NAMES_TAG, ACKS_TAG = 2 ** 32 - 3, 2 ** 32 - 2  # below signature.AGREE_TAG (2**32 - 1)
@@ -70,8 +86,12 @@ def attach(comm, group, call):
     nbytes = slot_bytes()
     if nbytes == 0:
         return None
+    if not ORDERED_STORES:
+        log.warning("distdl: rank %d: shared-memory signals need x86-64's ordered stores, not %s; the allreduces "
+                    "of ranks %s use ipc:// sockets", comm.rank, platform.machine(), group)
+        return None
     peers = [r for r in group if r != comm.rank]
-    total = 2 * nbytes
+    total = HEADER_BYTES + 2 * nbytes
     path, own, reason = _create(total)
     try:
         token = os.path.basename(path)[len(PREFIX):].encode() if path else b"\0" * TOKEN_BYTES
@@ -149,7 +169,7 @@ def _open(token, nbytes, peer, rank):
                                 f"this user's (mode {stat.filemode(info.st_mode)}, owner {info.st_uid}): refused")
         if info.st_size != nbytes:
             raise ProtocolError(f"rank {rank}: rank {peer}'s shared-memory segment {path} has {info.st_size} bytes "
-                                f"where this rank expects {nbytes} (2 x DISTDL_ZMQ_SHM_BYTES): refused; every rank "
+                                f"where this rank expects {nbytes} ({HEADER_BYTES} + 2 x DISTDL_ZMQ_SHM_BYTES): refused; every rank "
                                 "must run the same distdl with the same settings")
         return mmap.mmap(fd, nbytes)
     finally:
@@ -167,6 +187,7 @@ class Segments:
     def __init__(self, group, position, maps, nbytes):
         self.group, self.position, self.slot_bytes = group, position, nbytes
         self._maps = maps
+        self._headers = [np.frombuffer(m, np.int64, 7) for m in maps]  # progress, then the signature
         self._views = {}
 
     def _slots(self, dtype):
@@ -174,27 +195,55 @@ class Segments:
         if dtype not in self._views:
             members = len(self.group)
             piece = self.slot_bytes // (members * dtype.itemsize)
-            self._views[dtype] = [np.frombuffer(m, dtype, 2 * members * piece).reshape(2, members, piece)
+            self._views[dtype] = [np.frombuffer(m, dtype, 2 * members * piece, HEADER_BYTES).reshape(2, members, piece)
                                   for m in self._maps]
         return self._views[dtype]
 
-    def _chunks(self, flat):
-        """Per chunk: its slot views and (start, stop) of its piece in each member's part of ``flat``."""
+    def _chunks(self, flat, alternate):
+        """Per chunk: its slot views (the two slots in turn if ``alternate``, else the first) and (start, stop)
+        of its piece in each member's part of ``flat``."""
         slots = self._slots(flat.dtype)
         piece = slots[0].shape[2]
         starts = np.concatenate([[0], np.cumsum(split_counts(flat.size, len(self.group)))]).tolist()
         chunks = -(-(starts[1] - starts[0]) // piece)
         for k in range(chunks):
-            yield [view[k % 2] for view in slots], [(a + k * piece, min(a + (k + 1) * piece, b))
-                                                     for a, b in zip(starts[:-1], starts[1:])]
+            yield [view[k % 2 if alternate else 0] for view in slots], [(a + k * piece, min(a + (k + 1) * piece, b))
+                                                                         for a, b in zip(starts[:-1], starts[1:])]
 
-    def _signal(self, comm, call, tag, empty):
-        """Tell every peer this rank reached ``tag``, and wait until each of them has too."""
-        peers = [r for r in self.group if r != comm.rank]
-        for peer in peers:
-            comm._send(peer, call, tag, empty)
-        for peer in peers:
-            comm._recv(peer, call, tag, empty.dtype, 0)
+    def _signal(self, comm, call, tag):
+        """Tell every peer this rank reached step ``tag`` of ``call``, and wait until each of them has too."""
+        mine = self._headers[self.position]
+        mine[1:] = call
+        mine[0] = progress = (call[0] << 32) + tag + 1
+        for i, peer in enumerate(self.group):
+            if i != self.position:
+                self._wait(comm, call, tag, self._headers[i], peer, progress)
+
+    def _wait(self, comm, call, tag, header, peer, progress):
+        start = time.monotonic()
+        spin_until = start + (0 if comm._calls.is_current() else SPIN_SECONDS)  # no spin beside the caller's work
+        pause = 0.0
+        while header[0] < progress:
+            now = time.monotonic()
+            if now < spin_until:
+                continue
+            comm._stash_arrived(call)
+            if header[0] >= progress:
+                break
+            if comm._stash[peer]:
+                got, _, got_tag = unpack_header(comm._stash[peer][0][0].bytes)
+                raise CollectiveMismatchError(
+                    f"rank {comm.rank} called {describe_signature(call)} but rank {peer} sent its part of "
+                    f"{describe_signature(got)} (step tag {got_tag}); every rank must call the same collectives in "
+                    "the same order with the same op, dtype, size and root")
+            comm._check_peer(peer, call, now - start)
+            time.sleep(pause)
+            pause = min(2 * pause + 10e-6, LONGEST_PAUSE)
+        if tag == 0 and tuple(header[1:].tolist()) != tuple(call):  # a call's first signal is never its last:
+            raise CollectiveMismatchError(  # the peer is still in this call, its signature still there
+                f"rank {comm.rank} called {describe_signature(call)} but rank {peer} made "
+                f"{describe_signature(header[1:].tolist())} at the same time; every rank must call the same "
+                "collectives in the same order with the same op, dtype, size and root")
 
     def _reduce_piece(self, slots, pieces, flat, ufunc):
         """This member's piece reduced over every member in rank order, into its own slot and into ``flat``."""
@@ -221,16 +270,16 @@ class Segments:
     def allreduce(self, comm, flat, ufunc, call):
         """Reduce ``flat`` in place over the group.
 
-        A slot is written again only after a signal that says every reader is done with it: the
-        pieces a peer reduces are read before that peer's second signal, a reduced piece is read
-        before the peers' first signal of the next chunk (or call).
+        One slot serves every chunk (fewer bytes in the caches): it is written again only after a
+        signal that says every reader is done with it. The pieces a peer reduces are read before
+        that peer's second signal, a reduced piece before the peers' first signal of the next
+        chunk (or call).
         """
-        empty = flat[:0]
-        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+        for k, (slots, pieces) in enumerate(self._chunks(flat, alternate=False)):
             self._copy_in(slots, pieces, flat)
-            self._signal(comm, call, 2 * k, empty)
+            self._signal(comm, call, 2 * k)
             self._reduce_piece(slots, pieces, flat, ufunc)
-            self._signal(comm, call, 2 * k + 1, empty)
+            self._signal(comm, call, 2 * k + 1)
             self._copy_out(slots, pieces, flat)
 
     def reduce_scatter(self, comm, flat, ufunc, call):
@@ -239,23 +288,25 @@ class Segments:
         One signal per chunk: the two slots alternate, and a peer's signal for chunk k+1 says it is
         done reading chunk k's slot.
         """
-        empty = flat[:0]
-        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+        for k, (slots, pieces) in enumerate(self._chunks(flat, alternate=True)):
             self._copy_in(slots, pieces, flat)
-            self._signal(comm, call, 2 * k, empty)
+            self._signal(comm, call, 2 * k)
             self._reduce_piece(slots, pieces, flat, ufunc)
 
     def allgather(self, comm, flat, call):
         """Every member's part of ``flat`` copied from its owner's slots into every other member's ``flat``."""
-        empty = flat[:0]
         me = self.position
-        for k, (slots, pieces) in enumerate(self._chunks(flat)):
+        for k, (slots, pieces) in enumerate(self._chunks(flat, alternate=True)):
             a, b = pieces[me]
             slots[me][me, :b - a] = flat[a:b]
-            self._signal(comm, call, 2 * k + 1, empty)
+            self._signal(comm, call, 2 * k + 1)
             self._copy_out(slots, pieces, flat)
 
     def close(self):
         self._views.clear()
+        self._headers.clear()
         for segment in self._maps:
-            segment.close()
+            try:
+                segment.close()
+            except BufferError:
+                pass  # a failed call's traceback still holds a view: the mapping goes with it, the file is long gone

@@ -204,6 +204,16 @@ class ZMQCommunicator(Communicator):
                 return frames
             self._stash[sender].append(frames)
 
+    def _stash_arrived(self, call):
+        """Take every message that has arrived, without waiting, into its sender's stash; note lost peers."""
+        self._watch_connections(0)
+        while True:
+            try:
+                frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._stash[self._sender_of(frames, call)].append(frames)
+
     def _watch_connections(self, timeout_ms):
         """Wait up to ``timeout_ms`` for the inbox; meanwhile note peers whose connection went away."""
         for sock, _ in self._poller.poll(timeout_ms):
