@@ -131,6 +131,8 @@ def build_cases(put=_keep):
         "max_pool2d": (lambda x: F.max_pool2d(x, 2), [distinct(2, 2, 4, 6)]),
         "max_pool2d_odd_input": (lambda x: F.max_pool2d(x, 2), [distinct(1, 2, 5, 5)]),
         "max_pool2d_overlap_pad": (lambda x: F.max_pool2d(x, 3, stride=2, padding=1), [distinct(1, 2, 5, 6)]),
+        "max_pool2d_stride_gaps": (lambda x: F.max_pool2d(x, 2, stride=3), [distinct(2, 2, 7, 8)]),
+        "max_pool2d_dilation_holes": (lambda x: F.max_pool2d(x, 2, stride=3, dilation=2), [distinct(1, 2, 8, 7)]),
         "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [away(2, 2, 4, 4)]),
         "avg_pool2d_pad_exclude": (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False),
                                    [away(1, 2, 5, 5)]),

@@ -6,7 +6,7 @@ import pytest
 import distdl as dl
 from distdl import functional as F
 from distdl import nn
-from distdl.functional.conv import FEW_CHANNELS
+from distdl.functional.conv import FEW_CHANNEL_SAMPLES, FEW_CHANNELS
 from gradcheck import gradcheck
 from references import naive_conv2d
 
@@ -34,6 +34,30 @@ def test_conv2d_matches_the_direct_definition_on_either_layout(layout, channels,
     np.testing.assert_allclose(out.numpy(), naive_conv2d(x, w, b, stride, pad, dilation), rtol=1e-12, atol=1e-12)
     assert is_channels_last(out.data)
     gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride, pad, dilation), layout(x), w, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_channel_conv2d_over_several_blocks_sums_what_each_part_of_the_batch_gives(bias):
+    """Blocks of FEW_CHANNEL_SAMPLES samples (the last one partial): values as the definition, gradients the
+    sum of the gradients of two halves of the batch (each within one block, as the gradcheck above)."""
+    rng = np.random.default_rng(3)
+    n = FEW_CHANNEL_SAMPLES + 3
+    x, w, b = rng.standard_normal((n, 3, 5, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    g = rng.standard_normal((n, 4, 3, 4))
+
+    def grads(rows):
+        params = [dl.tensor(w, requires_grad=True)] + ([dl.tensor(b, requires_grad=True)] if bias else [])
+        xt = dl.tensor(x[rows], requires_grad=True)
+        out = F.conv2d(xt, *params)
+        out.backward(g[rows])
+        return out.numpy(), [xt.grad] + [p.grad for p in params]
+
+    out, whole = grads(slice(None))
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b if bias else np.zeros(4), 1, 0, 1), rtol=1e-12, atol=1e-12)
+    halves = [grads(slice(None, n // 2))[1], grads(slice(n // 2, None))[1]]
+    np.testing.assert_allclose(whole[0], np.concatenate([halves[0][0], halves[1][0]]), rtol=1e-12, atol=1e-12)
+    for got, first, second in zip(whole[1:], halves[0][1:], halves[1][1:]):
+        np.testing.assert_allclose(got, first + second, rtol=1e-12, atol=1e-12)
 
 
 def first_max_gradient(x, k, g):

@@ -30,13 +30,14 @@ def unpad2d(x, padding):
     return x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
 
 
-def zeros_in_layout(shape, dtype, like):
-    """Zeros of NCHW ``shape``, stored channels-last where ``like`` (axis 1 channels, last axis width) is."""
+def empty_in_layout(shape, dtype, like):
+    """An uninitialised array of NCHW ``shape``, stored channels-last where ``like`` (axis 1 channels,
+    last axis width) is."""
     xp = xp_of(like)
     if like.strides[1] < like.strides[-1]:
         n, c, h, w = shape
-        return xp.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
-    return xp.zeros(shape, dtype)
+        return xp.empty((n, h, w, c), dtype).transpose(0, 3, 1, 2)
+    return xp.empty(shape, dtype)
 
 
 def window_view(x, kernel, stride, dilation, out_hw):

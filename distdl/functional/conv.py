@@ -12,6 +12,7 @@ from distdl.functional._windows import output_size, pad2d, pair, scatter_windows
 
 SAMPLES_PER_BLOCK = 4  # one block's columns (a few hundred KB for 3x3x32) stay in cache between copy and GEMM
 FEW_CHANNELS = 8  # below this many input channels Conv2dNCHW is faster (measured: 3 channels 15 ms against 26)
+FEW_CHANNEL_SAMPLES = 32  # its blocks: 3x32x32 images, columns 3.2 MB (measured 4 samples 8.9 ms fwd+bwd, 32 7.8)
 
 
 def channels_last(x, padding):
@@ -77,9 +78,13 @@ class Conv2d(Function):
         windows = _windows(xh, *self.geometry)
         gw = xp.zeros((o, kh * kw * c), g.dtype) if needs[1] else None
         gxh = xp.zeros(xh.shape, g.dtype) if needs[0] else None
+        gb = xp.zeros(o, g.dtype) if len(needs) == 3 and needs[2] else None
         wmat = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
+        ones = xp.ones(SAMPLES_PER_BLOCK * oh * ow, g.dtype)
         for block in _blocks(g.shape[0]):
             g_block = xp.ascontiguousarray(gh[block]).reshape(-1, o)
+            if gb is not None:  # a product with ones: gh.sum over N*OH*OW rows is several times slower
+                gb += ones[:g_block.shape[0]] @ g_block
             if gw is not None:
                 gw += g_block.T @ windows[block].reshape(-1, kh * kw * c)
             if gxh is not None:
@@ -97,38 +102,52 @@ class Conv2d(Function):
             gw = xp.ascontiguousarray(gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
         if len(needs) == 2:
             return gx, gw
-        return gx, gw, (gh.sum(axis=(0, 1, 2)) if needs[2] else None)
+        return gx, gw, gb
 
 
 class Conv2dNCHW(Function):
-    """Few input channels: columns (N, C*KH*KW, OH*OW) copied from NCHW memory in runs of a row.
+    """Few input channels: columns (C*KH*KW, samples*OH*OW) copied from NCHW memory in runs of a row.
 
     Channels-last windows of 3 channels are copied in runs of 9 values, which costs more than the
-    GEMM. The output is channels-last as Conv2d's (so what follows stays in one layout); blocked
-    and recomputed in backward like Conv2d, so no columns stay alive.
+    GEMM. With so few rows, a block takes many samples (one GEMM each way per block, K = 27 is too
+    thin for small ones), and the bias is one more row of ones in the columns: the forward adds it
+    and the backward sums its gradient inside the GEMMs (a separate sum over N*OH*OW rows took
+    longer than the weight's GEMM). The output is channels-last as Conv2d's (so what follows stays
+    in one layout); columns are recomputed in backward, so none stay alive.
     """
 
     def forward(self, x, weight, bias=None, *, stride, padding, dilation):
         xp = xp_of(x)
-        o, c, kh, kw = weight.shape
+        o = weight.shape[0]
         x = pad2d(x, padding)
         n, _, h, w = x.shape
-        self.geometry = _geometry((h, w), (kh, kw), stride, dilation)
+        self.geometry = _geometry((h, w), weight.shape[2:], stride, dilation)
         oh, ow = self.geometry[3]
         self.save_for_backward(x, weight)
-        self.padding = padding
-        out = xp.empty((n, oh * ow, o), x.dtype)
+        self.padding, self.has_bias = padding, bias is not None
+        out = xp.empty((n, oh, ow, o), x.dtype)
         wmat_t = weight.reshape(o, -1).T
-        for block in _blocks(n):
-            xp.matmul(self._columns(block).transpose(0, 2, 1), wmat_t, out=out[block])
         if bias is not None:
-            out += bias
-        return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+            wmat_t = xp.concatenate([wmat_t, bias[None]])
+        for block, cols in self._column_blocks():
+            xp.matmul(cols.T, wmat_t, out=out[block].reshape(-1, o))
+        return out.transpose(0, 3, 1, 2)
 
-    def _columns(self, block):
-        x = self.saved[0][block]
+    def _column_blocks(self):
+        """(samples, their columns) per block: rows in (c, kh, kw) order, then a row of ones for the bias."""
+        x = self.saved[0]
         (kh, kw), _, _, (oh, ow) = self.geometry
-        return window_view(x, *self.geometry).reshape(x.shape[0], x.shape[1] * kh * kw, oh * ow)
+        n, c = x.shape[:2]
+        rows = c * kh * kw
+        buffer = xp_of(x).empty((rows + self.has_bias) * min(n, FEW_CHANNEL_SAMPLES) * oh * ow, x.dtype)
+        for start in range(0, n, FEW_CHANNEL_SAMPLES):
+            block = slice(start, min(start + FEW_CHANNEL_SAMPLES, n))
+            windows = window_view(x[block], *self.geometry).transpose(1, 2, 3, 0, 4, 5)  # (c, kh, kw, n, oh, ow)
+            pixels = windows.shape[3] * oh * ow
+            cols = buffer[:(rows + self.has_bias) * pixels].reshape(-1, pixels)  # contiguous, so reshapes are views
+            cols[:rows].reshape(windows.shape)[...] = windows
+            cols[rows:] = 1
+            yield block, cols
 
     def backward(self, g):
         xp = xp_of(g)
@@ -136,22 +155,25 @@ class Conv2dNCHW(Function):
         o, c, kh, kw = weight.shape
         n, _, oh, ow = g.shape
         needs = self.needs_input_grad
-        gh = g.transpose(0, 2, 3, 1).reshape(n, oh * ow, o)  # a view where g is channels-last
-        gw = None
-        if needs[1]:
-            gw = xp.zeros((c * kh * kw, o), g.dtype)
-            for block in _blocks(n):
-                gw += (self._columns(block) @ gh[block]).sum(axis=0)
-            gw = xp.ascontiguousarray(gw.T).reshape(weight.shape)
+        gh = g.transpose(0, 2, 3, 1)  # a view where g is channels-last
+        gw = gb = None
+        if needs[1] or self.has_bias and needs[2]:
+            grads = xp.zeros((c * kh * kw + self.has_bias, o), g.dtype)
+            for block, cols in self._column_blocks():
+                grads += cols @ xp.ascontiguousarray(gh[block]).reshape(-1, o)
+            if needs[1]:
+                gw = xp.ascontiguousarray(grads[:c * kh * kw].T).reshape(weight.shape)
+            if self.has_bias and needs[2]:
+                gb = grads[-1].copy()
         gx = None
         if needs[0]:
-            gcols = (gh @ weight.reshape(o, -1)).transpose(0, 2, 1).reshape(n, c, kh, kw, oh, ow)
+            gcols = (gh.reshape(n, oh * ow, o) @ weight.reshape(o, -1)).transpose(0, 2, 1).reshape(n, c, kh, kw, oh, ow)
             _, stride, dilation, _ = self.geometry
             gx = unpad2d(scatter_windows(lambda i, j: gcols[:, :, i, j], g, x.shape, (kh, kw), stride, dilation),
                          self.padding)
         if len(needs) == 2:
             return gx, gw
-        return gx, gw, (gh.sum(axis=(0, 1)) if needs[2] else None)
+        return gx, gw, gb
 
 
 def _conv_padding(padding, kernel, dilation, stride):

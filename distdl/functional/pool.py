@@ -4,8 +4,8 @@ from distdl.autograd.function import Function
 from distdl.autograd.tensor import Tensor
 from distdl.backend import xp_of
 from distdl.functional.linalg import matmul
-from distdl.functional._windows import (output_size, pad2d, pair, scatter_windows, unpad2d, window_view,
-                                       zeros_in_layout)
+from distdl.functional._windows import (empty_in_layout, output_size, pad2d, pair, scatter_windows, unpad2d,
+                                       window_view)
 from distdl.value_checks import readable
 
 
@@ -70,8 +70,14 @@ class MaxPool2d(Function):
         if all(s >= d * (k - 1) + 1 for s, k, d in zip(stride, kernel, dilation)):
             # Windows do not overlap (the usual stride == kernel): write each position's
             # gradient straight into its place, with no temporary and no read-modify-write.
-            grad = zeros_in_layout(padded_shape, g.dtype, self.view)
-            grad_windows = window_view(grad, kernel, stride, dilation, g.shape[2:])
+            grad = empty_in_layout(padded_shape, g.dtype, self.view)
+            (oh, ow), (kh, kw) = g.shape[2:], kernel
+            if stride == kernel and dilation == (1, 1):  # the windows tile the input: zero only what they miss
+                grad[:, :, oh * kh:] = 0
+                grad[:, :, :, ow * kw:] = 0
+            else:
+                grad[...] = 0
+            grad_windows = window_view(grad, kernel, stride, dilation, (oh, ow))
             hits = self.view == self.out[:, :, None, None]  # one compare for all positions
             xp.multiply(g[:, :, None, None], hits, out=grad_windows)
             if not readable(hits) or xp.count_nonzero(hits) != hits.size // (kernel[0] * kernel[1]):
