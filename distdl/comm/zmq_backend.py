@@ -20,10 +20,12 @@ then blocks in bounded polls. Every wait has a deadline (DISTDL_TIMEOUT), and a
 monitor on each outgoing connection reports a peer whose process went away.
 
 Algorithms: allreduce is recursive doubling up to ``small_bytes`` (latency bound,
-log2(n) exchanges) and a ring above (reduce-scatter then allgather, bandwidth
-optimal), in segments so that receiving, reducing and forwarding overlap; on several
-nodes of several ranks each the ring is hierarchical (``hierarchical``: within the
-node, across nodes, within the node). Each
+log2(n) exchanges); above, where every rank is on one host, it runs through shared
+memory (``shared_memory``: copies and signals, no socket), else a ring (reduce-scatter
+then allgather, bandwidth optimal), in segments so that receiving, reducing and
+forwarding overlap; on several nodes of several ranks each the ring is hierarchical
+(``hierarchical``: within the node, in shared memory where it can, across nodes,
+within the node). Each
 element is reduced in one fixed order, so every rank ends bit-identical.
 Broadcast and gather first compare every rank's signature (an allgather of it),
 so ranks that name different roots all fail alike.

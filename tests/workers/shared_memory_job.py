@@ -5,7 +5,7 @@ exact     every dtype and op at sizes not divisible by the ranks and of many chu
 fallback  the same sums where some rank has no shared memory (DISTDL_ZMQ_SHM_DIR set to a missing directory)
 die       rank 1 kills itself (SIGKILL) in the middle of a series of shared-memory allreduces
 stall     rank 1 sleeps past the timeout before its second shared-memory allreduce
-mismatch  after one good allreduce, rank 0 reduces 300000 elements, rank 1 300001 (or 10 with "small")
+mismatch  after one good allreduce, rank 0 reduces 300000 elements, rank 1 300001 (mismatch_barrier: calls a barrier)
 """
 
 import os
@@ -49,7 +49,10 @@ def main(scenario):
             comm.allreduce(big)
     elif scenario.startswith("mismatch"):
         comm.allreduce(big)
-        comm.allreduce(np.ones(300_000 if rank == 0 else 10 if scenario.endswith("small") else 300_001, np.float32))
+        if rank == 1 and scenario.endswith("barrier"):
+            comm.barrier()
+        else:
+            comm.allreduce(np.ones(300_000 if rank == 0 else 300_001, np.float32))
     elif scenario == "stall":
         comm.allreduce(big)
         if rank == 1:
