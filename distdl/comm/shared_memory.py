@@ -187,6 +187,8 @@ class Segments:
     def __init__(self, group, position, maps, nbytes):
         self.group, self.position, self.slot_bytes = group, position, nbytes
         self._maps = maps
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._spin = SPIN_SECONDS if len(group) <= cores else 0.0  # more ranks than cores: a spin holds up a peer
         self._headers = [np.frombuffer(m, np.int64, 7) for m in maps]  # progress, then the signature
         self._views = {}
 
@@ -221,7 +223,7 @@ class Segments:
 
     def _wait(self, comm, call, tag, header, peer, progress):
         start = time.monotonic()
-        spin_until = start + (0 if comm._calls.is_current() else SPIN_SECONDS)  # no spin beside the caller's work
+        spin_until = start + (0 if comm._calls.is_current() else self._spin)  # no spin beside the caller's work
         pause = 0.0
         while header[0] < progress:
             now = time.monotonic()
@@ -237,7 +239,10 @@ class Segments:
                     f"{describe_signature(got)} (step tag {got_tag}); every rank must call the same collectives in "
                     "the same order with the same op, dtype, size and root")
             comm._check_peer(peer, call, now - start)
-            time.sleep(pause)
+            if pause:
+                time.sleep(pause)
+            else:
+                os.sched_yield()  # the peer may be waiting for this core
             pause = min(2 * pause + 10e-6, LONGEST_PAUSE)
         if tag == 0 and tuple(header[1:].tolist()) != tuple(call):  # a call's first signal is never its last:
             raise CollectiveMismatchError(  # the peer is still in this call, its signature still there
