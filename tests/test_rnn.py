@@ -59,11 +59,15 @@ def reference(module, x, h0, c0):
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
-@pytest.mark.parametrize("layers,bidirectional,batch_first", [(1, False, False), (2, False, True), (2, True, False)])
-def test_against_unrolled_reference(cls, layers, bidirectional, batch_first):
-    module = cls(3, 4, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+@pytest.mark.parametrize("layers,bidirectional,batch_first,features", [
+    (1, False, False, 3), (2, False, True, 3), (2, True, False, 3), (3, False, False, 6), (4, False, True, 3),
+])
+def test_against_unrolled_reference(cls, layers, bidirectional, batch_first, features):
+    """Unidirectional LSTM stacks run as one wavefront op; 3 layers over 5 steps include ramps in and out,
+    and 6 features (more than 4 hidden units) the wider input rows."""
+    module = cls(features, 4, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
     steps, batch = 5, 2
-    x = rng.standard_normal((steps, batch, 3))
+    x = rng.standard_normal((steps, batch, features))
     states = layers * (2 if bidirectional else 1)
     h0, c0 = rng.standard_normal((states, batch, 4)), rng.standard_normal((states, batch, 4))
     hx = (dl.tensor(h0), dl.tensor(c0)) if cls is nn.LSTM else dl.tensor(h0)
@@ -103,6 +107,7 @@ class Readout(nn.Module):
 @pytest.mark.parametrize("cls,kwargs", [
     (nn.RNN, {}), (nn.RNN, {"nonlinearity": "relu"}), (nn.LSTM, {}), (nn.GRU, {}),
     (nn.LSTM, {"num_layers": 2, "bidirectional": True}), (nn.GRU, {"batch_first": True, "bias": False}),
+    (nn.LSTM, {"num_layers": 3}), (nn.LSTM, {"num_layers": 3, "batch_first": True, "bias": False}),
 ])
 def test_gradients_of_inputs_states_and_weights(cls, kwargs):
     module = Readout(cls(3, 4, **kwargs))
@@ -111,6 +116,76 @@ def test_gradients_of_inputs_states_and_weights(cls, kwargs):
     h0 = rng.standard_normal((states, 2, 4))
     extra = (rng.standard_normal((states, 2, 4)),) if cls is nn.LSTM else ()
     module_gradcheck(module, x, h0, *extra)
+
+
+def test_lstm_stack_gradients_without_initial_states():
+    """The wavefront op with zero initial states (none given), input wider than the hidden state."""
+    class Outputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(6, 4, num_layers=3, batch_first=True)
+
+        def forward(self, x):
+            out, (h, c) = self.lstm(x)
+            return dl.concatenate([out.reshape(-1), h.reshape(-1), c.reshape(-1)])
+
+    module_gradcheck(Outputs(), rng.standard_normal((2, 5, 6)))
+
+
+def test_lstm_stack_functional_gradients_of_input_and_states():
+    """Every input of the fused stack, element by element where small: x, h0, c0 and each layer's weights."""
+    from distdl.functional.lstm_stack import lstm_stack
+    layers, hidden, features = 3, 3, 2
+    shapes = [(4 * hidden, features if layer == 0 else hidden) for layer in range(layers)]
+    weights = [a for shape in shapes for a in (rng.standard_normal(shape) * 0.5, rng.standard_normal((4 * hidden, hidden)) * 0.5,
+                                               rng.standard_normal(4 * hidden) * 0.1, rng.standard_normal(4 * hidden) * 0.1)]
+
+    def fused(x, h0, c0, *w):
+        out, h, c = lstm_stack(x, h0, c0, [w[4 * k:4 * k + 4] for k in range(layers)])
+        return dl.concatenate([out.reshape(-1), h.reshape(-1), c.reshape(-1)])
+
+    gradcheck(fused, rng.standard_normal((4, 2, features)), rng.standard_normal((layers, 2, hidden)),
+              rng.standard_normal((layers, 2, hidden)), *weights)
+
+
+def _per_layer(module, x, hx=None):
+    """The same module run layer by layer (the path a bidirectional LSTM takes)."""
+    return nn.rnn._RNNBase.forward(module, x, (None, None) if hx is None else hx)
+
+
+def test_lstm_stack_dropout_draws_the_per_layer_masks():
+    """In training, the fused stack applies between layers the masks the per-layer path draws from the same seed."""
+    module = Readout(nn.LSTM(3, 4, num_layers=3, dropout=0.5))
+    x = rng.standard_normal((5, 2, 3))
+    h0, c0 = rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4))
+    results = []
+    for run in (module.recurrent.forward, lambda x, hx: _per_layer(module.recurrent, x, hx)):
+        module.zero_grad()
+        dl.seed(4)
+        xt = dl.tensor(x, requires_grad=True)
+        out, (h, c) = run(xt, (dl.tensor(h0), dl.tensor(c0)))
+        (out * dl.tensor(np.arange(out.size, dtype=float).reshape(out.shape))).sum().backward()
+        results.append([out.numpy(), h.numpy(), c.numpy(), xt.grad] + [p.grad.copy() for p in module.parameters()])
+    for fused, reference_value in zip(*results):
+        np.testing.assert_allclose(fused, reference_value, atol=1e-12)
+    module.eval()
+    assert not np.allclose(module.recurrent(dl.tensor(x))[0].numpy(), results[0][0])
+
+
+def test_lstm_stack_agrees_with_torch():
+    """Outputs, final states and every gradient of a 3-layer stack against torch.nn.LSTM (float64)."""
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.LSTM(5, 6, num_layers=3, batch_first=True), torch.nn.LSTM(5, 6, num_layers=3, batch_first=True).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    x, h0, c0 = rng.standard_normal((4, 7, 5)), rng.standard_normal((3, 4, 6)), rng.standard_normal((3, 4, 6))
+    out, (h, c) = ours(dl.tensor(x), (dl.tensor(h0), dl.tensor(c0)))
+    peer_out, (peer_h, peer_c) = theirs(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    for a, b in ((out, peer_out), (h, peer_h), (c, peer_c)):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), atol=1e-12)
+    (out.sum() + h.sum() * 2 + c.sum() * 3).backward()
+    (peer_out.sum() + peer_h.sum() * 2 + peer_c.sum() * 3).backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        np.testing.assert_allclose(p.grad, q.grad.numpy(), atol=1e-10, err_msg=name)
 
 
 class CellReadout(nn.Module):

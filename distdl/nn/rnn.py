@@ -3,6 +3,7 @@
 import math
 
 from distdl import functional as F
+from distdl.functional.lstm_stack import lstm_stack
 from distdl.nn import init
 from distdl.nn.init import empty_parameter
 from distdl.nn.module import Module
@@ -107,14 +108,26 @@ class RNN(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """Long short-term memory, gates (i, f, g, o) in that order in the weights' rows."""
+    """Long short-term memory, gates (i, f, g, o) in that order in the weights' rows.
+
+    A unidirectional stack is one op whose layers run as a wavefront (functional/lstm_stack.py);
+    a bidirectional one runs layer by layer.
+    """
 
     mode = "lstm"
 
     def forward(self, input, hx=None):
         if hx is not None and not (isinstance(hx, tuple) and len(hx) == 2):
             raise TypeError(f"{self!r}: hx must be the pair (h_0, c_0), got {type(hx).__name__}")
-        return super().forward(input, (None, None) if hx is None else hx)
+        if self.bidirectional:
+            return super().forward(input, (None, None) if hx is None else hx)
+        self.check_input(input, self.input_size, "features", axis=2, ndims=(3,))
+        h0, c0 = (None, None) if hx is None else hx
+        for state in (h0, c0):
+            self._check_state(state, input.shape[0 if self.batch_first else 1])
+        weights = [self._weights(layer, "") for layer in range(self.num_layers)]
+        output, h_n, c_n = lstm_stack(input, h0, c0, weights, self.batch_first, self.dropout, self.training)
+        return output, (h_n, c_n)
 
     def _layer(self, x, states, weights, reverse):
         return F.lstm(x, states[0], states[1], *weights, reverse=reverse)
