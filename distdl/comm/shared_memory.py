@@ -169,8 +169,8 @@ def _open(token, nbytes, peer, rank):
                                 f"this user's (mode {stat.filemode(info.st_mode)}, owner {info.st_uid}): refused")
         if info.st_size != nbytes:
             raise ProtocolError(f"rank {rank}: rank {peer}'s shared-memory segment {path} has {info.st_size} bytes "
-                                f"where this rank expects {nbytes} ({HEADER_BYTES} + 2 x DISTDL_ZMQ_SHM_BYTES): refused; every rank "
-                                "must run the same distdl with the same settings")
+                                f"where this rank expects {nbytes} ({HEADER_BYTES} + 2 x DISTDL_ZMQ_SHM_BYTES): "
+                                "refused; every rank must run the same distdl with the same settings")
         return mmap.mmap(fd, nbytes)
     finally:
         os.close(fd)
