@@ -124,7 +124,11 @@ class Cluster:
         if not 1 <= nodes <= 200:
             raise ClusterError(f"--nodes {nodes}: give 1 to 200 nodes")
         self.nodes, self.link, self.rate = nodes, link, rate_bytes_per_s(link)
-        # the token bucket: 1 ms of tokens (less loses rate), at least a GSO packet; it passes at once after a pause
+        # the token bucket: 1 ms of tokens, at least a GSO packet; it passes at once after a pause (scaling.py models
+        # that). Smaller ones measured at 1gbit: below a 64 KiB GSO packet tbf cuts packets up (16 KiB: 76 MB/s,
+        # not 119); 32 KiB with the nodes' GSO packets cut to 16 KiB keeps 119 MB/s, but allreduces on 4 nodes ran up
+        # to twice as slow (4 ranks: 64 KiB 3.2 against 1.6 ms, 4 MiB 73 against 57), with twice the system time
+        # (four times the packets) on the cores the ranks share
         self.burst = max(int(self.rate / 1000), 64 * 1024 + 1514) if self.rate else 0
         self.suffix = secrets.token_hex(3)
         self.subnet = f"198.18.{secrets.randbelow(256)}"  # RFC 2544's benchmarking range, inside the run's namespaces
