@@ -310,7 +310,7 @@ class ZMQCommunicator(Communicator):
                 self._recursive_doubling(flat, UFUNCS[op], call)
             elif self._hierarchy is not None:
                 hierarchical.allreduce(self, flat, UFUNCS[op], call, self._hierarchy, self._shared(call))
-            elif self._shared(call):
+            elif self._same_host == self._everyone and self._shared(call):
                 self._shm.allreduce(self, flat, UFUNCS[op], call)
             else:
                 self._ring(flat, UFUNCS[op], call, self._everyone, 0, 2 * (self.size - 1))
