@@ -6,18 +6,25 @@ from distdl.backend import xp_of
 
 
 def _toposort(root):
-    """Nodes reachable from ``root`` through inputs that need a gradient, each before their producers.
+    """Nodes reachable from ``root`` through inputs that need a gradient, each before their producers,
+    and the leaves' entries: how many gradient contributions each will receive in this pass.
 
     Iterative depth-first search, so a chain of any length works (no recursion limit). An input
     that needs no gradient is not followed: its producer gets no gradient from this pass.
     """
-    order, seen = [], {root}
+    order, seen, leaves = [], {root}, {}
     stack = [(root, _needed_inputs(root))]
     while stack:
         node, pending = stack[-1]
         for tensor in pending:
             parent = tensor._ctx
-            if parent is not None and parent not in seen:
+            if parent is None:  # a leaf: one more contribution due
+                entry = leaves.get(id(tensor))
+                if entry is None:
+                    leaves[id(tensor)] = [tensor, 1, None, False]  # tensor, contributions due, their sum, sum owned
+                else:
+                    entry[1] += 1
+            elif parent not in seen:
                 if parent.inputs is None:
                     raise RuntimeError(
                         "backward through a graph whose buffers were already freed: "
@@ -30,26 +37,12 @@ def _toposort(root):
             stack.pop()
             order.append(node)
     order.reverse()
-    return order
+    return order, leaves
 
 
 def _needed_inputs(node):
-    return (t for t, needed in zip(node.inputs, node.needs_input_grad) if needed)
-
-
-def _count_leaf_uses(order):
-    """How many gradient contributions each leaf will receive in this pass."""
-    uses = {}
-    for node in order:
-        for tensor, needed in zip(node.inputs, node.needs_input_grad):
-            if needed and tensor._ctx is None:
-                key = id(tensor)
-                entry = uses.get(key)
-                if entry is None:
-                    uses[key] = [tensor, 1, None, False]  # tensor, contributions due, their sum, sum owned
-                else:
-                    entry[1] += 1
-    return uses
+    """An iterator over the inputs of ``node`` that need a gradient (resumed where the search left it)."""
+    return iter([t for t, needed in zip(node.inputs, node.needs_input_grad) if needed])
 
 
 def _owned(grad, node_outputs, node_grads):
@@ -58,9 +51,16 @@ def _owned(grad, node_outputs, node_grads):
     Views, pass-through of a gradient the node received, and one array returned for two
     inputs are shared; Function.backward promises to return arrays it does not keep.
     """
-    if grad.base is not None or any(grad is o for o in node_outputs):
+    if grad.base is not None:
         return False
-    return sum(1 for other in node_grads if other is grad) == 1
+    for output in node_outputs:  # loops, not generators: this runs once per leaf and step
+        if grad is output:
+            return False
+    count = 0
+    for other in node_grads:
+        if other is grad:
+            count += 1
+    return count == 1
 
 
 def _accumulate_leaf(tensor, grad, owned):
@@ -76,12 +76,11 @@ def _accumulate_leaf(tensor, grad, owned):
             hook(tensor)
 
 
-def _check_shape(node, tensor, grad):
-    if grad.shape != tensor.shape:
-        raise RuntimeError(
-            f"{type(node).__name__}.backward returned a gradient of shape {grad.shape} "
-            f"for an input of shape {tensor.shape}"
-        )
+def _shape_error(node, tensor, grad):
+    return RuntimeError(
+        f"{type(node).__name__}.backward returned a gradient of shape {grad.shape} "
+        f"for an input of shape {tensor.shape}"
+    )
 
 
 _pass = threading.local()  # .queue: the callbacks queued during the backward pass this thread runs
@@ -123,30 +122,34 @@ def _walk(root, grad, retain_graph):
             "backward through a graph whose buffers were already freed: "
             "pass retain_graph=True to the first backward() to run it twice"
         )
-    order = _toposort(node)
-    leaves = _count_leaf_uses(order)
+    order, leaves = _toposort(node)
     grads = {node: {root._idx: grad}}
     for node in order:
         received = grads.pop(node)
-        if len(getattr(node, "output_meta", ())) > 1:
+        meta = getattr(node, "output_meta", None)
+        if meta is not None and len(meta) > 1:
             outputs = []
-            for i, (shape, dtype) in enumerate(node.output_meta):
+            for i, (shape, dtype) in enumerate(meta):
                 g = received.get(i)
                 outputs.append(g if g is not None else xp_of(grad).zeros(shape, dtype))
         else:
             outputs = [received[0]]
         input_grads = node.backward(*outputs)
-        if not isinstance(input_grads, tuple):
+        if type(input_grads) is not tuple:
             input_grads = (input_grads,)
         for tensor, g, needed in zip(node.inputs, input_grads, node.needs_input_grad):
             if not needed:
                 continue
-            _check_shape(node, tensor, g)
+            if g.shape != tensor.shape:
+                raise _shape_error(node, tensor, g)
             parent = tensor._ctx
             if parent is not None:
-                slot = grads.setdefault(parent, {})
-                previous = slot.get(tensor._idx)
-                slot[tensor._idx] = g if previous is None else previous + g
+                slot = grads.get(parent)
+                if slot is None:
+                    grads[parent] = {tensor._idx: g}
+                else:
+                    previous = slot.get(tensor._idx)
+                    slot[tensor._idx] = g if previous is None else previous + g
                 continue
             entry = leaves[id(tensor)]
             if entry[2] is None:

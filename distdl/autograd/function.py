@@ -46,10 +46,11 @@ class Function:
         """Run forward on the inputs' arrays; record the node when a gradient is needed."""
         ctx = cls()
         output = ctx.forward(*[t.data for t in inputs], **options)
-        record = is_grad_enabled() and any(t.requires_grad for t in inputs)
+        needs = [t.requires_grad for t in inputs]  # lists, not generators: this runs for every op
+        record = True in needs and is_grad_enabled()
         if record:
-            ctx.inputs = tuple(_edge(t) for t in inputs)
-            ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
+            ctx.inputs = tuple([_edge(t) for t in inputs])
+            ctx.needs_input_grad = tuple(needs)
         if isinstance(output, tuple):
             outs = tuple(Tensor._from_op(o, ctx if record else None, i) for i, o in enumerate(output))
             ctx.output_meta = [(o.shape, o.dtype) for o in output]

@@ -1,6 +1,7 @@
 """Matrix products: matmul with NumPy semantics, and the fused linear layer."""
 
 from distdl.autograd.function import Function
+from distdl.backend import xp_of
 from distdl.functional._util import binary_operands, check_same_dtype, unbroadcast
 from distdl.functional.shape import reshape
 
@@ -42,22 +43,29 @@ def matmul(a, b):
 
 
 class Linear(Function):
+    """Over the last axis of an input of any rank, as one GEMM on its rows (no reshape for a matrix)."""
+
     def forward(self, x, weight, bias=None):
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
         self.save_for_backward(x2, weight)
         self.shape = x.shape
         out = x2 @ weight.T
         if bias is not None:
             out += bias
-        return out.reshape(x.shape[:-1] + (weight.shape[0],))
+        return out if x.ndim == 2 else out.reshape(x.shape[:-1] + (weight.shape[0],))
 
     def backward(self, g):
         x2, weight = self.saved
-        g2 = g.reshape(-1, g.shape[-1])
-        gx = (g2 @ weight).reshape(self.shape) if self.needs_input_grad[0] else None
-        gw = g2.T @ x2 if self.needs_input_grad[1] else None
-        if len(self.needs_input_grad) == 3:
-            return gx, gw, g2.sum(axis=0) if self.needs_input_grad[2] else None
+        needs = self.needs_input_grad
+        g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
+        gx = None
+        if needs[0]:
+            gx = g2 @ weight
+            if len(self.shape) != 2:
+                gx = gx.reshape(self.shape)
+        gw = g2.T @ x2 if needs[1] else None
+        if len(needs) == 3:  # the bias's sum over rows as a product with ones: a few times faster than sum(axis=0)
+            return gx, gw, xp_of(g2).ones(g2.shape[0], g2.dtype) @ g2 if needs[2] else None
         return gx, gw
 
 

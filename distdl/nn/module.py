@@ -272,6 +272,8 @@ class Module:
 
 
 def _as_input(value):
+    if isinstance(value, Tensor):  # the usual case, and the cheapest test
+        return value
     if isinstance(value, np.ndarray) or backend.is_gpu_array(value):
         return Tensor._from_op(value, None, 0)
     return value
