@@ -33,22 +33,21 @@ def _zero_idle(array, steps):
 
 
 class _Factors:
-    """The derivatives that do not depend on the recurrence, computed a few waves at a time, the latest first.
-
-    A chunk of waves stays in cache while the backward loop reads it; over all waves at once
-    each of these passes would stream megabytes through memory.
+    """The derivatives that do not depend on the recurrence, a few waves at a time (the latest first), so that
+    their buffers stay small. Written through what forward kept: o(1-tanh(c)^2) = o - h*tanh(c),
+    o(1-o)tanh(c) = h - h*o, i(1-i)g = ig - ig*i, i(1-g^2) = i - ig*g: two ufuncs each instead of three.
     """
 
     chunk = 8
 
-    def __init__(self, gates, cs, tanh_c):
+    def __init__(self, gates, cs, tanh_c, hs, i_times_g):
         xp = xp_of(gates)
-        self.gates, self.cs, self.tanh_c = gates, cs, tanh_c
+        self.gates, self.cs, self.tanh_c, self.hs, self.i_times_g = gates, cs, tanh_c, hs, i_times_g
         layers, _, width, batch = gates.shape
         hidden = width // 4
-        self.slopes = xp.empty((layers, self.chunk, 3 * hidden, batch), gates.dtype)
-        self.from_dc = xp.empty((layers, self.chunk, 3, hidden, batch), gates.dtype)   # d(i, f, g) / dc
-        self.dc_from_dh = xp.empty((layers, self.chunk, hidden, batch), gates.dtype)
+        # factor-major, so that each ufunc below writes one contiguous block
+        self.from_dh = xp.empty((2, layers, self.chunk, hidden, batch), gates.dtype)   # dc/dh, d(o)/dh
+        self.from_dc = xp.empty((3, layers, self.chunk, hidden, batch), gates.dtype)   # d(i, f, g)/dc
         self.start = None
 
     def at(self, wave):
@@ -56,26 +55,22 @@ class _Factors:
         if self.start is None or wave < self.start:
             self._compute(max(0, wave + 1 - self.chunk), wave + 1)
         k = wave - self.start
-        return self.dc_from_dh[:, k], self.from_dc[:, k], self.slopes[:, k, :self.hidden]
+        return self.from_dh[0, :, k], self.from_dc[:, :, k].transpose(1, 0, 2, 3), self.from_dh[1, :, k]
 
     def _compute(self, start, stop):
         xp = xp_of(self.gates)
         self.start, n = start, stop - start
-        hidden = self.hidden = self.gates.shape[2] // 4
-        gates, tanh_c = self.gates[:, start:stop], self.tanh_c[:, start:stop]
-        o, i, g = gates[:, :, :hidden], gates[:, :, hidden:2 * hidden], gates[:, :, 3 * hidden:]
-        slopes, from_dc, dc_from_dh = self.slopes[:, :n], self.from_dc[:, :n], self.dc_from_dh[:, :n]
-        xp.subtract(1, gates[:, :, :3 * hidden], out=slopes)
-        slopes *= gates[:, :, :3 * hidden]      # sigmoid' of o, i, f
-        xp.multiply(slopes[:, :, hidden:2 * hidden], g, out=from_dc[:, :, 0])
-        xp.multiply(slopes[:, :, 2 * hidden:], self.cs[:, start:stop], out=from_dc[:, :, 1])
-        xp.multiply(g, g, out=from_dc[:, :, 2])
-        xp.subtract(1, from_dc[:, :, 2], out=from_dc[:, :, 2])
-        from_dc[:, :, 2] *= i
-        slopes[:, :, :hidden] *= tanh_c         # d(o)/dh = tanh(c) * sigmoid'(o)
-        xp.multiply(tanh_c, tanh_c, out=dc_from_dh)
-        xp.subtract(1, dc_from_dh, out=dc_from_dh)
-        dc_from_dh *= o
+        hidden = self.gates.shape[2] // 4
+        o, i, f, g = (self.gates[:, start:stop, k * hidden:(k + 1) * hidden] for k in range(4))
+        h, ig, tanh_c = self.hs[:, start + 1:stop + 1], self.i_times_g[:, start:stop], self.tanh_c[:, start:stop]
+        dc_dh, o_dh = self.from_dh[:, :, :n]
+        i_dc, f_dc, g_dc = self.from_dc[:, :, :n]
+        xp.subtract(o, xp.multiply(h, tanh_c, out=dc_dh), out=dc_dh)
+        xp.subtract(h, xp.multiply(h, o, out=o_dh), out=o_dh)
+        xp.subtract(ig, xp.multiply(ig, i, out=i_dc), out=i_dc)
+        xp.subtract(f, xp.multiply(f, f, out=f_dc), out=f_dc)
+        f_dc *= self.cs[:, start:stop]
+        xp.subtract(i, xp.multiply(ig, g, out=g_dc), out=g_dc)
 
 
 class LSTMStack(Function):
@@ -112,14 +107,15 @@ class LSTMStack(Function):
         gates = xp.empty((layers, waves, 4 * hidden, batch), x.dtype)
         cs = xp.empty((layers, waves + 1, hidden, batch), x.dtype)
         tanh_c = xp.empty((layers, waves, hidden, batch), x.dtype)
+        i_times_g = xp.empty_like(tanh_c)
         _zero_idle(gates, steps)
         _zero_idle(cs[:, 1:], steps)
         _zero_idle(tanh_c, steps)
+        _zero_idle(i_times_g, steps)
         for layer in range(layers):
             operand[layer, layer, :hidden] = h0[layer].T
             cs[layer, layer] = c0[layer].T
         keep_rows = None if keep is None else keep.transpose(0, 1, 3, 2)           # (L-1, T, H, N)
-        product = xp.empty((layers, hidden, batch), x.dtype)
         h_rows, in_rows = slice(0, hidden), slice(hidden + 1, 2 * hidden + 1)
         for w in range(waves):
             lo, hi = max(0, w - steps + 1), min(layers, w + 1)
@@ -131,7 +127,7 @@ class LSTMStack(Function):
             sig += 0.5
             c = cs[lo:hi, w + 1]
             xp.multiply(a[:, 2 * hidden:3 * hidden], cs[lo:hi, w], out=c)
-            ig = xp.multiply(a[:, hidden:2 * hidden], a[:, 3 * hidden:], out=product[lo:hi])
+            ig = xp.multiply(a[:, hidden:2 * hidden], a[:, 3 * hidden:], out=i_times_g[lo:hi, w])
             c += ig
             xp.tanh(c, out=tanh_c[lo:hi, w])
             h = operand[lo:hi, w + 1, h_rows]
@@ -144,7 +140,7 @@ class LSTMStack(Function):
                     t = [w - layer for layer in range(lo, up)]
                     xp.multiply(operand[lo:up, w + 1, h_rows], keep_rows[range(lo, up), t],
                                 out=operand[lo + 1:up + 1, w + 1, in_rows])
-        self.save_for_backward(x, w_cat, operand, gates, cs, tanh_c, keep_rows)
+        self.save_for_backward(x, w_cat, operand, gates, cs, tanh_c, i_times_g, keep_rows)
         self.shape = (steps, features, batch_first, has_bias)
         ends = (xp.arange(layers), steps + xp.arange(layers))
         top = operand[layers - 1, layers:layers + steps, h_rows]                   # (T, H, N)
@@ -154,7 +150,7 @@ class LSTMStack(Function):
         return output, h_n, c_n
 
     def backward(self, g_out, g_hn, g_cn):
-        x, w_cat, operand, gates, cs, tanh_c, keep_rows = self.saved
+        x, w_cat, operand, gates, cs, tanh_c, i_times_g, keep_rows = self.saved
         steps, features, batch_first, has_bias = self.shape
         xp = xp_of(gates)
         layers, waves, width, batch = gates.shape
@@ -162,7 +158,7 @@ class LSTMStack(Function):
         rows = w_cat.shape[2]
         h_rows, in_rows = slice(0, hidden), slice(hidden + 1, 2 * hidden + 1)
 
-        factors = _Factors(gates, cs, tanh_c)
+        factors = _Factors(gates, cs, tanh_c, operand[:, :, :hidden], i_times_g)
         f = gates[:, :, 2 * hidden:3 * hidden]
         g_top = g_out.transpose(1, 2, 0) if batch_first else g_out.transpose(0, 2, 1)   # (T, H, N)
         d_by_row = xp.empty((layers, width, waves, batch), gates.dtype)   # every wave's d_pre, as the GEMMs read it
