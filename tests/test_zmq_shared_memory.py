@@ -7,13 +7,19 @@ what a job leaves there is seen exactly, whatever other jobs on the machine do. 
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distdl.comm import shared_memory
-from multiproc import run_zmq
+from multiproc import WORKERS, run_zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import cluster as emulated  # noqa: E402  (scripts/ is not a package)
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this machine")
 
@@ -91,6 +97,23 @@ def test_a_rank_in_another_call_fails_with_both_calls_named(scenario, other_call
         assert "allreduce #2 (sum, float32, 300000 elements)" in output and other_call in output, str(result)
     if scenario == "mismatch_barrier":  # rank 1 waits in its barrier for rank 0, which raised
         assert "PeerLostError" in result.outputs[1] and "went away during barrier #2" in result.outputs[1], str(result)
+
+
+def test_the_hierarchical_allreduce_reduces_in_the_nodes_shared_memory_exactly_over_many_chunks(segment_dir):
+    """2 emulated nodes x 2 ranks: the in-node reduce-scatter and allgather alternate two slots, chunk by chunk."""
+    try:
+        emulated.check_can_build()
+    except emulated.ClusterError as exc:
+        pytest.skip(str(exc))
+    env = dict(os.environ, DISTDL_ZMQ_SHM_BYTES="6000", DISTDL_ZMQ_SHM_DIR=segment_dir)
+    with emulated.Cluster(2, "1gbit") as cluster:
+        procs = cluster.start_job([sys.executable, "-m", "launcher", "-n", "2", "--timeout", "30",
+                                   str(WORKERS / "cluster_allreduce.py")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        outputs = [p.communicate(timeout=90)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "".join(outputs).count("allreduce exact (hierarchical: 2 nodes x 2 ranks)") == 4, outputs
+    assert "no shared memory" not in "".join(outputs) and os.listdir(segment_dir) == []
 
 
 def test_a_bad_slot_size_says_what_is_wanted(monkeypatch):

@@ -57,6 +57,7 @@ LONGEST_PAUSE = 250e-6  # a late peer is seen within this; each wake-up costs a 
 PREFIX = "distdl-"
 TOKEN_BYTES = 32  # the hex of 16 random bytes: the segment's name after PREFIX
 NAMES_TAG, ACKS_TAG = 2 ** 32 - 3, 2 ** 32 - 2  # below signature.AGREE_TAG (2**32 - 1)
+ALLGATHER_TAGS = 1 << 31  # the hierarchical allgather's steps come after every step of its reduce-scatter
 MAPPED, UNAVAILABLE, REFUSED = 1, 0, 2  # what a rank says after mapping its peers' segments
 U8 = np.dtype(np.uint8)
 
@@ -213,7 +214,11 @@ class Segments:
                                                                          for a, b in zip(starts[:-1], starts[1:])]
 
     def _signal(self, comm, call, tag):
-        """Tell every peer this rank reached step ``tag`` of ``call``, and wait until each of them has too."""
+        """Tell every peer this rank reached step ``tag`` of ``call``, and wait until each of them has too.
+
+        A call's steps must be numbered in the order they are taken: a peer is past a step when its
+        progress is at least the step's.
+        """
         mine = self._headers[self.position]
         mine[1:] = call
         mine[0] = progress = (call[0] << 32) + tag + 1
@@ -295,7 +300,7 @@ class Segments:
         """
         for k, (slots, pieces) in enumerate(self._chunks(flat, alternate=True)):
             self._copy_in(slots, pieces, flat)
-            self._signal(comm, call, 2 * k)
+            self._signal(comm, call, k)
             self._reduce_piece(slots, pieces, flat, ufunc)
 
     def allgather(self, comm, flat, call):
@@ -304,7 +309,7 @@ class Segments:
         for k, (slots, pieces) in enumerate(self._chunks(flat, alternate=True)):
             a, b = pieces[me]
             slots[me][me, :b - a] = flat[a:b]
-            self._signal(comm, call, 2 * k + 1)
+            self._signal(comm, call, ALLGATHER_TAGS + k)
             self._copy_out(slots, pieces, flat)
 
     def close(self):
