@@ -83,7 +83,11 @@ def _shape_error(node, tensor, grad):
     )
 
 
-_pass = threading.local()  # .queue: the callbacks queued during the backward pass this thread runs
+class _Pass(threading.local):
+    queue = None  # the callbacks queued during the backward pass this thread runs (None outside one)
+
+
+_pass = _Pass()
 
 
 def queue_callback(callback):
@@ -94,7 +98,7 @@ def queue_callback(callback):
     its gradient averaging there: it launches the buckets whose parameters got no gradient and
     waits for all of them.
     """
-    queue = getattr(_pass, "queue", None)
+    queue = _pass.queue
     if queue is None:
         raise RuntimeError("queue_callback() outside a backward pass: call it from a hook that backward runs")
     queue.append(callback)
@@ -102,7 +106,7 @@ def queue_callback(callback):
 
 def backward(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it, then run queued callbacks."""
-    outer, _pass.queue = getattr(_pass, "queue", None), []
+    outer, _pass.queue = _pass.queue, []
     try:
         _walk(root, grad, retain_graph)
         queue = _pass.queue
@@ -126,7 +130,7 @@ def _walk(root, grad, retain_graph):
     grads = {node: {root._idx: grad}}
     for node in order:
         received = grads.pop(node)
-        meta = getattr(node, "output_meta", None)
+        meta = node.output_meta
         if meta is not None and len(meta) > 1:
             outputs = []
             for i, (shape, dtype) in enumerate(meta):

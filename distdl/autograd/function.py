@@ -37,6 +37,7 @@ class Function:
 
     inputs = ()
     needs_input_grad = ()
+    output_meta = None  # (shape, dtype) of each output, for an op with several
 
     def save_for_backward(self, *arrays):
         self.saved = arrays

@@ -3,11 +3,15 @@
 import contextlib
 import threading
 
-_state = threading.local()
+class _GradMode(threading.local):
+    enabled = True  # each thread starts recording; a class default reads faster than getattr's fallback
+
+
+_state = _GradMode()
 
 
 def is_grad_enabled():
-    return getattr(_state, "enabled", True)
+    return _state.enabled
 
 
 def set_grad_enabled(enabled):
