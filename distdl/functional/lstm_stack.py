@@ -32,6 +32,12 @@ def _zero_idle(array, steps):
         array[layer, layer + steps:] = 0
 
 
+def _move_chunk(d_chunk, d_by_row, start, stop):
+    """Waves start..stop of d_pre, wave-major in d_chunk, into their columns of d_by_row."""
+    if start < stop:
+        d_by_row[:, :, start:stop] = d_chunk[:, :stop - start].transpose(0, 2, 1, 3)
+
+
 class _Factors:
     """The derivatives that do not depend on the recurrence, a few waves at a time (the latest first), so that
     their buffers stay small. Written through what forward kept: o(1-tanh(c)^2) = o - h*tanh(c),
@@ -162,8 +168,11 @@ class LSTMStack(Function):
         f = gates[:, :, 2 * hidden:3 * hidden]
         g_top = g_out.transpose(1, 2, 0) if batch_first else g_out.transpose(0, 2, 1)   # (T, H, N)
         d_by_row = xp.empty((layers, width, waves, batch), gates.dtype)   # every wave's d_pre, as the GEMMs read it
-        d_split = d_by_row.reshape(layers, 4, hidden, waves, batch)
-        _zero_idle(d_by_row.transpose(0, 2, 1, 3), steps)
+        # the latest waves' d_pre, wave-major: the loop's ufuncs and matmul read and write contiguous blocks, and
+        # a full chunk moves into d_by_row in one copy (runs of chunk*N values, not of N)
+        d_chunk = xp.empty((layers, _Factors.chunk, width, batch), gates.dtype)
+        d_split = d_chunk.reshape(layers, _Factors.chunk, 4, hidden, batch)
+        chunk_start = chunk_stop = waves
         w_t = xp.ascontiguousarray(w_cat.transpose(0, 2, 1))
         d_operand = xp.zeros((layers, rows, batch), gates.dtype)   # d [h_{t-1}; 1; input_t] of the last wave
         d_operand[:, h_rows] = g_hn.transpose(0, 2, 1)
@@ -171,15 +180,19 @@ class LSTMStack(Function):
         dc = xp.ascontiguousarray(g_cn.transpose(0, 2, 1))
         product = xp.empty((layers, hidden, batch), gates.dtype)
         for w in range(waves - 1, -1, -1):
+            if w < chunk_start:
+                _move_chunk(d_chunk, d_by_row, chunk_start, chunk_stop)
+                chunk_start, chunk_stop = max(0, w + 1 - _Factors.chunk), w + 1
+            k = w - chunk_start
             lo, hi = max(0, w - steps + 1), min(layers, w + 1)
             dc_from_dh, from_dc, o_from_dh = factors.at(w)
             dh = d_operand[lo:hi, h_rows]
             c = dc[lo:hi]
             c += xp.multiply(dh, dc_from_dh[lo:hi], out=product[lo:hi])
-            xp.multiply(c[:, None], from_dc[lo:hi], out=d_split[lo:hi, 1:, :, w])
-            xp.multiply(dh, o_from_dh[lo:hi], out=d_split[lo:hi, 0, :, w])
+            xp.multiply(c[:, None], from_dc[lo:hi], out=d_split[lo:hi, k, 1:])
+            xp.multiply(dh, o_from_dh[lo:hi], out=d_split[lo:hi, k, 0])
             c *= f[lo:hi, w]
-            xp.matmul(w_t[lo:hi], d_by_row[lo:hi, :, w], out=d_operand[lo:hi])
+            xp.matmul(w_t[lo:hi], d_chunk[lo:hi, k], out=d_operand[lo:hi])
             start = max(lo, 1)                  # layers whose input is the output of the layer below
             if start < hi:
                 from_above = d_operand[start:hi, in_rows]
@@ -189,6 +202,8 @@ class LSTMStack(Function):
                 d_operand[start - 1:hi - 1, h_rows] += from_above
             if w - 1 >= layers - 1:
                 d_operand[layers - 1, h_rows] += g_top[w - layers]
+        _move_chunk(d_chunk, d_by_row, chunk_start, chunk_stop)
+        _zero_idle(d_by_row.transpose(0, 2, 1, 3), steps)
 
         back = xp.argsort(_internal_order(hidden, xp))   # back to torch's gate order
         grads = []
