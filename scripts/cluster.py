@@ -14,7 +14,9 @@ so the processes of a node can reach only the addresses this run made.
 After ``--`` comes the command run on every node. For ``distdl-run`` (or
 ``python -m launcher``) the node's --nnodes, --node-rank, --master-addr (node 0's
 address) and --master-port are filled in, and a fresh job secret is given in
-$DISTDL_JOB_SECRET unless one is set. Any other command runs as is, with
+$DISTDL_JOB_SECRET unless one is set; the ranks' ZeroMQ receives do not spin before they
+block (DISTDL_ZMQ_SPIN_US=0 unless set: every node's ranks share this machine's cores,
+which a node's own rank count does not show). Any other command runs as is, with
 CLUSTER_NODE_RANK, CLUSTER_NODES and CLUSTER_MASTER_ADDR set. Each line comes back
 prefixed with ``[node i]``; the exit code is the first non-zero one (0 when every
 node succeeded). Everything is torn down at the end, after a failure, Ctrl-C or
@@ -197,6 +199,7 @@ class Cluster:
         nodes = self.nodes if nodes is None else nodes
         env = dict(os.environ if env is None else env, CLUSTER_NODES=str(nodes), CLUSTER_MASTER_ADDR=self.addresses[0])
         env.setdefault("DISTDL_JOB_SECRET", secrets.token_hex(32))
+        env.setdefault("DISTDL_ZMQ_SPIN_US", "0")  # the nodes share this machine's cores: a spinning rank holds a peer up
         return [self.popen(i, self.node_command(i, argv, nodes), env=dict(env, CLUSTER_NODE_RANK=str(i)), **options)
                 for i in range(nodes)]
 

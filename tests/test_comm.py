@@ -81,6 +81,20 @@ def test_auto_backend_reads_the_environment(monkeypatch, env, expected):
         choose_backend("nccl2")
 
 
+def test_zmq_receives_spin_only_where_the_io_thread_has_a_core_of_its_own(monkeypatch):
+    from distdl.comm import zmq_backend
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("DISTDL_ZMQ_SPIN_US", raising=False)
+    assert zmq_backend.spin_seconds(1) == (zmq_backend.SPIN_SECONDS if cores >= 2 else 0.0)
+    assert zmq_backend.spin_seconds(cores) == 0.0  # a rank per core: no core left for the I/O threads
+    monkeypatch.setenv("DISTDL_ZMQ_SPIN_US", "50")
+    assert zmq_backend.spin_seconds(cores) == pytest.approx(50e-6)
+    monkeypatch.setenv("DISTDL_ZMQ_SPIN_US", "fast")
+    with pytest.raises(ValueError, match=r"DISTDL_ZMQ_SPIN_US='fast': give the microseconds"):
+        zmq_backend.spin_seconds(1)
+
+
 def failures(result):
     """Each failed rank's last line: the error it raised."""
     return [out.strip().splitlines()[-1] if out.strip() else "" for out in result.outputs]

@@ -14,9 +14,10 @@ across ranks fail with an error naming both calls. No frame is larger than a
 segment (``ZMQ_MAXMSGSIZE``). Large payloads leave without a copy (tracked, so the
 array is not handed back before ZeroMQ is done with it).
 
-Waiting: a receive first polls without blocking for a short spin (waking a process
-blocked in the kernel costs tens of microseconds, the price of a small message),
-then blocks in bounded polls. Every wait has a deadline (DISTDL_TIMEOUT), and a
+Waiting: where the rank has a second core for ZeroMQ's I/O thread, a receive first
+polls without blocking for a short spin (waking a process blocked in the kernel costs
+tens of microseconds, the price of a small message); then, or at once, it blocks in
+bounded polls. Every wait has a deadline (DISTDL_TIMEOUT), and a
 monitor on each outgoing connection reports a peer whose process went away.
 
 Algorithms: allreduce is recursive doubling up to ``small_bytes`` (latency bound,
@@ -47,8 +48,9 @@ from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
 from distdl.comm.reduction import UFUNCS, finish_mean, split_counts
 from distdl.comm.signature import HEADER, check_agreed, describe_signature, pack_header, signature, unpack_header
+from distdl.comm.threads import cores_per_rank
 
-SPIN_SECONDS = 200e-6
+SPIN_SECONDS = 200e-6  # where a rank has a core for itself and one for ZeroMQ's I/O thread (spin_seconds)
 POLL_MS = 50  # a blocked receive wakes this often to check deadlines and lost peers
 LOST_GRACE_SECONDS = 0.2  # messages a dead peer sent just before dying may still be on their way
 ZERO_COPY_BYTES = 64 * 1024
@@ -73,6 +75,24 @@ def reachable_address(master_addr):
         return probe.getsockname()[0]
     finally:
         probe.close()
+
+
+def spin_seconds(local_size):
+    """How long a receive polls before it blocks: SPIN_SECONDS where this rank has two cores (its own and one
+    for ZeroMQ's I/O thread, which must run for a message to arrive), else none: a spinning rank would hold
+    the core its I/O thread or a peer waits for. DISTDL_ZMQ_SPIN_US sets it (0: never spin), e.g. where ranks
+    share cores that their host does not know of (an emulated cluster's nodes on one machine)."""
+    text = os.environ.get("DISTDL_ZMQ_SPIN_US")
+    if text is None:
+        return SPIN_SECONDS if cores_per_rank(local_size) >= 2 else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1e6:
+        raise ValueError(f"DISTDL_ZMQ_SPIN_US={text!r}: give the microseconds a receive polls before it blocks, "
+                         "0 to 1000000 (0: never)")
+    return value * 1e-6
 
 
 def network_namespace():
@@ -108,6 +128,7 @@ class ZMQCommunicator(Communicator):
             table = rendezvous.register(rank, size, run_id, master, me, self.timeout)
         local = [r for r, peer in enumerate(table) if peer["host"] == me["host"]]
         super().__init__(rank, size, local.index(rank), len(local))
+        self._spin = spin_seconds(len(local))
         self._gatekeeper.admit(run_id, self._keys[0], {r: peer["key"] for r, peer in enumerate(table) if r != rank})
         self._connect(table, me, run_id)
         self._seq = 0
@@ -188,7 +209,7 @@ class ZMQCommunicator(Communicator):
 
     def _wait_for(self, peer, call):
         start = time.monotonic()
-        spin_until = start + (0 if self._calls.is_current() else SPIN_SECONDS)
+        spin_until = start + (0 if self._calls.is_current() else self._spin)
         while True:
             try:
                 frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
