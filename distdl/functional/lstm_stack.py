@@ -144,7 +144,7 @@ class LSTMStack(Function):
                     operand[lo + 1:up + 1, w + 1, in_rows] = operand[lo:up, w + 1, h_rows]
                 else:
                     t = [w - layer for layer in range(lo, up)]
-                    xp.multiply(operand[lo:up, w + 1, h_rows], keep_rows[range(lo, up), t],
+                    xp.multiply(operand[lo:up, w + 1, h_rows], keep_rows[list(range(lo, up)), t],
                                 out=operand[lo + 1:up + 1, w + 1, in_rows])
         self.save_for_backward(x, w_cat, operand, gates, cs, tanh_c, i_times_g, keep_rows)
         self.shape = (steps, features, batch_first, has_bias)
