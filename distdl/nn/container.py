@@ -52,13 +52,15 @@ class Sequential(ModuleList):
         Max and ReLU commute (both are monotonic), with the same values and gradients, and
         pooling first leaves ReLU a quarter of the pixels and the pool fewer ties to break.
         """
-        modules = list(self._modules.values())
-        i = 0
-        while i < len(modules):
-            if type(modules[i]) is ReLU and i + 1 < len(modules) and type(modules[i + 1]) is MaxPool2d:
-                input = modules[i](modules[i + 1](input))
-                i += 2
+        held = None  # a ReLU waiting to see whether a MaxPool2d follows it
+        for module in self._modules.values():
+            if held is not None:
+                if type(module) is MaxPool2d:
+                    input, held = held(module(input)), None
+                    continue
+                input, held = held(input), None
+            if type(module) is ReLU:
+                held = module
             else:
-                input = modules[i](input)
-                i += 1
-        return input
+                input = module(input)
+        return input if held is None else held(input)

@@ -61,11 +61,16 @@ class Optimizer:
 
     def step(self):
         """Update every parameter that has a gradient, in place (ascending it with ``maximize``, as torch)."""
+        state, update = self.state, self.update
         for group in self.param_groups:
+            maximize = group.get("maximize")
             for p in group["params"]:
-                if p.grad is not None:
-                    grad = -p.grad if group.get("maximize") else p.grad
-                    self.update(p.data, grad, self.state.setdefault(p, {}), group)
+                grad = p.grad
+                if grad is not None:
+                    entry = state.get(p)
+                    if entry is None:
+                        entry = state[p] = {}
+                    update(p.data, -grad if maximize else grad, entry, group)
         for hook in list(_step_post_hooks.values()):
             hook(self, (), {})
 
