@@ -6,7 +6,7 @@ import pytest
 import distdl as dl
 from distdl import functional as F
 from distdl import nn
-from distdl.functional.conv import FEW_CHANNEL_SAMPLES, FEW_CHANNELS
+from distdl.functional.conv import FEW_CHANNELS, few_channel_block
 from gradcheck import gradcheck
 from references import naive_conv2d
 
@@ -38,10 +38,10 @@ def test_conv2d_matches_the_direct_definition_on_either_layout(layout, channels,
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_channel_conv2d_over_several_blocks_sums_what_each_part_of_the_batch_gives(bias):
-    """Blocks of FEW_CHANNEL_SAMPLES samples (the last one partial): values as the definition, gradients the
-    sum of the gradients of two halves of the batch (each within one block, as the gradcheck above)."""
+    """Two blocks (the last one partial): values as the definition, gradients the sum of the gradients
+    of two halves of the batch (each within one block, as the gradcheck above)."""
     rng = np.random.default_rng(3)
-    n = FEW_CHANNEL_SAMPLES + 3
+    n = few_channel_block(3 * 3 * 3 + bias, 3 * 4, 8) + 3  # float64 columns of 3x5x6 images, 3x4 outputs
     x, w, b = rng.standard_normal((n, 3, 5, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     g = rng.standard_normal((n, 4, 3, 4))
 

@@ -12,7 +12,8 @@ from distdl.functional._windows import output_size, pad2d, pair, scatter_windows
 
 SAMPLES_PER_BLOCK = 4  # one block's columns (a few hundred KB for 3x3x32) stay in cache between copy and GEMM
 FEW_CHANNELS = 8  # below this many input channels Conv2dNCHW is faster (measured: 3 channels 15 ms against 26)
-FEW_CHANNEL_SAMPLES = 32  # its blocks: 3x32x32 images, columns 3.2 MB (measured 4 samples 8.9 ms fwd+bwd, 32 7.8)
+FEW_CHANNEL_BLOCK_BYTES = 4 << 20  # its blocks' columns: 40 3x32x32 images (measured 4 samples 8.9 ms fwd+bwd,
+                                   # 32 7.8), and a bounded buffer for large images
 
 
 def channels_last(x, padding):
@@ -105,6 +106,11 @@ class Conv2d(Function):
         return gx, gw, gb
 
 
+def few_channel_block(rows, pixels, itemsize):
+    """Samples per block of Conv2dNCHW: as many as fit FEW_CHANNEL_BLOCK_BYTES of columns, at least one."""
+    return max(1, FEW_CHANNEL_BLOCK_BYTES // (rows * pixels * itemsize))
+
+
 class Conv2dNCHW(Function):
     """Few input channels: columns (C*KH*KW, samples*OH*OW) copied from NCHW memory in runs of a row.
 
@@ -139,9 +145,10 @@ class Conv2dNCHW(Function):
         (kh, kw), _, _, (oh, ow) = self.geometry
         n, c = x.shape[:2]
         rows = c * kh * kw
-        buffer = xp_of(x).empty((rows + self.has_bias) * min(n, FEW_CHANNEL_SAMPLES) * oh * ow, x.dtype)
-        for start in range(0, n, FEW_CHANNEL_SAMPLES):
-            block = slice(start, min(start + FEW_CHANNEL_SAMPLES, n))
+        samples = few_channel_block(rows + self.has_bias, oh * ow, x.dtype.itemsize)
+        buffer = xp_of(x).empty((rows + self.has_bias) * min(n, samples) * oh * ow, x.dtype)
+        for start in range(0, n, samples):
+            block = slice(start, min(start + samples, n))
             windows = window_view(x[block], *self.geometry).transpose(1, 2, 3, 0, 4, 5)  # (c, kh, kw, n, oh, ow)
             pixels = windows.shape[3] * oh * ow
             cols = buffer[:(rows + self.has_bias) * pixels].reshape(-1, pixels)  # contiguous, so reshapes are views
