@@ -136,9 +136,10 @@ def _walk(root, grad, retain_graph):
             for i, (shape, dtype) in enumerate(meta):
                 g = received.get(i)
                 outputs.append(g if g is not None else xp_of(grad).zeros(shape, dtype))
+            input_grads = node.backward(*outputs)
         else:
-            outputs = [received[0]]
-        input_grads = node.backward(*outputs)
+            outputs = (received[0],)
+            input_grads = node.backward(outputs[0])
         if type(input_grads) is not tuple:
             input_grads = (input_grads,)
         for tensor, g, needed in zip(node.inputs, input_grads, node.needs_input_grad):

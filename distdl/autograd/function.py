@@ -8,20 +8,14 @@ class Edge:
     """What the walk needs of an op's input made by another op: that op and which of its outputs.
 
     A node keeps this rather than the input Tensor, so the input's array is freed as soon as
-    nothing else holds it (a backward that reads it saves it itself).
+    nothing else holds it (a backward that reads it saves it itself). A leaf that needs a
+    gradient is kept itself (its .grad receives it); an input that needs none, as None.
     """
 
     __slots__ = ("_ctx", "_idx", "shape")
 
     def __init__(self, tensor):
         self._ctx, self._idx, self.shape = tensor._ctx, tensor._idx, tensor.data.shape
-
-
-def _edge(tensor):
-    """A leaf that needs a gradient is kept (its .grad receives it); an op's output becomes an Edge."""
-    if not tensor.requires_grad:
-        return None
-    return tensor if tensor._ctx is None else Edge(tensor)
 
 
 class Function:
@@ -50,7 +44,7 @@ class Function:
         needs = [t.requires_grad for t in inputs]  # lists, not generators: this runs for every op
         record = True in needs and is_grad_enabled()
         if record:
-            ctx.inputs = tuple([_edge(t) for t in inputs])
+            ctx.inputs = tuple([(t if t._ctx is None else Edge(t)) if t.requires_grad else None for t in inputs])
             ctx.needs_input_grad = tuple(needs)
         if isinstance(output, tuple):
             outs = tuple(Tensor._from_op(o, ctx if record else None, i) for i, o in enumerate(output))
