@@ -143,6 +143,11 @@ def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skippe
                "overflowed to Inf in bias" in output, output
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_buckets_of_two_dtypes_are_each_averaged_in_their_own_dtype(backend):
+    ran_everywhere(run(backend, 3, "ddp.py", "mixeddtypes", timeout=60), 3, "mixeddtypes")
+
+
 def mlp():
     dl.seed(0)
     return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))

@@ -169,13 +169,17 @@ class DistributedDataParallel:
         """Divide by the world size in the copy into the bucket, not in a pass of its own after the sum.
 
         Only on the host path without a hook (a hook averages as it likes, the device allreduce
-        in its own kernel); None where nothing is scaled. As torch's default hook, the gradients
-        are divided before they are summed; the control elements are summed as they are and
-        divided after (``_averaged_controls``), so that their counts stay exact.
+        in its own kernel): one scale per bucket, in its dtype; None elsewhere. As torch's default
+        hook, the gradients are divided before they are summed; the control elements are summed
+        as they are and divided after (``_controls``), so that their counts stay exact.
         """
         host_sum = self._reducer is None and self._hook is None and not self._alone
-        self._pre_scale = self.buckets[0].grads.dtype.type(1 / self.comm.size) if host_sum and self.buckets else None
+        self._pre_scales = [b.grads.dtype.type(1 / self.comm.size) for b in self.buckets] if host_sum else None
         self._bounded = host_sum and all(4 * self.comm.size ** 2 < np.finfo(b.grads.dtype).max for b in self.buckets)
+
+    def _pre_scale(self, bucket):
+        """1/world size in ``bucket``'s dtype (buckets of several dtypes each take their own), or None."""
+        return None if self._pre_scales is None else self._pre_scales[bucket.index()]
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -217,7 +221,7 @@ class DistributedDataParallel:
             self._end_queued = True
             queue_callback(self._on_backward_end)
         bucket = self._bucket_of[param]
-        _home(param, bucket, self._pre_scale)
+        _home(param, bucket, self._pre_scale(bucket))
         self._homed.add(param)
         bucket.pending -= 1
         if bucket.pending == 0 and self._overlap:
@@ -289,7 +293,7 @@ class DistributedDataParallel:
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
                 elif p not in self._homed:  # e.g. accumulated under no_sync, unused in this pass
-                    _home(p, bucket, self._pre_scale)
+                    _home(p, bucket, self._pre_scale(bucket))
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
@@ -330,7 +334,7 @@ class DistributedDataParallel:
         On a device the reduced buckets' finiteness comes in the same copy (``_overflowed`` reads it).
         """
         if self._reducer is None:
-            if self._pre_scale is None:
+            if self._pre_scales is None:
                 return [bucket.control for bucket in self.buckets]
             return [bucket.control / self.comm.size for bucket in self.buckets]  # summed: now their mean, as elsewhere
         xp, count = self.device.xp, len(self.buckets)

@@ -404,6 +404,27 @@ def overflow(comm):
             assert policy == "skip" and ddp.step_skipped and model.weight.grad is None, policy
 
 
+def mixeddtypes(comm):
+    """A float32 body and a float16 head (the head's bucket comes first): each bucket is divided by the world size
+    in its own dtype, so the float32 mean is float32's (float16's 1/3 would be off by 4e-4)."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Parameter(np.zeros(4, np.float32))
+            self.head = nn.Parameter(np.zeros(4, np.float16))
+
+        def forward(self, x):
+            return (self.body * x).sum() + (self.head * x.astype(np.float16)).sum()
+
+    ddp = dl.DistributedDataParallel(Model())
+    assert [str(b.grads.dtype) for b in ddp.buckets] == ["float16", "float32"], ddp.buckets
+    ddp(dl.tensor(np.full(4, comm.rank + 1, np.float32))).backward()
+    mean = (comm.size + 1) / 2
+    np.testing.assert_allclose(ddp.module.body.grad, mean, rtol=1e-6)
+    np.testing.assert_allclose(ddp.module.head.grad.astype(np.float32), mean, rtol=2e-3)
+
+
 def nonfinite(comm):
     overflow(comm)
     for bad in (np.inf, np.nan):
@@ -422,7 +443,7 @@ def main():
     comm = dl.init()
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "nosync": nosync, "syncbn": syncbn, "unused": unused, "mismatch": mismatch,
-     "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite, "buckets": buckets,
+     "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite, "buckets": buckets, "mixeddtypes": mixeddtypes,
      "skipstep": skipstep}[scenario](comm, *args)
     dl.shutdown()
     print(f"rank {comm.rank}: {scenario} {' '.join(args)} ok")
