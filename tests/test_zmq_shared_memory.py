@@ -48,6 +48,13 @@ def test_every_dtype_and_op_is_exact_over_many_chunks_and_no_segment_outlives_it
     assert os.listdir(segment_dir) == []
 
 
+def test_allreduces_of_alternating_dtypes_are_exact_at_three_ranks(segment_dir):
+    """4096-byte slots: a third of one is 341 float32 elements but 170 float64, so regions counted in elements
+    would move by 4 bytes from one dtype to the other."""
+    result = run_job(3, "dtypes", segment_dir, lambda rank: {"DISTDL_ZMQ_SHM_BYTES": 4096}, timeout=120)
+    assert result.ok(), str(result)
+
+
 def test_a_rank_without_shared_memory_makes_every_rank_use_ipc_and_says_so_once(segment_dir):
     result = run_job(3, "fallback", segment_dir, timeout=240,
                      env_for_rank=lambda rank: {"DISTDL_ZMQ_SHM_DIR": "/nonexistent/distdl"} if rank == 1 else {})

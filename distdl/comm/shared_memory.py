@@ -54,6 +54,7 @@ HEADER_BYTES = 4096  # a page of its own: the owner's progress, then its call's 
 ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")  # a flag stored after data is seen after it
 SPIN_SECONDS = 200e-6
 LONGEST_PAUSE = 250e-6  # a late peer is seen within this; each wake-up costs a few microseconds of a core
+REGION_ALIGN = 64  # bytes: a member's region of a slot starts at a multiple of it
 PREFIX = "distdl-"
 TOKEN_BYTES = 32  # the hex of 16 random bytes: the segment's name after PREFIX
 NAMES_TAG, ACKS_TAG = 2 ** 32 - 3, 2 ** 32 - 2  # below signature.AGREE_TAG (2**32 - 1)
@@ -85,7 +86,7 @@ def attach(comm, group, call):
     Every rank of ``group`` calls it in the same collective ``call``; they all get segments or all get None.
     """
     nbytes = slot_bytes()
-    if nbytes == 0:
+    if nbytes // len(group) < REGION_ALIGN:  # off (0), or too small a slot for this many ranks (every rank alike)
         return None
     if not ORDERED_STORES:
         log.warning("distdl: rank %d: shared-memory signals need x86-64's ordered stores, not %s; the allreduces "
@@ -194,12 +195,17 @@ class Segments:
         self._views = {}
 
     def _slots(self, dtype):
-        """Per member, its (2, members, piece) array of ``dtype`` over its segment."""
+        """Per member, its (2, members, piece) array of ``dtype`` over its segment.
+
+        Each region starts at the same byte whatever the dtype (a multiple of 64 bytes: aligned for every
+        dtype, a cache line of its own): a call of one dtype never writes into the region that a peer may
+        still be reading from the last call of another.
+        """
         if dtype not in self._views:
             members = len(self.group)
-            piece = self.slot_bytes // (members * dtype.itemsize)
-            self._views[dtype] = [np.frombuffer(m, dtype, 2 * members * piece, HEADER_BYTES).reshape(2, members, piece)
-                                  for m in self._maps]
+            region = self.slot_bytes // members // REGION_ALIGN * REGION_ALIGN
+            self._views[dtype] = [np.ndarray((2, members, region // dtype.itemsize), dtype, m, HEADER_BYTES,
+                                             (members * region, region, dtype.itemsize)) for m in self._maps]
         return self._views[dtype]
 
     def _chunks(self, flat, alternate):

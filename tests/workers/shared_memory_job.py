@@ -5,6 +5,8 @@ exact     every dtype and op at sizes not divisible by the ranks and of many chu
 fallback  the same sums where some rank has no shared memory (DISTDL_ZMQ_SHM_DIR set to a missing directory)
 die       rank 1 kills itself (SIGKILL) in the middle of a series of shared-memory allreduces
 stall     rank 1 sleeps past the timeout before its second shared-memory allreduce
+dtypes    float32 and float64 allreduces in turn, many chunks each, every result exact (a slot's regions must
+          not move with the dtype while a peer still reads the last call's)
 mismatch  after one good allreduce, rank 0 reduces 300000 elements, rank 1 300001 (mismatch_barrier: calls a barrier)
 """
 
@@ -42,6 +44,12 @@ def main(scenario):
         print(f"rank {rank}: shared memory {'mapped' if comm._shm else 'not used'}; "
               f"{len(os.listdir(os.environ['DISTDL_ZMQ_SHM_DIR'])) if rank == 0 else 0} files left", flush=True)
         exact(comm)
+    elif scenario == "dtypes":
+        expected = comm.size * (comm.size + 1) / 2
+        for _ in range(100):
+            for dtype in (np.float32, np.float64):
+                got = comm.allreduce(np.full(30_001, rank + 1, dtype))
+                assert (got == expected).all(), (np.dtype(dtype), np.flatnonzero(got != expected)[:5])
     elif scenario == "die":
         for step in range(1000):
             if rank == 1 and step == 3:
