@@ -172,6 +172,26 @@ def test_lstm_stack_dropout_draws_the_per_layer_masks():
     assert not np.allclose(module.recurrent(dl.tensor(x))[0].numpy(), results[0][0])
 
 
+@pytest.mark.parametrize("steps,layers,features,hidden,dropout", [(20, 3, 3, 4, 0.5), (17, 4, 7, 5, 0.0)])
+def test_lstm_stack_equals_the_per_layer_path_over_long_sequences(steps, layers, features, hidden, dropout):
+    """More waves than the backward's chunk of 8: every output, state and gradient as layer by layer."""
+    module = Readout(nn.LSTM(features, hidden, num_layers=layers, dropout=dropout))
+    x = rng.standard_normal((steps, 2, features))
+    h0, c0 = rng.standard_normal((layers, 2, hidden)), rng.standard_normal((layers, 2, hidden))
+    weights = rng.standard_normal((steps, 2, hidden))
+    results = []
+    for run in (module.recurrent.forward, lambda x, hx: _per_layer(module.recurrent, x, hx)):
+        module.zero_grad()
+        dl.seed(4)
+        xt, h0t, c0t = (dl.tensor(a, requires_grad=True) for a in (x, h0, c0))
+        out, (h, c) = run(xt, (h0t, c0t))
+        ((out * dl.tensor(weights)).sum() + (h * h).sum() + (c * 3).sum()).backward()
+        results.append([out.numpy(), h.numpy(), c.numpy(), xt.grad, h0t.grad, c0t.grad]
+                       + [p.grad.copy() for p in module.parameters()])
+    for fused, reference_value in zip(*results):
+        np.testing.assert_allclose(fused, reference_value, atol=1e-12)
+
+
 def test_lstm_stack_agrees_with_torch():
     """Outputs, final states and every gradient of a 3-layer stack against torch.nn.LSTM (float64)."""
     torch = pytest.importorskip("torch")
