@@ -6,7 +6,7 @@ import tempfile
 import threading
 import time
 
-from launcher import procs, records
+from launcher import procs, records, shm
 from launcher.failure import Failure, Kind, of_exit
 from launcher.output import Output
 from launcher.report import report_failure
@@ -32,6 +32,7 @@ class Attempt:
         self.pumps = []
         self.stopped = set()
         self._finished = threading.Event()  # the workers are gone: output followers read to the end and stop
+        self._began = time.time()  # shared-memory segments made since then are this attempt's (shm.py)
 
     @property
     def mpi(self):
@@ -162,6 +163,7 @@ class Attempt:
 
     def close(self):
         procs.sweep(SWEEP_GRACE)  # after a success too: nothing a worker started outlives the attempt
+        shm.remove_leftovers(self._began)  # nor the segments of a rank that was killed or aborted
         self._end_output()
         self.output.close()
         shutil.rmtree(self.error_dir, ignore_errors=True)

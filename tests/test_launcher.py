@@ -1,10 +1,12 @@
 """distdl-run with real processes: failures end the whole job with the root cause, signals reach every worker,
 restarts resume from checkpoints bit-identically, and two launchers form one job across "nodes" on loopback."""
 
+import glob
 import hashlib
 import hmac
 import io
 import json
+import mmap
 import os
 import re
 import signal
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import loopback
-from launcher import secret, wire
+from launcher import secret, shm, wire
 from multiproc import WORKERS, free_port
 
 BACKENDS = ["mpi", "zmq"]
@@ -66,6 +68,25 @@ def test_an_exception_in_one_worker_ends_the_job_with_its_traceback(backend):
     assert "ValueError: boom from rank 1" in result.stderr
     assert "stopped ranks 0, 2 because of it" in result.stderr
     assert not [p for p in pids_in(result.stdout) if alive(p)]
+
+
+def test_a_failed_mpi_job_leaves_no_shared_memory_segment_of_its_own():
+    """MPICH unlinks its segments only at MPI_Finalize: an aborted job left a few MiB in /dev/shm each time."""
+    before = set(glob.glob("/dev/shm/mpich_shm_*"))
+    result = distdl_run("-n", 2, "--backend", "mpi", WORKERS / "launched.py", "raise")
+    assert result.returncode != 0 and "ValueError: boom from rank 1" in result.stderr, result.stderr
+    assert set(glob.glob("/dev/shm/mpich_shm_*")) - before == set()
+
+
+def test_an_attempts_cleanup_takes_only_the_unmapped_segments_it_made(tmp_path):
+    since = time.time()
+    for name in ("mpich_shm_mapped", "mpich_shm_left", "distdl-left", "someone_elses"):
+        (tmp_path / name).write_bytes(bytes(4096))
+    with open(tmp_path / "mpich_shm_mapped", "r+b") as f, mmap.mmap(f.fileno(), 4096):
+        assert sorted(shm.remove_leftovers(since, str(tmp_path))) == [str(tmp_path / "distdl-left"),
+                                                                      str(tmp_path / "mpich_shm_left")]
+    assert sorted(os.listdir(tmp_path)) == ["mpich_shm_mapped", "someone_elses"]
+    assert shm.leftovers(time.time() + 10, str(tmp_path)) == []  # made before the attempt began: not its own
 
 
 def test_the_rank_that_raised_first_is_the_one_named_although_its_peer_ended_first():
