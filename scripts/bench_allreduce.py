@@ -194,22 +194,21 @@ def zmq_worker(args):
     dl.shutdown()
 
 
-def over_ipc(comm, array):
-    """The allreduce with shared memory set aside for the call: the ring over ipc:// sockets it replaces."""
-    segments, comm._shm = comm._shm, False
-    try:
-        comm.allreduce(array, check=False)
-    finally:
-        comm._shm = segments
+def set_aside(attribute, replacement, doc):
+    """An allreduce with ``comm.<attribute>`` replaced for the call: the path it takes without that part."""
+    def allreduce(comm, array):
+        kept = getattr(comm, attribute)
+        setattr(comm, attribute, replacement)
+        try:
+            comm.allreduce(array, check=False)
+        finally:
+            setattr(comm, attribute, kept)
+    allreduce.__doc__ = doc
+    return allreduce
 
 
-def flat_ring(comm, array):
-    """The allreduce with the hierarchy set aside for the call: the flat ring it replaces, for comparison."""
-    groups, comm._hierarchy = comm._hierarchy, None
-    try:
-        comm.allreduce(array, check=False)
-    finally:
-        comm._hierarchy = groups
+over_ipc = set_aside("_shm", False, "The allreduce without shared memory: the ring over ipc:// sockets it replaces.")
+flat_ring = set_aside("_hierarchy", None, "The allreduce without the hierarchy: the flat ring it replaces.")
 
 
 def mpich_worker(args):
