@@ -10,11 +10,12 @@ are removed: another job's running segments are mapped by its ranks and stay.
 """
 
 import contextlib
-import fnmatch
 import os
+import re
+import stat
 
 DIRECTORY = "/dev/shm"
-PATTERNS = ("mpich_shm_*", "distdl-*")
+SEGMENT = re.compile(r"mpich_shm_[0-9a-f]+_\d+|distdl-[0-9a-f]{32}")  # MPICH's names; distdl's (shared_memory.py)
 CLOCK_SLACK_SECONDS = 1.0  # a segment made in the second before the attempt's start counts as its
 
 
@@ -34,7 +35,7 @@ def mapped_paths():
 def leftovers(since, directory=DIRECTORY):
     """Paths of this user's segments in ``directory`` made at or after ``since`` (time.time()) that no process maps."""
     try:
-        names = [n for n in os.listdir(directory) if any(fnmatch.fnmatch(n, p) for p in PATTERNS)]
+        names = [n for n in os.listdir(directory) if SEGMENT.fullmatch(n)]
     except OSError:
         return []
     candidates = []
@@ -42,7 +43,8 @@ def leftovers(since, directory=DIRECTORY):
         path = os.path.join(directory, name)
         with contextlib.suppress(OSError):
             info = os.lstat(path)
-            if info.st_uid == os.getuid() and info.st_ctime >= since - CLOCK_SLACK_SECONDS:
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and \
+                    info.st_ctime >= since - CLOCK_SLACK_SECONDS:
                 candidates.append(path)
     if not candidates:
         return []
@@ -54,7 +56,7 @@ def remove_leftovers(since, directory=DIRECTORY):
     """Remove ``leftovers(since)``; the paths removed."""
     removed = []
     for path in leftovers(since, directory):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove: the job's end goes on
             os.unlink(path)
             removed.append(path)
     return removed

@@ -80,12 +80,15 @@ def test_a_failed_mpi_job_leaves_no_shared_memory_segment_of_its_own():
 
 def test_an_attempts_cleanup_takes_only_the_unmapped_segments_it_made(tmp_path):
     since = time.time()
-    for name in ("mpich_shm_mapped", "mpich_shm_left", "distdl-left", "someone_elses"):
+    left = "distdl-" + "ab" * 16
+    for name in ("mpich_shm_1a2b_0", "mpich_shm_3c4d_0", left, "distdl-notes", "someone_elses"):
         (tmp_path / name).write_bytes(bytes(4096))
-    with open(tmp_path / "mpich_shm_mapped", "r+b") as f, mmap.mmap(f.fileno(), 4096):
-        assert sorted(shm.remove_leftovers(since, str(tmp_path))) == [str(tmp_path / "distdl-left"),
-                                                                      str(tmp_path / "mpich_shm_left")]
-    assert sorted(os.listdir(tmp_path)) == ["mpich_shm_mapped", "someone_elses"]
+    (tmp_path / ("distdl-" + "cd" * 16)).mkdir()  # a directory with a segment's name (a test's) stays
+    with open(tmp_path / "mpich_shm_1a2b_0", "r+b") as f, mmap.mmap(f.fileno(), 4096):
+        assert sorted(shm.remove_leftovers(since, str(tmp_path))) == [str(tmp_path / left),
+                                                                      str(tmp_path / "mpich_shm_3c4d_0")]
+    assert sorted(os.listdir(tmp_path)) == ["distdl-" + "cd" * 16, "distdl-notes", "mpich_shm_1a2b_0",
+                                            "someone_elses"]
     assert shm.leftovers(time.time() + 10, str(tmp_path)) == []  # made before the attempt began: not its own
 
 

@@ -431,7 +431,7 @@ class DistributedDataParallel:
             "pass nonfinite='skip' to skip such steps")
 
     def _raise_overflow(self, had_batch, name):
-        """Every rank's gradient was finite but their average is not: the reduction or a hook's compression overflowed."""
+        """Every rank's gradient was finite but their average is not: the reduction or a hook overflowed."""
         raise NonFiniteGradientError(
             f"rank {self.comm.rank}: {self._step_name(had_batch)}: every rank's gradient was finite, but their "
             f"average overflowed to Inf in {name} (in the reduction, or in a communication hook's compression); the "
