@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from distdl import _env
 from distdl.comm.errors import CollectiveMismatchError, ProtocolError
 from distdl.comm.reduction import split_counts
 from distdl.comm.signature import describe_signature, unpack_header
@@ -65,15 +66,10 @@ U8 = np.dtype(np.uint8)
 
 def slot_bytes():
     """The bytes of one slot (DISTDL_ZMQ_SHM_BYTES; 0 turns shared memory off), checked when a job first needs it."""
-    text = os.environ.get("DISTDL_ZMQ_SHM_BYTES", str(DEFAULT_SLOT_BYTES))
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value != 0 and value < LEAST_SLOT_BYTES:
-        raise ValueError(f"DISTDL_ZMQ_SHM_BYTES={text!r}: give a number of bytes, at least {LEAST_SLOT_BYTES} "
-                         f"(default {DEFAULT_SLOT_BYTES}), or 0 for ZeroMQ's ipc:// sockets instead of shared memory")
-    return value
+    return _env.number("DISTDL_ZMQ_SHM_BYTES", DEFAULT_SLOT_BYTES,
+                       lambda value: value == 0 or value >= LEAST_SLOT_BYTES,
+                       f"give a number of bytes, at least {LEAST_SLOT_BYTES} (default {DEFAULT_SLOT_BYTES}), or 0 "
+                       "for ZeroMQ's ipc:// sockets instead of shared memory")
 
 
 def directory():

@@ -43,6 +43,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from distdl import _env
 from distdl.comm import hierarchical, rendezvous, security, shared_memory
 from distdl.comm.base import Communicator
 from distdl.comm.errors import CollectiveMismatchError, CollectiveTimeoutError, PeerLostError, ProtocolError
@@ -82,17 +83,11 @@ def spin_seconds(local_size):
     for ZeroMQ's I/O thread, which must run for a message to arrive), else none: a spinning rank would hold
     the core its I/O thread or a peer waits for. DISTDL_ZMQ_SPIN_US sets it (0: never spin), e.g. where ranks
     share cores that their host does not know of (an emulated cluster's nodes on one machine)."""
-    text = os.environ.get("DISTDL_ZMQ_SPIN_US")
-    if text is None:
+    micro = _env.number("DISTDL_ZMQ_SPIN_US", None, lambda value: 0 <= value <= 1e6,
+                        "give the microseconds a receive polls before it blocks, 0 to 1000000 (0: never)", float)
+    if micro is None:
         return SPIN_SECONDS if cores_per_rank(local_size) >= 2 else 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1e6:
-        raise ValueError(f"DISTDL_ZMQ_SPIN_US={text!r}: give the microseconds a receive polls before it blocks, "
-                         "0 to 1000000 (0: never)")
-    return value * 1e-6
+    return micro * 1e-6
 
 
 def network_namespace():

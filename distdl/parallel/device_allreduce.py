@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from distdl import backend
+from distdl import _env, backend
 from distdl.comm.errors import CollectiveTimeoutError
 from distdl.parallel.comm_hooks import run_hook
 
@@ -95,13 +95,9 @@ def select(comm, dev, method=None):
 
 def staging_chunk_bytes():
     """DISTDL_STAGING_CHUNK_BYTES, else CHUNK_BYTES: how much of a bucket one staged copy moves."""
-    text = os.environ.get("DISTDL_STAGING_CHUNK_BYTES")
-    if text is None:
-        return CHUNK_BYTES
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"DISTDL_STAGING_CHUNK_BYTES={text!r}: give a whole number of bytes, at least 1 "
-                         f"(e.g. {CHUNK_BYTES} for 4 MiB, the default when it is unset)")
-    return int(text)
+    return _env.number("DISTDL_STAGING_CHUNK_BYTES", CHUNK_BYTES, lambda value: value >= 1,
+                       f"give a whole number of bytes, at least 1 (e.g. {CHUNK_BYTES} for 4 MiB, the default when it "
+                       "is unset)")
 
 
 def nccl_unique_id(comm, make_id):
