@@ -8,20 +8,22 @@
 - each worker count runs as its own job (distdl-run), one BLAS thread per worker;
 - the table gives workers, global batch, samples/s, speed-up, efficiency and the share
   of the step spent in exposed communication (what backward waited for at its end);
-- a model of the ZeroMQ allreduce as the steps it waits for (recursive doubling up to its
-  small-message limit: log2 p exchanges of n bytes, a node's ranks sharing its link and
-  partners on one node crossing none; the ring above: 2(p-1) steps of n/p; the hierarchical
-  ring on N nodes of L ranks: 2(L-1) steps in the node, 2(N-1) across with n/N on each node's
-  link). A step costs the CPU c = alpha + (node-local bytes) s gamma and the link
-  l = (link bytes) max(beta, s gamma), s ranks per core of this machine (a link byte costs the
-  slower of the link and the rank's share of a core: a roofline). The link's token bucket of
-  B bytes fills while the CPU works and passes at once, so a step takes max(c, l, c + l - B beta)
-  (on a real link, B = 0: c + l). beta and gamma are one per regime (doubling, ring); alpha,
-  the per-message cost, one per regime and sharing level s, for it grows faster than s (each
-  rank and ZeroMQ's I/O thread wait for a core). Fitted by least relative error to allreduces
-  timed by size (each call's slowest rank, the 20th percentile of the calls). Predictions
-  beyond this machine: each worker its own core (s = 1), no token bucket, and a message
-  costs recursive doubling's alpha at s = 1 (the ring's is hidden by the bucket here);
+- a model of the ZeroMQ allreduce as the steps it waits for and the messages each step puts
+  on the links (recursive doubling up to its small-message limit: ranks beyond a power of two
+  fold in, log2 p exchanges of n bytes, the folded ranks told; the ring above: 2(p-1) steps of
+  n/p; the hierarchical ring on N nodes of L ranks: L-1 steps in the node, 2(N-1) across with
+  n/N on each node's link, L-1 in the node). A step costs the CPU c = alpha + (node-local
+  bytes) s gamma, s ranks per core of this machine; then each link it uses passes its bytes
+  from its token bucket (B bytes, filling at the link's rate 1/beta, also while the CPU
+  works) and the rest at the slower of the link and the rank's share of a core (a roofline);
+  the step ends with its slowest link. Back to back, no link passes more than its rate in the
+  long run: a call takes at least its busiest link's bytes times beta (on a real link, B = 0,
+  a step takes c + its link's bytes x beta). beta and gamma are one per regime (doubling,
+  ring); alpha, the per-message cost, one per regime and sharing level s, for it grows faster
+  than s (each rank and ZeroMQ's I/O thread wait for a core). Fitted by least relative error
+  to allreduces timed by size (each call's slowest rank, the 20th percentile of the calls).
+  Predictions beyond this machine: each worker its own core (s = 1), no token bucket, and a
+  message costs recursive doubling's alpha at s = 1 (the ring's is hidden by the bucket here);
 - the training prediction is compute + overlap * allreduce: the compute per step measured at
   each worker count (each step's slowest rank's time less its wait for the allreduce; beyond
   them, the largest job's), the allreduce of the model's gradients by the fitted model, its
@@ -40,6 +42,7 @@
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -54,7 +57,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SIZES = ",".join(str(4096 * 4 ** k) for k in range(8))  # 4 KiB .. 64 MiB
+SIZES = ",".join(str(n) for n in [4096 * 2 ** k for k in range(5)] + [4 ** k << 18 for k in range(5)])
+# 4 KiB .. 64 KiB by twos (recursive doubling, where the link takes over from the CPU), 256 KiB .. 64 MiB by fours
 TOLERANCE = 0.10  # held-out points and the training prediction at the measured counts
 CORES = os.cpu_count()  # the emulated nodes share this machine's cores
 # recursive doubling's limit, cores the ranks share, a link's burst, the nodes the ranks spread over (None: one each)
@@ -211,38 +215,53 @@ def shape(p, where):
 
 
 def steps(nbytes, p, where):
-    """[(count, link bytes, node-local bytes, bucket)]: the steps one rank's allreduce waits for, in sequence.
+    """[(node-local bytes, [bytes on each link])]: the steps of one rank's allreduce, in sequence.
 
-    Link bytes are those on the busiest node link (all of a node's ranks send over its one
-    link). ``bucket``, what the link's token bucket holds when the step starts: "full" (the
-    link is used once in the call), "cpu" (what it gathered while the rank's CPU worked), or
-    "busy" (nothing: the node's other ranks use the link while this one works).
-    Recursive doubling (nodes of consecutive ranks): log2 p exchanges of the whole array, which
-    the CPU copies and reduces; those with a partner on the same node cross no link, the others
-    put the array of every rank of the node on its link. Ranks beyond a power of two fold in
-    first and are told after, over their node's link, its bucket full each time (it idles the
-    rest of the call); their one add and one copy are left out (the 3-rank points, where the
-    fold and the tell are two steps of three, come out slightly closer). The flat ring: 2(p-1) steps of 1/p of the
-    array over each link. The hierarchical ring (several nodes of several ranks,
-    distdl/comm/hierarchical.py): 2(L-1) steps inside the node moving 1/L of the array between
-    its processes, then 2(N-1) steps across, each putting 1/N of the array on the node's link.
+    A link is one direction of a node's connection to the bridge (tc shapes both): a message
+    between ranks on two nodes crosses the sender's "out" and the receiver's "in", one between
+    ranks of a node crosses none. Links used alike in every step are listed once.
+    Recursive doubling (nodes of consecutive ranks): ranks beyond a power of two p2 fold in
+    first (rank r sends to r - p2), then log2 p2 exchanges of the whole array (r with r ^ mask),
+    which the CPU reduces, then the folded ranks are told. The flat ring: 2(p-1) steps, each
+    rank sending 1/p of the array to the next. The hierarchical ring (several nodes of several
+    ranks, distdl/comm/hierarchical.py): L-1 steps inside the node moving 1/L of the array between
+    its processes, 2(N-1) steps in which each node puts 1/N of the array on its link to the next,
+    and L-1 steps inside the node again.
     """
     if p == 1:
         return []
     nodes, per_node = shape(p, where)
+    schedule = []
+
+    def step(local, messages=()):
+        links = {}
+        for source, dest, size in messages:
+            if source // per_node != dest // per_node:
+                for link in (("out", source // per_node), ("in", dest // per_node)):
+                    links[link] = links.get(link, 0.0) + size
+        schedule.append((local, links))
+
     if algorithm(nbytes, where.limit) == "doubling":
         p2 = 1 << (p.bit_length() - 1)
-        masks = [1 << k for k in range(int(math.log2(p2)))]
-        inside = sum(1 for m in masks if m < per_node and per_node % (2 * m) == 0)  # the partner on the same node
-        shared = "busy" if per_node > 1 else "cpu"
-        result = [(inside, 0, nbytes, "cpu"), (len(masks) - inside, per_node * nbytes, nbytes, shared)]
-        if p != p2:  # the ranks p2.. of a node fold into (and are told by) ranks on another node
-            folding = max(sum(1 for r in range(p2, p) if r // per_node == node) for node in range(nodes))
-            result.append((2, folding * nbytes, 0, "full"))
-        return [step for step in result if step[0]]
-    if nodes >= 2 and per_node >= 2:
-        return [(2 * (per_node - 1), 0, nbytes / per_node, "cpu"), (2 * (nodes - 1), nbytes / nodes, 0, "busy")]
-    return [(2 * (p - 1), nbytes / p, 0, "cpu")]
+        if p != p2:
+            step(nbytes, [(r, r - p2, nbytes) for r in range(p2, p)])
+        for mask in (1 << k for k in range(p2.bit_length() - 1)):
+            step(nbytes, [(r, r ^ mask, nbytes) for r in range(p2)])
+        if p != p2:
+            step(0, [(r - p2, r, nbytes) for r in range(p2, p)])
+    elif nodes >= 2 and per_node >= 2:
+        for _ in range(per_node - 1):
+            step(nbytes / per_node)
+        for _ in range(2 * (nodes - 1)):
+            step(0, [(k * per_node, (k + 1) % nodes * per_node, nbytes / nodes) for k in range(nodes)])
+        for _ in range(per_node - 1):
+            step(nbytes / per_node)
+    else:
+        for _ in range(2 * (p - 1)):
+            step(0, [(r, (r + 1) % p, nbytes / p) for r in range(p)])
+    links = list({tuple(links.get(link, 0.0) for _, links in schedule): None
+                  for link in sorted({link for _, links in schedule for link in links})})
+    return [(local, [usage[i] for usage in links]) for i, (local, _) in enumerate(schedule)]
 
 
 def sharing(p, where):
@@ -250,33 +269,36 @@ def sharing(p, where):
     return max(1.0, p / where.cores) if where.cores else 1.0
 
 
-def step_seconds(alpha, beta, gamma, link, local, bucket, s, burst):
-    """One step: the CPU's part c (a message's cost alpha, node-local bytes at the rank's share of a core, s gamma)
-    and the link's l (each link byte the slower of the link, beta, and that share of a core: a roofline).
-
-    A token bucket of ``burst`` bytes fills while the CPU works (the link idles between dependent steps) and
-    passes that much at once: where the link is the limit, up to min(c, burst beta) of l is hidden, so a step
-    takes max(c, l, c + l - burst beta) (a real link, burst 0: c + l).
-    """
-    c = alpha + local * gamma * s
-    per_byte = np.maximum(beta, gamma * s)
-    l = link * per_byte
-    refill = {"full": burst * beta, "cpu": np.minimum(c, burst * beta), "busy": 0.0}[bucket]
-    hidden = np.where(beta >= gamma * s, np.minimum(refill, l), 0.0)
-    return c + l - hidden
-
-
 def seconds(alpha, beta, gamma, nbytes, p, where, rested=False):
-    """One allreduce, back to back with the last (``rested``: after the links idled, a full bucket for the first
-    step that uses them, as after a training step's compute)."""
-    total, schedule = 0.0, steps(nbytes, p, where)
-    if rested:
-        first = next((i for i, step in enumerate(schedule) if step[1]), None)
-        if first is not None:
-            count, link, local, bucket = schedule[first]
-            schedule = schedule[:first] + [(1, link, local, "full"), (count - 1, link, local, bucket)] + schedule[first + 1:]
-    for count, link, local, bucket in schedule:
-        total = total + count * step_seconds(alpha, beta, gamma, link, local, bucket, sharing(p, where), where.burst)
+    """One allreduce: each step the CPU's part, then its messages over their links, each link a token bucket.
+
+    A step's CPU part c = alpha (a message's cost) + node-local bytes at the rank's share of a
+    core (s gamma). Each link's bucket holds up to ``where.burst`` bytes and fills at the link's
+    rate 1/beta, also while the CPU works; what a link's bytes exceed its bucket by passes at
+    the slower of the link and that share of a core, and the step ends with its slowest link.
+    Back to back with the last call (not ``rested``), no link passes more than its rate in the
+    long run: the call takes at least its busiest link's bytes times beta (at 2 and 3 ranks x 32 KiB the
+    buckets drain over the calls; one call from full buckets is 27-33% short). ``rested``:
+    after the links idled (a training step's compute), every bucket full. A real link (burst 0):
+    each step takes c + bytes x max(beta, s gamma).
+    """
+    schedule = steps(nbytes, p, where)
+    if not schedule:
+        return 0.0
+    s, burst = sharing(p, where), where.burst
+    tokens = [burst] * len(schedule[0][1])
+    total = 0.0
+    for local, links in schedule:
+        cpu = alpha + local * gamma * s
+        ready = [np.minimum(burst, held + cpu / beta) for held in tokens]
+        moving = [np.maximum(size - held, 0.0) * np.maximum(beta, gamma * s) for size, held in zip(links, ready)]
+        took = cpu + functools.reduce(np.maximum, moving)
+        tokens = [np.minimum(burst, np.maximum(held - size + move / beta, 0.0) + (took - cpu - move) / beta)
+                  for size, held, move in zip(links, ready, moving)]
+        total = total + took
+    if not rested:
+        for i in range(len(tokens)):
+            total = np.maximum(total, sum(links[i] for _, links in schedule) * beta)
     return total
 
 
