@@ -158,6 +158,41 @@ def test_hook_can_see_grad_accumulated_in_place_into_a_preset_buffer():
     assert np.shares_memory(w.grad, bucket)
 
 
+def _offering(tensor, place, scale):
+    """Give ``tensor`` a provider (as DistributedDataParallel does) that offers ``place``; returns the offers made."""
+    offers = []
+    tensor._grad_into = lambda t: offers.append(t) or (place, scale)
+    return offers
+
+
+def test_the_op_that_gives_a_leaf_its_whole_gradient_writes_it_scaled_where_the_leaf_asked():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((5, 4)), dl.tensor(rng.standard_normal((3, 4)), requires_grad=True), \
+        dl.tensor(rng.standard_normal(3), requires_grad=True)
+    places = np.full(15, np.nan)  # one flat buffer, as a gradient bucket
+    w_place, b_place = places[:12].reshape(3, 4), places[12:]
+    _offering(w, w_place, 0.25), _offering(b, b_place, 0.25)
+    g = rng.standard_normal((5, 3))
+    F.linear(dl.tensor(x), w, b).backward(dl.tensor(g))
+    assert w.grad is w_place and b.grad is b_place  # adopted: no copy
+    np.testing.assert_allclose(w.grad, 0.25 * g.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(b.grad, 0.25 * g.sum(0), rtol=1e-12)
+
+
+def test_a_leaf_fed_by_two_nodes_or_holding_a_gradient_is_offered_no_place_and_sums_as_before():
+    rng = np.random.default_rng(1)
+    x, w = dl.tensor(rng.standard_normal((5, 4))), dl.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    offers = _offering(w, np.zeros((3, 4)), 0.5)
+    (F.linear(x, w).sum() + F.linear(x * 2, w).sum()).backward()  # the weight feeds two nodes
+    np.testing.assert_allclose(w.grad, 3 * np.ones((5, 3)).T @ x.data, rtol=1e-12)
+    once = w.grad.copy()
+    F.linear(x, w).sum().backward()  # it already holds a gradient: the engine adds into it
+    assert offers == [] and np.allclose(w.grad, once * 4 / 3)
+    w.grad, w._grad_into = None, lambda t: None  # a provider that declines: the usual fresh gradient
+    F.linear(x, w).sum().backward()
+    np.testing.assert_allclose(w.grad, once / 3, rtol=1e-12)
+
+
 def test_dtypes_are_kept_and_numbers_follow_the_tensor():
     assert dl.tensor([1, 2]).dtype == np.float32
     assert dl.tensor(1.5).dtype == np.float32

@@ -16,12 +16,12 @@ def _toposort(root):
     stack = [(root, _needed_inputs(root))]
     while stack:
         node, pending = stack[-1]
-        for tensor in pending:
+        for index, tensor in pending:
             parent = tensor._ctx
             if parent is None:  # a leaf: one more contribution due
                 entry = leaves.get(id(tensor))
-                if entry is None:
-                    leaves[id(tensor)] = [tensor, 1, None, False]  # tensor, contributions due, their sum, sum owned
+                if entry is None:  # tensor, contributions due, their sum, sum owned, the (first) node and input
+                    leaves[id(tensor)] = [tensor, 1, None, False, node, index]
                 else:
                     entry[1] += 1
             elif parent not in seen:
@@ -41,8 +41,27 @@ def _toposort(root):
 
 
 def _needed_inputs(node):
-    """An iterator over the inputs of ``node`` that need a gradient (resumed where the search left it)."""
-    return iter([t for t, needed in zip(node.inputs, node.needs_input_grad) if needed])
+    """An iterator over (index, input) of the inputs of ``node`` that need a gradient (resumed where the search
+    left it)."""
+    return iter([(i, t) for i, (t, needed) in enumerate(zip(node.inputs, node.needs_input_grad)) if needed])
+
+
+def _targets(leaves):
+    """Tell each node whose backward gives a leaf its whole gradient where that leaf wants it written.
+
+    A leaf's ``_grad_into`` (DistributedDataParallel's, for its parameters) returns (array, scale) or
+    None: the array is the leaf's place in its gradient bucket, ``scale`` (None: 1) what to multiply the
+    gradient by on the way (1/world size). Only a leaf without a gradient yet, that one node of this pass
+    feeds, is offered one: the node's backward may then write ``scale`` x its gradient there
+    (``Function.grad_into``), and the leaf adopts the array, with no copy.
+    """
+    for tensor, due, _, _, node, index in leaves.values():
+        if tensor._grad_into is not None and due == 1 and tensor.grad is None:
+            target = tensor._grad_into(tensor)
+            if target is not None:
+                if node.grad_into is None:
+                    node.grad_into = {}
+                node.grad_into[index] = target
 
 
 def _owned(grad, node_outputs, node_grads):
@@ -61,6 +80,13 @@ def _owned(grad, node_outputs, node_grads):
         if other is grad:
             count += 1
     return count == 1
+
+
+def _written_into(grad, into):
+    for array, _ in into.values():
+        if grad is array:
+            return True
+    return False
 
 
 def _accumulate_leaf(tensor, grad, owned):
@@ -127,6 +153,7 @@ def _walk(root, grad, retain_graph):
             "pass retain_graph=True to the first backward() to run it twice"
         )
     order, leaves = _toposort(node)
+    _targets(leaves)
     grads = {node: {root._idx: grad}}
     for node in order:
         received = grads.pop(node)
@@ -158,7 +185,8 @@ def _walk(root, grad, retain_graph):
                 continue
             entry = leaves[id(tensor)]
             if entry[2] is None:
-                entry[2], entry[3] = g, _owned(g, outputs, input_grads)
+                into = node.grad_into  # written where the leaf asked (engine._targets): its own array
+                entry[2], entry[3] = g, (into is not None and _written_into(g, into)) or _owned(g, outputs, input_grads)
             else:
                 entry[2], entry[3] = entry[2] + g, True
             entry[1] -= 1

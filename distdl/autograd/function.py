@@ -32,6 +32,15 @@ class Function:
     inputs = ()
     needs_input_grad = ()
     output_meta = None  # (shape, dtype) of each output, for an op with several
+    grad_into = None  # {input index: (array, scale)}: where backward may write scale x that input's gradient
+
+    def target(self, index, result_dtype):
+        """(array, scale) where backward may write input ``index``'s gradient times ``scale`` (None: as it is), or
+        None. The engine offers it for a leaf whose whole gradient this node gives (``engine._targets``); an op
+        that writes there returns that array as the gradient."""
+        into = self.grad_into
+        target = None if into is None else into.get(index)
+        return target if target is not None and target[0].dtype == result_dtype else None
 
     def save_for_backward(self, *arrays):
         self.saved = arrays

@@ -55,7 +55,7 @@ class Tensor:
         dtype, device: optional conversion ("cpu", "cuda", "cuda:N").
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_idx", "_hooks", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_idx", "_hooks", "_grad_into", "__weakref__")
     __array_priority__ = 1000  # numpy_array + tensor dispatches to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
@@ -72,6 +72,7 @@ class Tensor:
         self._ctx = None
         self._idx = 0
         self._hooks = None
+        self._grad_into = None  # a leaf's provider of where its gradient may be written (see engine._targets)
 
     @classmethod
     def _from_op(cls, data, ctx, idx):
@@ -83,6 +84,7 @@ class Tensor:
         t._ctx = ctx
         t._idx = idx
         t._hooks = None
+        t._grad_into = None
         return t
 
     # ---- properties -------------------------------------------------------

@@ -63,10 +63,25 @@ class Linear(Function):
             gx = g2 @ weight
             if len(self.shape) != 2:
                 gx = gx.reshape(self.shape)
-        gw = g2.T @ x2 if needs[1] else None
-        if len(needs) == 3:  # the bias's sum over rows as a product with ones: a few times faster than sum(axis=0)
-            return gx, gw, xp_of(g2).ones(g2.shape[0], g2.dtype) @ g2 if needs[2] else None
-        return gx, gw
+        xp = xp_of(g2)
+        gw = _weight_grad(g2, x2, self.target(1, g2.dtype)) if needs[1] else None
+        if len(needs) == 3 and needs[2]:  # the bias's sum over rows as a product with ones: faster than sum(axis=0)
+            target = self.target(2, g2.dtype)
+            if target is None:
+                return gx, gw, xp.ones(g2.shape[0], g2.dtype) @ g2
+            out, scale = target
+            return gx, gw, xp.matmul(xp.full(g2.shape[0], 1 if scale is None else scale, g2.dtype), g2, out=out)
+        return (gx, gw) if len(needs) == 2 else (gx, gw, None)
+
+
+def _weight_grad(g2, x2, target):
+    """g2.T @ x2, written into ``target`` (scaled, where the smaller of g2 and x2 takes the scale) when given."""
+    if target is None:
+        return g2.T @ x2
+    out, scale = target
+    if scale is not None:
+        g2, x2 = (g2 * scale, x2) if g2.size <= x2.size else (g2, x2 * scale)
+    return xp_of(g2).matmul(g2.T, x2, out=out)
 
 
 def linear(input, weight, bias=None):

@@ -15,9 +15,11 @@ ends, the buckets not yet launched (those holding unused parameters, whose zeroe
 gradients then count as zeros) are launched, and every bucket is waited for: the
 optimizer reads averaged gradients.
 
-On the host path each gradient is divided by the world size as it is copied into its
-bucket (a pass that happens anyway), and the buckets are summed: no division pass after
-the allreduce, and a sum of finite gradients overflows only where their squared norm
+On the host path each gradient is divided by the world size on its way into its bucket,
+and the buckets are summed: the op that computes a parameter's whole gradient is offered
+its bucket view (``_target``; Linear writes there, scaled on its smaller operand), others'
+gradients are scaled as they are copied in (a pass that happens anyway). No division
+pass after the allreduce, and a sum of finite gradients overflows only where their squared norm
 did on some rank (``_overflowed`` looks only there).
 
 The path is checked, always: the first bucket of each step goes through the
@@ -122,6 +124,8 @@ class DistributedDataParallel:
         self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
         for p in self._params:
             p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
+            if self._reducer is None:
+                p._grad_into = _weak(self, "_target")
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _check_same_model(self):
@@ -203,6 +207,7 @@ class DistributedDataParallel:
         self.step_skipped = False
         self._local_nonfinite = None
         self._homed = set()  # the parameters whose gradient was final in this pass, in their bucket (and scaled)
+        self._offered = set()  # those whose op was offered the bucket view to write into (_target)
         self.last_allreduces = []
         step = self.steps + 1
         if step >> 8 != self._templates_high:
@@ -214,6 +219,15 @@ class DistributedDataParallel:
         if self._reducer is not None:
             self._device_control = self._device_templates[step & 0xFF]
 
+    def _target(self, param):
+        """(bucket view, 1/world size or None) for the op that computes ``param``'s whole gradient in this pass to
+        write it into, scaled (``engine._targets``): the copy into the bucket is saved. None when not armed."""
+        if not self._armed:
+            return None
+        bucket = self._bucket_of[param]
+        self._offered.add(param)
+        return bucket.views[param], self._pre_scale(bucket)
+
     def _on_grad_ready(self, param):
         if not self._armed:
             return
@@ -221,7 +235,8 @@ class DistributedDataParallel:
             self._end_queued = True
             queue_callback(self._on_backward_end)
         bucket = self._bucket_of[param]
-        _home(param, bucket, self._pre_scale(bucket))
+        if param not in self._offered or param.grad is not bucket.views[param]:  # else the op wrote it there, scaled
+            _home(param, bucket, self._pre_scale(bucket))
         self._homed.add(param)
         bucket.pending -= 1
         if bucket.pending == 0 and self._overlap:
@@ -599,13 +614,12 @@ def _home(param, bucket, scale=None):
 
 
 def _weak(obj, method):
-    """A callback to ``obj.method`` that does not keep ``obj`` alive."""
+    """A callback to ``obj.method`` that does not keep ``obj`` alive (None once it is gone)."""
     ref = weakref.ref(obj)
 
     def call(*args):
         target = ref()
-        if target is not None:
-            getattr(target, method)(*args)
+        return None if target is None else getattr(target, method)(*args)
 
     return call
 
