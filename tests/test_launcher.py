@@ -318,7 +318,7 @@ def test_strangers_at_the_node_port_are_refused_alone_and_the_secret_never_cross
     for reason in ("a line that is not JSON", "JSON of the wrong shape (int", "JSON of the wrong shape (str",
                    "JSON of the wrong shape (list", "a handshake of the wrong shape", "a line longer than 64 KiB",
                    "a wrong job secret", "no handshake within", "more than 64 connections were waiting"):
-        assert f"refused a connection from 127.0.0.1:" in refused and reason in refused, (reason, refused)
+        assert "refused a connection from 127.0.0.1:" in refused and reason in refused, (reason, refused)
     assert refused.count("no handshake within") == 1  # a flood from one address is logged once
     token = re.search(r"run token (\w+)", everything).group(1)
     assert b"distdl_node_port" in wire and b"proof" in wire  # the capture saw the launchers talk
