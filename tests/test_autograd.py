@@ -193,6 +193,19 @@ def test_a_leaf_fed_by_two_nodes_or_holding_a_gradient_is_offered_no_place_and_s
     np.testing.assert_allclose(w.grad, once / 3, rtol=1e-12)
 
 
+def test_a_retained_graph_run_again_writes_only_where_that_pass_offered():
+    """As DistributedDataParallel: a place offered in the first pass only; the second pass accumulates onto it."""
+    rng = np.random.default_rng(2)
+    x, w = dl.tensor(rng.standard_normal((5, 4))), dl.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    place, passes = np.zeros((3, 4)), []
+    w._grad_into = lambda t: None if passes else (place, 0.5)
+    loss = F.linear(x, w).sum()
+    loss.backward(retain_graph=True)
+    passes.append(1)
+    loss.backward()
+    np.testing.assert_allclose(w.grad, 1.5 * np.ones((5, 3)).T @ x.data, rtol=1e-12)
+
+
 def test_dtypes_are_kept_and_numbers_follow_the_tensor():
     assert dl.tensor([1, 2]).dtype == np.float32
     assert dl.tensor(1.5).dtype == np.float32

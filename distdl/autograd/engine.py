@@ -167,6 +167,9 @@ def _walk(root, grad, retain_graph):
         else:
             outputs = (received[0],)
             input_grads = node.backward(outputs[0])
+        into = node.grad_into  # the places this pass offered (_targets); a retained graph's next pass offers anew
+        if into is not None:
+            node.grad_into = None
         if type(input_grads) is not tuple:
             input_grads = (input_grads,)
         for tensor, g, needed in zip(node.inputs, input_grads, node.needs_input_grad):
@@ -185,7 +188,7 @@ def _walk(root, grad, retain_graph):
                 continue
             entry = leaves[id(tensor)]
             if entry[2] is None:
-                into = node.grad_into  # written where the leaf asked (engine._targets): its own array
+                # written where the leaf asked: that array is the leaf's own
                 entry[2], entry[3] = g, (into is not None and _written_into(g, into)) or _owned(g, outputs, input_grads)
             else:
                 entry[2], entry[3] = entry[2] + g, True
