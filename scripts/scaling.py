@@ -292,7 +292,7 @@ def seconds(alpha, beta, gamma, nbytes, p, where, rested=False):
         cpu = alpha + local * gamma * s
         ready = [np.minimum(burst, held + cpu / beta) for held in tokens]
         moving = [np.maximum(size - held, 0.0) * np.maximum(beta, gamma * s) for size, held in zip(links, ready)]
-        took = cpu + functools.reduce(np.maximum, moving)
+        took = cpu + functools.reduce(np.maximum, moving, 0.0)  # no link: all on one node
         tokens = [np.minimum(burst, np.maximum(held - size + move / beta, 0.0) + (took - cpu - move) / beta)
                   for size, held, move in zip(links, ready, moving)]
         total = total + took

@@ -206,6 +206,22 @@ def test_a_retained_graph_run_again_writes_only_where_that_pass_offered():
     np.testing.assert_allclose(w.grad, 1.5 * np.ones((5, 3)).T @ x.data, rtol=1e-12)
 
 
+def test_a_pass_cut_short_by_an_error_leaves_no_offer_for_the_next():
+    rng = np.random.default_rng(3)
+    x, w = dl.tensor(rng.standard_normal((5, 4))), dl.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    place, passes = np.zeros((3, 4)), []
+    w._grad_into = lambda t: None if passes else (place, 0.5)
+    other = dl.tensor(np.ones(3), requires_grad=True)  # its hook fails before the weight's node runs
+    other.register_post_accumulate_grad_hook(lambda t: None if passes else 1 / 0)
+    loss = (F.linear(x, w) * other).sum()
+    with pytest.raises(ZeroDivisionError):
+        loss.backward(retain_graph=True)
+    passes.append(1)  # the next pass offers nothing
+    loss.backward()
+    assert w.grad is not place
+    np.testing.assert_allclose(w.grad, np.ones((5, 3)).T @ x.data, rtol=1e-12)
+
+
 def test_dtypes_are_kept_and_numbers_follow_the_tensor():
     assert dl.tensor([1, 2]).dtype == np.float32
     assert dl.tensor(1.5).dtype == np.float32

@@ -53,3 +53,20 @@ def test_both_ways_reach_the_one_worker_parameters(monkeypatch, overlap):
     result = run("zmq", 2, "ddp.py", "equivalence", "cnn", "sgd", "float64", timeout=120)
     assert result.ok(), str(result)
     assert "".join(result.outputs).count("equivalence cnn sgd float64 ok") == 2
+
+
+def test_a_parameter_with_its_own_hooks_is_not_offered_its_bucket_place():
+    """Its hooks must see the local gradient, unscaled; one that replaces p.grad would otherwise get it scaled twice."""
+    dl.seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    seen = []
+    model[0].weight.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.copy()))
+    plain = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model, process_group=LocalCommunicator())
+    x = dl.tensor(np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32))
+    ddp(x)  # armed
+    assert ddp._target(model[0].weight) is None and ddp._target(model[2].weight) is not None
+    ddp(x).sum().backward()
+    plain(x).sum().backward()
+    np.testing.assert_array_equal(seen[0], plain[0].weight.grad)
+    np.testing.assert_array_equal(model[0].weight.grad, plain[0].weight.grad)

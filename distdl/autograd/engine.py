@@ -154,7 +154,18 @@ def _walk(root, grad, retain_graph):
         )
     order, leaves = _toposort(node)
     _targets(leaves)
-    grads = {node: {root._idx: grad}}
+    try:
+        _run(node, order, leaves, root, grad, retain_graph)
+    except BaseException:
+        for node in order:  # a pass cut short leaves no offer behind for a retained graph's next pass
+            if node.grad_into is not None:
+                node.grad_into = None
+        raise
+
+
+def _run(first, order, leaves, root, grad, retain_graph):
+    """The walk itself: each node's backward, its gradients passed on or accumulated into the leaves."""
+    grads = {first: {root._idx: grad}}
     for node in order:
         received = grads.pop(node)
         meta = node.output_meta

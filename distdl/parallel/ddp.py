@@ -222,7 +222,7 @@ class DistributedDataParallel:
     def _target(self, param):
         """(bucket view, 1/world size or None) for the op that computes ``param``'s whole gradient in this pass to
         write it into, scaled (``engine._targets``): the copy into the bucket is saved. None when not armed."""
-        if not self._armed:
+        if not self._armed or len(param._hooks) > 1:  # other hooks see (and may replace) the unscaled gradient
             return None
         bucket = self._bucket_of[param]
         self._offered.add(param)
