@@ -12,13 +12,13 @@
   on the links (recursive doubling up to its small-message limit: ranks beyond a power of two
   fold in, log2 p exchanges of n bytes, the folded ranks told; the ring above: 2(p-1) steps of
   n/p; the hierarchical ring on N nodes of L ranks: L-1 steps in the node, 2(N-1) across with
-  n/N on each node's link, L-1 in the node). A step costs the CPU c = alpha + (node-local
-  bytes) s gamma, s ranks per core of this machine; then each link it uses passes its bytes
+  n/N on each node's link, L-1 in the node). A step costs the CPU c = alpha + (the bytes it
+  reduces or copies) s gamma, s ranks per core of this machine; then each link it uses passes its bytes
   from its token bucket (B bytes, filling at the link's rate 1/beta, also while the CPU
   works) and the rest at the slower of the link and the rank's share of a core (a roofline);
   the step ends with its slowest link. Back to back, no link passes more than its rate in the
   long run: a call takes at least its busiest link's bytes times beta (on a real link, B = 0,
-  a step takes c + its link's bytes x beta). beta and gamma are one per regime (doubling,
+  a step takes c + its link's bytes x max(beta, s gamma)). beta and gamma are one per regime (doubling,
   ring); alpha, the per-message cost, one per regime and sharing level s, for it grows faster
   than s (each rank and ZeroMQ's I/O thread wait for a core). Fitted by least relative error
   to allreduces timed by size (each call's slowest rank, the 20th percentile of the calls).
@@ -215,7 +215,7 @@ def shape(p, where):
 
 
 def steps(nbytes, p, where):
-    """[(node-local bytes, [bytes on each link])]: the steps of one rank's allreduce, in sequence.
+    """[(bytes the CPU reduces or copies, [bytes on each link])]: the steps of one rank's allreduce, in sequence.
 
     A link is one direction of a node's connection to the bridge (tc shapes both): a message
     between ranks on two nodes crosses the sender's "out" and the receiver's "in", one between
@@ -272,7 +272,7 @@ def sharing(p, where):
 def seconds(alpha, beta, gamma, nbytes, p, where, rested=False):
     """One allreduce: each step the CPU's part, then its messages over their links, each link a token bucket.
 
-    A step's CPU part c = alpha (a message's cost) + node-local bytes at the rank's share of a
+    A step's CPU part c = alpha (a message's cost) + the bytes it reduces or copies at the rank's share of a
     core (s gamma). Each link's bucket holds up to ``where.burst`` bytes and fills at the link's
     rate 1/beta, also while the CPU works; what a link's bytes exceed its bucket by passes at
     the slower of the link and that share of a core, and the step ends with its slowest link.

@@ -53,15 +53,18 @@ def _targets(leaves):
     None: the array is the leaf's place in its gradient bucket, ``scale`` (None: 1) what to multiply the
     gradient by on the way (1/world size). Only a leaf without a gradient yet, that one node of this pass
     feeds, is offered one: the node's backward may then write ``scale`` x its gradient there
-    (``Function.grad_into``), and the leaf adopts the array, with no copy.
+    (``Function.grad_into``), and the leaf adopts the array, with no copy. Returns the nodes offered a place.
     """
+    offered = []
     for tensor, due, _, _, node, index in leaves.values():
         if tensor._grad_into is not None and due == 1 and tensor.grad is None:
             target = tensor._grad_into(tensor)
             if target is not None:
                 if node.grad_into is None:
                     node.grad_into = {}
+                    offered.append(node)
                 node.grad_into[index] = target
+    return offered
 
 
 def _owned(grad, node_outputs, node_grads):
@@ -153,14 +156,12 @@ def _walk(root, grad, retain_graph):
             "pass retain_graph=True to the first backward() to run it twice"
         )
     order, leaves = _toposort(node)
-    _targets(leaves)
+    offered = _targets(leaves)
     try:
         _run(node, order, leaves, root, grad, retain_graph)
-    except BaseException:
-        for node in order:  # a pass cut short leaves no offer behind for a retained graph's next pass
-            if node.grad_into is not None:
-                node.grad_into = None
-        raise
+    finally:  # the offers are this pass's: a retained graph's next pass, or one after an error, offers anew
+        for node in offered:
+            node.grad_into = None
 
 
 def _run(first, order, leaves, root, grad, retain_graph):
@@ -178,9 +179,7 @@ def _run(first, order, leaves, root, grad, retain_graph):
         else:
             outputs = (received[0],)
             input_grads = node.backward(outputs[0])
-        into = node.grad_into  # the places this pass offered (_targets); a retained graph's next pass offers anew
-        if into is not None:
-            node.grad_into = None
+        into = node.grad_into  # the places this pass offered (_targets)
         if type(input_grads) is not tuple:
             input_grads = (input_grads,)
         for tensor, g, needed in zip(node.inputs, input_grads, node.needs_input_grad):

@@ -64,24 +64,17 @@ class Linear(Function):
             if len(self.shape) != 2:
                 gx = gx.reshape(self.shape)
         xp = xp_of(g2)
-        gw = _weight_grad(g2, x2, self.target(1, g2.dtype)) if needs[1] else None
+        gw = gb = None
+        if needs[1]:  # written where the engine offers (times its scale, on the smaller operand), else a new array
+            out, scale = self.target(1, g2.dtype) or (None, None)
+            gs, xs = g2, x2
+            if scale is not None:
+                gs, xs = (g2 * scale, x2) if g2.size <= x2.size else (g2, x2 * scale)
+            gw = xp.matmul(gs.T, xs, out=out)
         if len(needs) == 3 and needs[2]:  # the bias's sum over rows as a product with ones: faster than sum(axis=0)
-            target = self.target(2, g2.dtype)
-            if target is None:
-                return gx, gw, xp.ones(g2.shape[0], g2.dtype) @ g2
-            out, scale = target
-            return gx, gw, xp.matmul(xp.full(g2.shape[0], 1 if scale is None else scale, g2.dtype), g2, out=out)
-        return (gx, gw) if len(needs) == 2 else (gx, gw, None)
-
-
-def _weight_grad(g2, x2, target):
-    """g2.T @ x2, written into ``target`` (scaled, where the smaller of g2 and x2 takes the scale) when given."""
-    if target is None:
-        return g2.T @ x2
-    out, scale = target
-    if scale is not None:
-        g2, x2 = (g2 * scale, x2) if g2.size <= x2.size else (g2, x2 * scale)
-    return xp_of(g2).matmul(g2.T, x2, out=out)
+            out, scale = self.target(2, g2.dtype) or (None, None)
+            gb = xp.matmul(xp.full(g2.shape[0], 1 if scale is None else scale, g2.dtype), g2, out=out)
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
 
 def linear(input, weight, bias=None):
