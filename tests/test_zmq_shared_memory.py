@@ -76,6 +76,18 @@ def test_a_peer_segment_of_another_size_is_refused_on_every_rank(segment_dir):
     assert os.listdir(segment_dir) == []
 
 
+def test_a_rank_with_shared_memory_off_is_refused_on_every_rank_naming_the_setting(segment_dir):
+    result = run_job(3, "exact", segment_dir, timeout=60,
+                     env_for_rank=lambda rank: {"DISTDL_ZMQ_SHM_BYTES": 0} if rank == 2 else {})
+    assert all(code != 0 for code in result.returncodes), str(result)
+    for rank in (0, 1):
+        assert f"rank {rank}: shared memory is on here (DISTDL_ZMQ_SHM_BYTES=6000 for 3 ranks) and off on " \
+            "rank(s) [2]" in result.outputs[rank], str(result)
+    assert "rank 2: shared memory is off here (DISTDL_ZMQ_SHM_BYTES=0 for 3 ranks) and on on rank(s) [0, 1]" in \
+        result.outputs[2], str(result)
+    assert os.listdir(segment_dir) == []
+
+
 def test_a_rank_killed_mid_allreduce_ends_the_others_and_leaves_no_segment(segment_dir):
     result = run_job(3, "die", segment_dir, collective_timeout=30, timeout=60)
     assert result.returncodes[1] == -9, str(result)

@@ -58,6 +58,7 @@ LONGEST_PAUSE = 250e-6  # a late peer is seen within this; each wake-up costs a 
 REGION_ALIGN = 64  # bytes: a member's region of a slot starts at a multiple of it
 PREFIX = "distdl-"
 TOKEN_BYTES = 32  # the hex of 16 random bytes: the segment's name after PREFIX
+OFF_TOKEN = b"-" * TOKEN_BYTES  # in place of a name: shared memory is off on this rank
 NAMES_TAG, ACKS_TAG = 2 ** 32 - 3, 2 ** 32 - 2  # below signature.AGREE_TAG (2**32 - 1)
 ALLGATHER_TAGS = 1 << 31  # the hierarchical allgather's steps come after every step of its reduce-scatter
 MAPPED, UNAVAILABLE, REFUSED = 1, 0, 2  # what a rank says after mapping its peers' segments
@@ -82,20 +83,23 @@ def attach(comm, group, call):
     Every rank of ``group`` calls it in the same collective ``call``; they all get segments or all get None.
     """
     nbytes = slot_bytes()
-    if nbytes // len(group) < REGION_ALIGN:  # off (0), or too small a slot for this many ranks (every rank alike)
+    if not ORDERED_STORES:  # the host's, alike for every rank of the group
+        if nbytes:
+            log.warning("distdl: rank %d: shared-memory signals need x86-64's ordered stores, not %s; the allreduces "
+                        "of ranks %s use ipc:// sockets", comm.rank, platform.machine(), group)
         return None
-    if not ORDERED_STORES:
-        log.warning("distdl: rank %d: shared-memory signals need x86-64's ordered stores, not %s; the allreduces "
-                    "of ranks %s use ipc:// sockets", comm.rank, platform.machine(), group)
-        return None
+    off = nbytes // len(group) < REGION_ALIGN  # 0, or too small a slot for this many ranks
     peers = [r for r in group if r != comm.rank]
     total = HEADER_BYTES + 2 * nbytes
-    path, own, reason = _create(total)
+    path, own, reason = (None, None, None) if off else _create(total)
     try:
-        token = os.path.basename(path)[len(PREFIX):].encode() if path else b"\0" * TOKEN_BYTES
+        token = OFF_TOKEN if off else os.path.basename(path)[len(PREFIX):].encode() if path else b"\0" * TOKEN_BYTES
         for peer in peers:
             comm._send(peer, call, NAMES_TAG, np.frombuffer(token, U8))
         tokens = {peer: bytes(comm._recv(peer, call, NAMES_TAG, U8, TOKEN_BYTES)) for peer in peers}
+        _check_all_off_or_on(comm.rank, off, nbytes, tokens)
+        if off:
+            return None
         maps, status, refusal = {}, MAPPED if own is not None else UNAVAILABLE, None
         for peer, theirs in tokens.items():
             if status != MAPPED:
@@ -134,6 +138,17 @@ def attach(comm, group, call):
     log.warning("distdl: rank %d: no shared memory among ranks %s (%s); their allreduces use ipc:// sockets",
                 comm.rank, group, reason)
     return None
+
+
+def _check_all_off_or_on(rank, off, nbytes, tokens):
+    """Refuse, on every rank alike, a group whose ranks disagree on whether shared memory is on: one rank's
+    DISTDL_ZMQ_SHM_BYTES=0 would otherwise leave the others waiting in a protocol it never enters."""
+    differ = [peer for peer, token in tokens.items() if (token == OFF_TOKEN) != off]
+    if differ:
+        here, there = ("off", "on") if off else ("on", "off")
+        raise ProtocolError(f"rank {rank}: shared memory is {here} here (DISTDL_ZMQ_SHM_BYTES={nbytes} for "
+                            f"{len(tokens) + 1} ranks) and {there} on rank(s) {differ}: every rank must run with "
+                            "the same DISTDL_ZMQ_SHM_BYTES")
 
 
 def _create(nbytes):
