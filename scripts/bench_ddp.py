@@ -10,6 +10,7 @@ thread per worker, N workers under mpiexec (distdl's MPI backend):
   allreduces at its end) and hidden communication, against the time the same
   allreduces take alone, for each bucket size;
 - the same N processes training without any communication: the ceiling of this machine;
+- DDP's fixed cost per step: DDP in a world of one against the plain model, interleaved;
 - PyTorch DistributedDataParallel over gloo on the same model, worker count and
   batch, in the same job (when torch is installed; never a dependency).
 
@@ -72,7 +73,8 @@ def distdl_sync():
     backend.cupy().cuda.Device().synchronize()  # every stream: DDP's communication stream too
 
 
-def distdl_figures(key, comm, bucket_mb):
+def distdl_step(key, comm, bucket_mb):
+    """(title, a training step of the model, the DDP wrapping it or None when ``bucket_mb`` is 0)."""
     title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
     dl.seed(0)
     model = build(dl.nn).to(where())
@@ -81,6 +83,11 @@ def distdl_figures(key, comm, bucket_mb):
     step = synced(make_step(ddp, getattr(dl.optim, opt_name)(ddp.parameters(), lr=lr), getattr(dl.nn, loss_name)(),
                             dl.tensor(x.astype(np.float32), device=where()),
                             target if y.dtype.kind == "i" else dl.tensor(target)), distdl_sync, ARGS.device)
+    return title, step, ddp if bucket_mb else None
+
+
+def distdl_figures(key, comm, bucket_mb):
+    title, step, ddp = distdl_step(key, comm, bucket_mb)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     times, waits = timed(step, steps, (lambda: ddp.last_sync_wait) if bucket_mb else None)
@@ -100,30 +107,52 @@ def distdl_figures(key, comm, bucket_mb):
     return figures
 
 
-def torch_figures(key, comm, distributed):
+def torch_step(key, comm, distributed):
     title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
     torch.manual_seed(0)
     model = build(torch.nn).to(where())
     if distributed:
         model = TorchDDP(model, device_ids=[device.current().index] if ARGS.device == "cuda" else None)
-    step = synced(make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr),
-                            getattr(torch.nn, loss_name)(), torch.from_numpy(x.astype(np.float32)).to(where()),
-                            torch.from_numpy(y).to(where())),
-                  torch.cuda.synchronize if ARGS.device == "cuda" else None, ARGS.device)
+    return title, synced(make_step(model, getattr(torch.optim, opt_name)(model.parameters(), lr=lr),
+                                   getattr(torch.nn, loss_name)(), torch.from_numpy(x.astype(np.float32)).to(where()),
+                                   torch.from_numpy(y).to(where())),
+                         torch.cuda.synchronize if ARGS.device == "cuda" else None, ARGS.device)
+
+
+def torch_figures(key, comm, distributed):
+    title, step = torch_step(key, comm, distributed)
     steps = agreed_steps(step, comm, ARGS.seconds)
     comm.barrier()
     return {"title": title, "step": statistics.median(timed(step, steps)[0]), "steps": steps}
+
+
+def ddp_alone_figures(key, comm, rounds=6):
+    """DDP in a world of one against the same model unwrapped (torch's likewise): the fixed cost DDP adds to each
+    step. A few percent of a step: so the two take turns over ``rounds`` rounds, and each gives the 20th
+    percentile of its steps (a passing load only ever adds time)."""
+    title, plain, _ = distdl_step(key, comm, 0)
+    steps = {"plain": plain, "ddp": distdl_step(key, comm, 25)[1]}
+    if torch is not None:
+        steps.update(torch_plain=torch_step(key, comm, False)[1], torch_ddp=torch_step(key, comm, True)[1])
+    count = agreed_steps(plain, comm, ARGS.seconds / rounds)
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name] += timed(step, count)[0]
+    return {"model": key, "title": title, "framework": "alone",
+            **{name: float(np.percentile(t, 20)) for name, t in times.items()}}
 
 
 def worker():
     comm = dl.init(device=ARGS.device)
     if torch is not None:
         torch.set_num_threads(1)
-        if comm.size > 1:
-            td.init_process_group(torch_backend(comm.size), init_method=f"tcp://127.0.0.1:{os.environ['BENCH_GLOO_PORT']}",
-                                  rank=comm.rank, world_size=comm.size)
+        td.init_process_group(torch_backend(comm.size), init_method=f"tcp://127.0.0.1:{os.environ['BENCH_GLOO_PORT']}",
+                              rank=comm.rank, world_size=comm.size)
     results = []
     for key in ARGS.models.split(","):
+        if comm.size == 1:
+            results.append(ddp_alone_figures(key, comm))
         for bucket_mb in [0] + ([float(b) for b in ARGS.buckets.split(",")] if comm.size > 1 else []):
             results.append({"model": key, "framework": "distdl", "bucket_mb": bucket_mb,
                             **_slowest(comm, distdl_figures(key, comm, bucket_mb))})
@@ -132,7 +161,7 @@ def worker():
                             **_slowest(comm, torch_figures(key, comm, comm.size > 1))})
     if comm.rank == 0:
         print(json.dumps(results))
-    if torch is not None and comm.size > 1:
+    if torch is not None:
         td.destroy_process_group()
     dl.shutdown()
 
@@ -165,7 +194,9 @@ def main():
     if ARGS.worker:
         return worker()
     n = ARGS.n
-    single = {(r["model"], r["framework"]): r for r in launch(1)}
+    alone = launch(1)
+    single = {(r["model"], r["framework"]): r for r in alone}
+    print_alone([r for r in alone if r["framework"] == "alone"])
     rows = launch(n)
     on = "one BLAS thread each" if ARGS.device == "cpu" else f"on GPU local_rank % {backend.cupy().cuda.runtime.getDeviceCount()}"
     print(f"weak scaling, 1 -> {n} workers on this machine, {on}, distdl over MPI"
@@ -188,6 +219,22 @@ def main():
         else:
             cells += ["-"] * 4
         print("| " + " | ".join(cells) + " |")
+
+
+def print_alone(rows):
+    print("DDP in a world of one against the plain model, interleaved rounds, 20th percentile of the steps")
+    print("| model | plain ms | DDP ms | DDP's cost | torch plain ms | torch DDP ms | torch DDP's cost |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        cells = [row["title"], f"{1e3 * row['plain']:.3f}", f"{1e3 * row['ddp']:.3f}",
+                 f"{row['ddp'] / row['plain'] - 1:+.1%}"]
+        if "torch_plain" in row:
+            cells += [f"{1e3 * row['torch_plain']:.3f}", f"{1e3 * row['torch_ddp']:.3f}",
+                      f"{row['torch_ddp'] / row['torch_plain'] - 1:+.1%}"]
+        else:
+            cells += ["-"] * 3
+        print("| " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":
