@@ -29,6 +29,13 @@ def test_one_process_averages_nothing_and_still_checks_finiteness():
     model.zero_grad()
     with pytest.raises(NonFiniteGradientError, match="step 2: a NaN or Inf gradient on rank 0"):
         ddp(dl.tensor(x)).sum().backward()
+    skipping = dl.DistributedDataParallel(plain, process_group=LocalCommunicator(), nonfinite="skip")
+    skipping(dl.tensor(x)).sum().backward()
+    assert (skipping.steps, skipping.skipped_steps, skipping.step_skipped) == (1, 1, True)
+    assert all(p.grad is None for p in plain.parameters())
+    x[0, 0] = 1.0
+    skipping(dl.tensor(x)).sum().backward()
+    assert (skipping.steps, skipping.skipped_steps, skipping.step_skipped) == (2, 1, False)
 
 
 def test_the_communication_thread_only_where_a_core_is_free(monkeypatch):

@@ -178,12 +178,11 @@ class DistributedDataParallel:
         as they are and divided after (``_controls``), so that their counts stay exact.
         """
         host_sum = self._reducer is None and self._hook is None and not self._alone
-        self._pre_scales = [b.grads.dtype.type(1 / self.comm.size) for b in self.buckets] if host_sum else None
+        self._pre_scaled = host_sum
         self._bounded = host_sum and all(4 * self.comm.size ** 2 < np.finfo(b.grads.dtype).max for b in self.buckets)
-
-    def _pre_scale(self, bucket):
-        """1/world size in ``bucket``'s dtype (buckets of several dtypes each take their own), or None."""
-        return None if self._pre_scales is None else self._pre_scales[bucket.index()]
+        # each parameter's (bucket view, 1/world size in its bucket's dtype or None): looked up once per gradient
+        self._places = {p: (b.views[p], b.grads.dtype.type(1 / self.comm.size) if host_sum else None)
+                        for b in self.buckets for p in b.params}
 
     # -- the step ----------------------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -224,9 +223,8 @@ class DistributedDataParallel:
         write it into, scaled (``engine._targets``): the copy into the bucket is saved. None when not armed."""
         if not self._armed or len(param._hooks) > 1:  # other hooks see (and may replace) the unscaled gradient
             return None
-        bucket = self._bucket_of[param]
         self._offered.add(param)
-        return bucket.views[param], self._pre_scale(bucket)
+        return self._places[param]
 
     def _on_grad_ready(self, param):
         if not self._armed:
@@ -235,8 +233,9 @@ class DistributedDataParallel:
             self._end_queued = True
             queue_callback(self._on_backward_end)
         bucket = self._bucket_of[param]
-        if param not in self._offered or param.grad is not bucket.views[param]:  # else the op wrote it there, scaled
-            _home(param, bucket, self._pre_scale(bucket))
+        view, scale = self._places[param]
+        if param not in self._offered or param.grad is not view:  # else the op wrote it there, scaled
+            _home(param, view, scale)
         self._homed.add(param)
         bucket.pending -= 1
         if bucket.pending == 0 and self._overlap:
@@ -252,7 +251,9 @@ class DistributedDataParallel:
             bucket = self.buckets[self._next_bucket]
             if ready_only and bucket.pending:
                 return
-            if self._reducer is None:
+            if self._alone:  # nothing travels: this rank's own finiteness check is the whole verdict (_settle)
+                self._locally_nonfinite(bucket)
+            elif self._reducer is None:
                 if bucket.index() == 0:
                     bucket.control[...] = self._control
                 bucket.control[control.NONFINITE], bucket.control[control.LARGE] = self._locally_nonfinite(bucket)
@@ -308,7 +309,7 @@ class DistributedDataParallel:
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
                 elif p not in self._homed:  # e.g. accumulated under no_sync, unused in this pass
-                    _home(p, bucket, self._pre_scale(bucket))
+                    _home(p, *self._places[p])
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
@@ -349,7 +350,7 @@ class DistributedDataParallel:
         On a device the reduced buckets' finiteness comes in the same copy (``_overflowed`` reads it).
         """
         if self._reducer is None:
-            if self._pre_scales is None:
+            if not self._pre_scaled:
                 return [bucket.control for bucket in self.buckets]
             return [bucket.control / self.comm.size for bucket in self.buckets]  # summed: now their mean, as elsewhere
         xp, count = self.device.xp, len(self.buckets)
@@ -393,20 +394,24 @@ class DistributedDataParallel:
 
         ``had_batch`` is false on a rank that answers the others' step inside ``join()``.
         """
-        size = self.comm.size
-        controls = self._controls()
-        if not (had_batch and control.agree_fully(controls[0], self._control)):
-            first = control.counts(controls[0], size)
-            if not control.steps_agree(first):
-                self._raise_step_mismatch(had_batch)
-            active = int(first[control.ACTIVE])
-            if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
-                for bucket in self.buckets:
-                    bucket.grads *= bucket.grads.dtype.type(size / active)
-        self.steps += had_batch
-        somewhere = any(c[control.NONFINITE] for c in controls)
-        # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
-        overflowed = None if somewhere or self._alone else self._overflowed(controls)  # alone: the sum is the local one
+        if self._alone:  # nothing was reduced: no step to compare, and the sum is the local gradient
+            self.steps += had_batch
+            somewhere, overflowed = self._local_nonfinite is not None, None
+        else:
+            size = self.comm.size
+            controls = self._controls()
+            if not (had_batch and control.agree_fully(controls[0], self._control)):
+                first = control.counts(controls[0], size)
+                if not control.steps_agree(first):
+                    self._raise_step_mismatch(had_batch)
+                active = int(first[control.ACTIVE])
+                if 0 < active < size:  # join(): the mean over the ranks that had a batch, not over all
+                    for bucket in self.buckets:
+                        bucket.grads *= bucket.grads.dtype.type(size / active)
+            self.steps += had_batch
+            somewhere = any(c[control.NONFINITE] for c in controls)
+            # finite on every rank, the sum may still overflow: every rank reads the same sum, so reaches one verdict
+            overflowed = None if somewhere else self._overflowed(controls)
         if somewhere or overflowed is not None:
             if self.nonfinite == "skip":
                 self._skip_step()
@@ -594,15 +599,14 @@ def _nonfinite_or_first(bucket):
     return bucket.params[0] if bad is None else bad
 
 
-def _home(param, bucket, scale=None):
-    """Make ``param.grad`` its bucket view again, multiplied by ``scale`` (1/world size) unless it is None.
+def _home(param, view, scale):
+    """Make ``param.grad`` its bucket ``view`` again, multiplied by ``scale`` (1/world size) unless it is None.
 
     After ``zero_grad(set_to_none=True)`` the engine hands the first gradient over as
     a fresh array: one copy into the bucket (scaled on the way), cheaper than zeroing the
     bucket before backward and adding into it. With ``set_to_none=False`` the engine adds
     into the view in place, and only the scaling passes over it.
     """
-    view = bucket.views[param]
     if param.grad is not view:
         if scale is None:
             view[...] = param.grad
