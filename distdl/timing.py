@@ -122,19 +122,25 @@ class StepTimer:
 
     def __init__(self, recent=RECENT_STEPS):
         self.timeline = timeline()
-        self.recent = collections.deque(maxlen=recent)
-        self._step = dict.fromkeys(PHASES, 0.0)
+        self.recent = collections.deque(maxlen=recent)  # each step's seconds per phase, in PHASES' order
         self.reset()
 
     def reset(self):
-        self.totals = dict.fromkeys(PHASES, 0.0)
+        self.totals = [0.0] * len(PHASES)
         self.steps = 0
 
-    def add(self, phase, start, end):
-        """Account ``phase`` from ``start`` to ``end`` (time.time() seconds) to the step under way."""
-        self._step[phase] += end - start
+    def add_step(self, bounds):
+        """One step, ``bounds`` its phases' edges (time.time() seconds) in PHASES' order: data (None where the
+        last step's end is unknown), forward, backward, communication, optimizer and the step's end."""
+        known = bounds[0] is not None
+        edges = bounds if known else (bounds[1],) + bounds[1:]  # an unknown data phase counts as none
+        seconds = tuple(end - start for start, end in zip(edges, edges[1:]))
+        self.totals = [total + s for total, s in zip(self.totals, seconds)]
+        self.recent.append(seconds)
+        self.steps += 1
         if self.timeline is not None:
-            self.timeline.add(phase, start, end, phase)
+            for phase, start, end in list(zip(PHASES, edges, edges[1:]))[not known:]:
+                self.timeline.add(phase, start, end, phase)
 
     def add_allreduce(self, index, start, end, nbytes):
         if self.timeline is not None:
@@ -145,21 +151,15 @@ class StepTimer:
         if self.timeline is not None:
             self.timeline.add(name, start, end, "trainer", args)
 
-    def end_step(self):
-        for phase, seconds in self._step.items():
-            self.totals[phase] += seconds
-        self.recent.append(self._step)
-        self.steps += 1
-        self._step = dict.fromkeys(PHASES, 0.0)
-
     def means(self):
         """Mean seconds per step of each phase since ``reset()``."""
-        return {phase: total / max(self.steps, 1) for phase, total in self.totals.items()}
+        return {phase: total / max(self.steps, 1) for phase, total in zip(PHASES, self.totals)}
 
     def recent_means(self):
         """Mean seconds per step of each phase over the recent steps, and how many steps that is."""
         steps = max(len(self.recent), 1)
-        return {**{p: sum(step[p] for step in self.recent) / steps for p in PHASES}, "steps": len(self.recent)}
+        sums = [sum(column) for column in zip(*self.recent)] or [0.0] * len(PHASES)
+        return {**{phase: total / steps for phase, total in zip(PHASES, sums)}, "steps": len(self.recent)}
 
     def summary(self, comm):
         """Collective: the ``uneven`` sentence for every rank's means since ``reset()``, or None."""
@@ -257,15 +257,10 @@ class PhaseRecorder:
         if self._forward_start is not None and self._backward_start is not None:
             synced = self._sync_end if self._sync_end is not None else self._backward_end
             end = synced if end is None else end
-            if self._last_end is not None and self._last_end <= self._forward_start:
-                timer.add("data", self._last_end, self._forward_start)
-            timer.add("forward", self._forward_start, self._backward_start)
-            timer.add("backward", self._backward_start, self._backward_end)
-            timer.add("communication", self._backward_end, synced)
-            timer.add("optimizer", synced, end)
+            last = self._last_end if self._last_end is not None and self._last_end <= self._forward_start else None
+            timer.add_step((last, self._forward_start, self._backward_start, self._backward_end, synced, end))
             for allreduce in self._allreduces:
                 timer.add_allreduce(*allreduce)
-            timer.end_step()
             self._last_end = end
         self._clear()
 

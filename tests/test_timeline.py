@@ -103,7 +103,7 @@ def test_accumulation_steps_end_at_their_backward_and_forwards_without_backward_
             ddp(x).sum().backward()
     ddp(x).sum().backward()
     opt.step()
-    steps = list(ddp.phases.timer.recent)
+    steps = [dict(zip(PHASES, seconds)) for seconds in ddp.phases.timer.recent]
     assert len(steps) == ddp.timings()["steps"] == 3
     assert [s["optimizer"] for s in steps[:2]] == [0.0, 0.0] and steps[2]["optimizer"] > 0
     assert all(s["forward"] > 0 and s["backward"] > 0 for s in steps)
