@@ -8,6 +8,7 @@ on every node from the nonce that node 0 sends.
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 
@@ -45,8 +46,11 @@ def nonce():
 
 
 def proof(secret, role, *parts):
-    """HMAC-SHA256 of ``role`` and ``parts``: the role keeps a node's proof from being replayed as node 0's."""
-    return hmac.new(secret, "|".join((role,) + tuple(map(str, parts))).encode(), hashlib.sha256).hexdigest()
+    """HMAC-SHA256 of ``role`` and ``parts``: the role keeps a node's proof from being replayed as node 0's.
+
+    The fields are a JSON list, so no choice of a peer's nonce makes two different lists one message
+    (joined with a separator, ("a|b", "c") and ("a", "b|c") were the same)."""
+    return hmac.new(secret, json.dumps([role, *map(str, parts)]).encode(), hashlib.sha256).hexdigest()
 
 
 def verify(secret, given, role, *parts):

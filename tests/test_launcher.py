@@ -288,7 +288,8 @@ def strangers(port):
     with connect(port, deadline) as s:  # a well-formed handshake with the wrong secret
         nonce = json.loads(s.makefile("rb").readline())["nonce"]
         mine = "0" * 32
-        proof = hmac.new(b"not the job secret", f"node|{nonce}|{mine}|1".encode(), hashlib.sha256).hexdigest()
+        fields = json.dumps(["node", nonce, mine, "1"]).encode()
+        proof = hmac.new(b"not the job secret", fields, hashlib.sha256).hexdigest()
         s.sendall(json.dumps({"node_rank": 1, "nonce": mine, "proof": proof}).encode() + b"\n")
         assert s.recv(1000) == b"", "node 0 answered a wrong proof"
 
@@ -364,6 +365,7 @@ def test_proofs_and_run_tokens_depend_on_the_secret_and_the_nonces(monkeypatch):
     assert not secret.verify(other, proof, "node", "n1", "n2", 1)
     assert not secret.verify(key, proof, "coordinator", "n1", "n2", 1)  # a node's proof is not node 0's
     assert not secret.verify(key, proof, "node", "n1", "n3", 1) and not secret.verify(key, None, "node")
+    assert secret.proof(key, "node", "a|b", "c") != secret.proof(key, "node", "a", "b|c")  # fields stay apart
     assert secret.run_token(key, "a") == secret.run_token(key, "a") != secret.run_token(key, "b")
     assert secret.run_token(key, "a") != secret.run_token(other, "a")
     monkeypatch.delenv("DISTDL_JOB_SECRET", raising=False)
