@@ -24,19 +24,27 @@ def cnn(nn):
     )
 
 
-def lstm(nn):
+def _last_step(nn, recurrent):
     class LastStep(nn.Module):
-        """3-layer LSTM, then a linear read-out of the last time step."""
+        """3 recurrent layers (nn.LSTM or nn.GRU) of 50 units, then a linear read-out of the last time step."""
 
         def __init__(self):
             super().__init__()
-            self.lstm = nn.LSTM(8, 50, num_layers=3, batch_first=True)
+            self.rnn = recurrent(8, 50, num_layers=3, batch_first=True)
             self.head = nn.Linear(50, 1)
 
         def forward(self, x):
-            return self.head(self.lstm(x)[0][:, -1])
+            return self.head(self.rnn(x)[0][:, -1])
 
     return LastStep()
+
+
+def lstm(nn):
+    return _last_step(nn, nn.LSTM)
+
+
+def gru(nn):
+    return _last_step(nn, nn.GRU)
 
 
 def autoencoder(nn):
@@ -53,9 +61,9 @@ def workload(key, rng):
     if key == "cnn":
         return ("CNN 2xconv 3x32x32 b128", cnn, rng.standard_normal((128, 3, 32, 32)), rng.integers(0, 10, 128),
                 "CrossEntropyLoss", ("SGD", 0.01))
-    if key == "lstm":
-        return ("LSTM 3x50 seq50 b32", lstm, rng.standard_normal((32, 50, 8)), rng.integers(0, 2, (32, 1)).astype(np.float32),
-                "BCEWithLogitsLoss", ("Adam", 1e-3))
+    if key in ("lstm", "gru"):
+        return (f"{key.upper()} 3x50 seq50 b32", {"lstm": lstm, "gru": gru}[key], rng.standard_normal((32, 50, 8)),
+                rng.integers(0, 2, (32, 1)).astype(np.float32), "BCEWithLogitsLoss", ("Adam", 1e-3))
     images = rng.uniform(0, 1, (256, 784))
     return "AE 784-256x3-784 b256", autoencoder, images, images.astype(np.float32), "BCELoss", ("Adam", 1e-3)
 

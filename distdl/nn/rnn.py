@@ -3,6 +3,7 @@
 import math
 
 from distdl import functional as F
+from distdl.functional.gru_stack import gru_stack
 from distdl.functional.lstm_stack import lstm_stack
 from distdl.nn import init
 from distdl.nn.init import empty_parameter
@@ -134,9 +135,21 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """Gated recurrent unit, gates (r, z, n) in that order in the weights' rows."""
+    """Gated recurrent unit, gates (r, z, n) in that order in the weights' rows.
+
+    A unidirectional stack is one op whose layers run as a wavefront (functional/gru_stack.py);
+    a bidirectional one runs layer by layer.
+    """
 
     mode = "gru"
+
+    def forward(self, input, hx=None):
+        if self.bidirectional:
+            return super().forward(input, hx)
+        self.check_input(input, self.input_size, "features", axis=2, ndims=(3,))
+        self._check_state(hx, input.shape[0 if self.batch_first else 1])
+        weights = [self._weights(layer, "") for layer in range(self.num_layers)]
+        return gru_stack(input, hx, weights, self.batch_first, self.dropout, self.training)
 
     def _layer(self, x, states, weights, reverse):
         return F.gru(x, states[0], *weights, reverse=reverse)
