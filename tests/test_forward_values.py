@@ -149,6 +149,21 @@ def test_regression_and_binary_losses_match_formulas():
     assert F.binary_cross_entropy(t(np.array([0.0])), np.array([1.0])).item() == 100.0
 
 
+def test_float32_binary_cross_entropy_is_exact_to_a_few_ulps_at_the_extremes():
+    """Its log(1 - p) is a log with Goldberg's correction, not log1p: checked against float64 where it is hard."""
+    p = np.array([0, 1e-30, 1e-10, 3e-8, 1e-3, 0.5, 0.999, 1 - 2 ** -24, 1, 1], np.float32)
+    y = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 1], np.float32)
+    x = t(p).requires_grad_()
+    loss = F.binary_cross_entropy(x, y, reduction="none")
+    loss.sum().backward()
+    q = p.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        expected = -(y * np.maximum(np.log(q), -100) + (1 - y) * np.maximum(np.log1p(-q), -100))
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=4e-7, atol=1e-45)
+    np.testing.assert_allclose(x.grad, (q - y) / np.maximum(q * (1 - q), 1e-12), rtol=4e-7)
+    assert loss.numpy()[-2] == 100.0 and loss.numpy()[0] == 100.0  # log(0) clamped, on either side
+
+
 def test_batch_norm_training_and_running_statistics():
     x = rng.standard_normal((8, 3, 2, 2)) * 2 + 1
     rm, rv = np.zeros(3), np.ones(3)
