@@ -81,10 +81,17 @@ def test_a_rank_with_shared_memory_off_is_refused_on_every_rank_naming_the_setti
                      env_for_rank=lambda rank: {"DISTDL_ZMQ_SHM_BYTES": 0} if rank == 2 else {})
     assert all(code != 0 for code in result.returncodes), str(result)
     for rank in (0, 1):
-        assert f"rank {rank}: shared memory is on here (DISTDL_ZMQ_SHM_BYTES=6000 for 3 ranks) and off on " \
+        assert f"rank {rank}: shared memory is on here (DISTDL_ZMQ_SHM_BYTES=6000 for 3 ranks) and off for " \
             "rank(s) [2]" in result.outputs[rank], str(result)
-    assert "rank 2: shared memory is off here (DISTDL_ZMQ_SHM_BYTES=0 for 3 ranks) and on on rank(s) [0, 1]" in \
+    assert "rank 2: shared memory is off here (DISTDL_ZMQ_SHM_BYTES=0 for 3 ranks) and on for rank(s) [0, 1]" in \
         result.outputs[2], str(result)
+    assert os.listdir(segment_dir) == []
+
+
+def test_shared_memory_off_on_every_rank_gives_exact_results_over_ipc(segment_dir):
+    result = run_job(3, "exact", segment_dir, timeout=120, env_for_rank=lambda rank: {"DISTDL_ZMQ_SHM_BYTES": 0})
+    assert result.ok(), str(result)
+    assert "rank 0: shared memory not used; 0 files left" in result.outputs[0], str(result)
     assert os.listdir(segment_dir) == []
 
 

@@ -83,12 +83,12 @@ def attach(comm, group, call):
     Every rank of ``group`` calls it in the same collective ``call``; they all get segments or all get None.
     """
     nbytes = slot_bytes()
+    off = nbytes // len(group) < REGION_ALIGN  # 0, or too small a slot for this many ranks
     if not ORDERED_STORES:  # the host's, alike for every rank of the group
-        if nbytes:
+        if not off:
             log.warning("distdl: rank %d: shared-memory signals need x86-64's ordered stores, not %s; the allreduces "
                         "of ranks %s use ipc:// sockets", comm.rank, platform.machine(), group)
         return None
-    off = nbytes // len(group) < REGION_ALIGN  # 0, or too small a slot for this many ranks
     peers = [r for r in group if r != comm.rank]
     total = HEADER_BYTES + 2 * nbytes
     path, own, reason = (None, None, None) if off else _create(total)
@@ -97,8 +97,11 @@ def attach(comm, group, call):
         for peer in peers:
             comm._send(peer, call, NAMES_TAG, np.frombuffer(token, U8))
         tokens = {peer: bytes(comm._recv(peer, call, NAMES_TAG, U8, TOKEN_BYTES)) for peer in peers}
-        _check_all_off_or_on(comm.rank, off, nbytes, tokens)
-        if off:
+        mismatch = _on_off_mismatch(comm.rank, off, nbytes, tokens)
+        if mismatch is not None:
+            _close_all({}, own)
+            raise mismatch
+        if off:  # on every rank
             return None
         maps, status, refusal = {}, MAPPED if own is not None else UNAVAILABLE, None
         for peer, theirs in tokens.items():
@@ -140,15 +143,17 @@ def attach(comm, group, call):
     return None
 
 
-def _check_all_off_or_on(rank, off, nbytes, tokens):
-    """Refuse, on every rank alike, a group whose ranks disagree on whether shared memory is on: one rank's
-    DISTDL_ZMQ_SHM_BYTES=0 would otherwise leave the others waiting in a protocol it never enters."""
+def _on_off_mismatch(rank, off, nbytes, tokens):
+    """The error that refuses, on every rank alike, a group whose ranks disagree on whether shared memory is on
+    (one rank's DISTDL_ZMQ_SHM_BYTES=0 would otherwise leave the others waiting in a protocol it never enters),
+    else None."""
     differ = [peer for peer, token in tokens.items() if (token == OFF_TOKEN) != off]
-    if differ:
-        here, there = ("off", "on") if off else ("on", "off")
-        raise ProtocolError(f"rank {rank}: shared memory is {here} here (DISTDL_ZMQ_SHM_BYTES={nbytes} for "
-                            f"{len(tokens) + 1} ranks) and {there} on rank(s) {differ}: every rank must run with "
-                            "the same DISTDL_ZMQ_SHM_BYTES")
+    if not differ:
+        return None
+    here, there = ("off", "on") if off else ("on", "off")
+    return ProtocolError(f"rank {rank}: shared memory is {here} here (DISTDL_ZMQ_SHM_BYTES={nbytes} for "
+                         f"{len(tokens) + 1} ranks) and {there} for rank(s) {differ}: every rank must run with the "
+                         "same DISTDL_ZMQ_SHM_BYTES")
 
 
 def _create(nbytes):

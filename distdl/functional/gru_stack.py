@@ -52,7 +52,7 @@ class _Factors(_Chunked):
         z_dh *= z
         z_dh *= u
         xp.multiply(hn, r, out=r_dn)
-        xp.subtract(r_dn, xp.multiply(r_dn, r, out=u), out=r_dn)
+        xp.subtract(r_dn, xp.multiply(r_dn, r, out=u), out=r_dn)  # u is free again: its scratch
 
 
 class GRUStack(Function):

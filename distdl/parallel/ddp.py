@@ -26,7 +26,8 @@ The path is checked, always: the first bucket of each step goes through the
 communicator's signature check (a rank in another collective is named at once), and
 the control elements at the end of every bucket (``control.py``) carry each rank's
 step, finiteness and whether it had a batch, reduced with the gradients themselves.
-The bucket layout is compared across ranks at construction.
+The bucket layout is compared across ranks at construction. In a world of one nothing
+travels: the rank's own finiteness check is the step's verdict, and no control is written.
 """
 
 import math
@@ -504,7 +505,8 @@ class DistributedDataParallel:
         """Answer one step of the ranks still training with zeros; False once every rank has joined."""
         self._sync_buffers()
         for bucket in self.buckets:
-            bucket.flat[...] = 0  # zero gradients, and control elements that say "no batch here"
+            bucket.flat[...] = 0  # zero gradients, and control elements that say "no batch here" (alone: all
+            # there is, none being reduced, so a world of one ends here at once)
         self.last_allreduces = []
         self._start(self.buckets[0])
         self._wait_all()
