@@ -38,6 +38,27 @@ def test_one_process_averages_nothing_and_still_checks_finiteness():
     assert (skipping.steps, skipping.skipped_steps, skipping.step_skipped) == (2, 1, False)
 
 
+def test_a_nan_accumulated_under_no_sync_in_a_parameter_the_synced_pass_leaves_out_is_caught():
+    """The finiteness check sums each gradient's squares as it becomes final, also at the end of backward for
+    those no hook saw in this pass."""
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.skipped = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x, both):
+            return self.used(x) + self.skipped(x) if both else self.used(x)
+
+    model = Branches()
+    ddp = dl.DistributedDataParallel(model, process_group=LocalCommunicator())
+    x = dl.tensor(np.ones((2, 3), np.float32))
+    with ddp.no_sync():
+        ddp(x, True).sum().backward()
+    model.skipped.weight.grad[0, 0] = np.nan
+    with pytest.raises(NonFiniteGradientError, match="first non-finite parameter: rank 0: skipped.weight"):
+        ddp(x, False).sum().backward()
+
+
 def test_the_communication_thread_only_where_a_core_is_free(monkeypatch):
     comm = LocalCommunicator()
     monkeypatch.delenv("DISTDL_DDP_OVERLAP", raising=False)
