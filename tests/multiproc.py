@@ -14,6 +14,15 @@ import pytest
 WORKERS = Path(__file__).resolve().parent / "workers"
 
 
+def alive(pid):
+    """Whether process ``pid`` still runs (a zombie is gone for our purpose; one reaped while we look, too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def mpiexec():
     """The mpiexec next to this Python (the mpich wheel's), else the system's."""
     beside = Path(sys.executable).parent / "mpiexec"

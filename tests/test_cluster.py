@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from multiproc import WORKERS
+from multiproc import WORKERS, alive
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -42,14 +42,6 @@ def cluster_namespaces(pid=None):
     """The emulated clusters' namespaces on this machine; those of the cluster.py process ``pid`` if given."""
     prefix = emulated.PREFIX if pid is None else f"{emulated.PREFIX}-{pid}-"
     return [name for name in emulated.namespaces() if name.startswith(prefix)]
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 import loopback
 from launcher import secret, shm, wire
-from multiproc import WORKERS, free_port
+from multiproc import WORKERS, alive, free_port
 
 BACKENDS = ["mpi", "zmq"]
 
@@ -32,15 +32,6 @@ def distdl_run(*args, timeout=90, **popen):
 
 def pids_in(text):
     return [int(p) for p in re.findall(r"pid (\d+) rank", text)]
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
-        return f.read().split()[2] != "Z"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
