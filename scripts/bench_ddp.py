@@ -225,15 +225,12 @@ def print_alone(rows):
     print("DDP in a world of one against the plain model, interleaved rounds, 20th percentile of the steps")
     print("| model | plain ms | DDP ms | DDP's cost | torch plain ms | torch DDP ms | torch DDP's cost |")
     print("|---|---|---|---|---|---|---|")
+    def cost(plain, wrapped):
+        return [f"{1e3 * plain:.3f}", f"{1e3 * wrapped:.3f}", f"{wrapped / plain - 1:+.1%}"]
+
     for row in rows:
-        cells = [row["title"], f"{1e3 * row['plain']:.3f}", f"{1e3 * row['ddp']:.3f}",
-                 f"{row['ddp'] / row['plain'] - 1:+.1%}"]
-        if "torch_plain" in row:
-            cells += [f"{1e3 * row['torch_plain']:.3f}", f"{1e3 * row['torch_ddp']:.3f}",
-                      f"{row['torch_ddp'] / row['torch_plain'] - 1:+.1%}"]
-        else:
-            cells += ["-"] * 3
-        print("| " + " | ".join(cells) + " |")
+        theirs = cost(row["torch_plain"], row["torch_ddp"]) if "torch_plain" in row else ["-"] * 3
+        print("| " + " | ".join([row["title"], *cost(row["plain"], row["ddp"]), *theirs]) + " |")
     print()
 
 
