@@ -3,10 +3,10 @@
 Each step is split into data wait, forward, backward (its compute), exposed
 communication (what backward's thread waited for the allreduces) and optimizer. The wrapper
 that runs the model (DistributedDataParallel, or the Trainer on one process)
-tells a ``PhaseRecorder`` where each step begins; the start of backward is seen
-by an identity node on the model's outputs (as torch's ``_DDPSink``), the end of
-``optimizer.step()`` by a step hook of every optimizer, so a plain loop is timed
-as well as the Trainer's. The per-rank means name the slowest rank and the phase
+tells a ``PhaseRecorder`` where each step begins and where its backward ended (DDP at the
+end of its backward pass, which also says when that pass began: ``engine.pass_started``),
+the end of ``optimizer.step()`` is seen by a step hook of every optimizer, so a plain loop
+is timed as well as the Trainer's. The per-rank means name the slowest rank and the phase
 where it loses most when the ranks' busy times differ by more than 20%
 (``uneven``). With ``DISTDL_TIMELINE=file.json`` every phase, every gradient
 bucket's allreduce and the Trainer's epochs and evaluations also become events on
@@ -17,6 +17,7 @@ and at the end of each ``Trainer.fit``.
 
 import collections
 import json
+import operator
 import os
 import sys
 import time
@@ -24,10 +25,6 @@ import weakref
 
 import numpy as np
 
-from distdl.autograd.engine import queue_callback
-from distdl.autograd.function import Function
-from distdl.autograd.grad_mode import is_grad_enabled
-from distdl.autograd.tensor import Tensor
 from distdl.optim.optimizer import register_optimizer_step_post_hook
 
 PHASES = ("data", "forward", "backward", "communication", "optimizer")
@@ -134,8 +131,8 @@ class StepTimer:
         last step's end is unknown), forward, backward, communication, optimizer and the step's end."""
         known = bounds[0] is not None
         edges = bounds if known else (bounds[1],) + bounds[1:]  # an unknown data phase counts as none
-        seconds = tuple(end - start for start, end in zip(edges, edges[1:]))
-        self.totals = [total + s for total, s in zip(self.totals, seconds)]
+        seconds = tuple(map(operator.sub, edges[1:], edges))  # each step pays this: maps, not loops
+        self.totals = list(map(operator.add, self.totals, seconds))
         self.recent.append(seconds)
         self.steps += 1
         if self.timeline is not None:
@@ -143,8 +140,8 @@ class StepTimer:
                 self.timeline.add(phase, start, end, phase)
 
     def add_allreduce(self, index, start, end, nbytes):
-        if self.timeline is not None:
-            self.timeline.add(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end, "allreduce")
+        """A bucket's allreduce on the timeline (only with one: the caller looks, saving a call per bucket)."""
+        self.timeline.add(f"allreduce bucket {index} ({nbytes / 2 ** 20:.2f} MiB)", start, end, "allreduce")
 
     def mark(self, name, start, end, args=None):
         """An event of the Trainer's own lane (an epoch, an evaluation), with ``args`` shown beside it."""
@@ -192,14 +189,14 @@ def uneven(everyone):
 class PhaseRecorder:
     """The phases of each step (one forward and its backward) of any loop, for the wrapper that runs the model.
 
-    The wrapper calls ``forward_begins()`` and returns ``forward_ends(output)``;
-    DistributedDataParallel also calls ``synced(wait, allreduces)`` once its buckets
-    are averaged. forward runs from the call to the start of the model's backward (the
-    loss included); backward is its compute; communication the time backward's thread waited for
-    the allreduces (in the trace, at the end of backward: the allreduce lane shows when they ran);
-    optimizer from there to the end of ``optimizer.step()``; data from that to the next
-    forward (the next batch and whatever else the loop does). A step without an optimizer
-    step (``no_sync()`` accumulation) ends at its backward.
+    The wrapper calls ``forward_begins()`` before the model, and ``backward_ended(start, wait,
+    allreduces)`` once its backward (begun at ``start``) is over and, under
+    DistributedDataParallel, its buckets averaged. forward runs from the call to the start of
+    the backward pass (the loss included); backward is its compute; communication the time
+    backward's thread waited for the allreduces (in the trace, at the end of backward: the
+    allreduce lane shows when they ran); optimizer from there to the end of ``optimizer.step()``;
+    data from that to the next forward (the next batch and whatever else the loop does). A
+    step without an optimizer step (``no_sync()`` accumulation) ends at its backward.
     """
 
     def __init__(self, comm):
@@ -207,12 +204,12 @@ class PhaseRecorder:
         self.timer = StepTimer()
         if self.timer.timeline is not None:
             self.timer.timeline.attach(comm)
-        method = weakref.WeakMethod(self._optimizer_stepped)  # the hook must not keep the recorder alive
+        ref = weakref.ref(self)  # the hook must not keep the recorder alive
 
-        def stepped(*args):
-            bound = method()
-            if bound is not None:
-                bound(*args)
+        def stepped(optimizer, args, kwargs):  # every optimizer's step ends here: the end of a step
+            recorder = ref()
+            if recorder is not None and recorder._backward_end is not None:
+                recorder._close(time.time())
 
         weakref.finalize(self, register_optimizer_step_post_hook(stepped).remove)
         self._last_end = None  # where the last step ended: the next one's data wait starts there
@@ -229,38 +226,24 @@ class PhaseRecorder:
         self._clear()
         self._forward_start = now
 
-    def forward_ends(self, output):
-        """``output`` with each Tensor that needs a gradient passed through a node that tells when backward begins."""
-        return _marked(output, self) if is_grad_enabled() else output
-
-    def backward_begins(self):
-        if self._backward_start is None:  # the first of the outputs that backward reaches
-            self._backward_start = time.time()
-            queue_callback(self._backward_ends)
-
-    def _backward_ends(self):
-        if self._sync_end is None:  # DistributedDataParallel's end of backward, if it came first, knows better
-            self._backward_end = time.time()
-
-    def synced(self, wait, allreduces):
-        """Backward's gradients are averaged: its thread waited ``wait`` s for the allreduces in all;
-        ``allreduces``: (bucket, start, end, bytes) of each bucket."""
+    def backward_ended(self, start, wait=0.0, allreduces=()):
+        """The step's backward pass, begun at ``start``, is over: its thread then waited ``wait`` s for the
+        allreduces in all; ``allreduces``: (bucket, start, end, bytes) of each bucket, a list the caller no longer
+        changes. A step of two passes runs from the first's start to the second's end."""
         now = time.time()
-        self._backward_end, self._sync_end, self._allreduces = now - wait, now, list(allreduces)
-
-    def _optimizer_stepped(self, optimizer, args, kwargs):
-        if self._backward_end is not None:
-            self._close(time.time())
+        if self._backward_start is None:
+            self._backward_start = start
+        self._backward_end, self._sync_end, self._allreduces = now - wait, now, allreduces
 
     def _close(self, end):
         timer = self.timer
         if self._forward_start is not None and self._backward_start is not None:
-            synced = self._sync_end if self._sync_end is not None else self._backward_end
-            end = synced if end is None else end
+            end = self._sync_end if end is None else end
             last = self._last_end if self._last_end is not None and self._last_end <= self._forward_start else None
-            timer.add_step((last, self._forward_start, self._backward_start, self._backward_end, synced, end))
-            for allreduce in self._allreduces:
-                timer.add_allreduce(*allreduce)
+            timer.add_step((last, self._forward_start, self._backward_start, self._backward_end, self._sync_end, end))
+            if timer.timeline is not None:
+                for allreduce in self._allreduces:
+                    timer.add_allreduce(*allreduce)
             self._last_end = end
         self._clear()
 
@@ -278,27 +261,3 @@ class PhaseRecorder:
             return mine
         everyone = self.comm.allgather_json(mine)
         return {"ranks": everyone, "uneven": uneven(everyone)}
-
-
-class _BackwardBegins(Function):
-    """Identity; its backward is the first node of the model's backward, so it tells the recorder."""
-
-    def forward(self, array, recorder):
-        self.recorder = recorder
-        return array
-
-    def backward(self, grad):
-        self.recorder.backward_begins()
-        return grad
-
-
-def _marked(output, recorder):
-    """``output`` (a Tensor, or tuples, lists and dicts of them) with each Tensor that needs a gradient marked."""
-    if isinstance(output, Tensor):
-        return _BackwardBegins.apply(output, recorder=recorder) if output.requires_grad else output
-    if type(output) in (tuple, list):
-        return type(output)(_marked(item, recorder) for item in output)
-    if type(output) is dict:
-        return {key: _marked(value, recorder) for key, value in output.items()}
-    return output
-

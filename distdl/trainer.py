@@ -183,7 +183,7 @@ class Trainer:
         if self.ddp is not None:
             return self.ddp(x)
         self.phases.forward_begins()
-        return self.phases.forward_ends(self.model(x))
+        return self.model(x)
 
     @property
     def samples_seen(self):
@@ -345,7 +345,10 @@ class Trainer:
                     self.global_step += 1
                     continue
             with no_wait():
+                started = time.time()
                 loss.backward()
+                if self.ddp is None:  # DistributedDataParallel tells its recorder itself
+                    self.phases.backward_ended(started)
                 self.optimizer.step()  # after a skipped step the gradients are None: nothing moves
                 self.optimizer.zero_grad()
             self.global_step += 1

@@ -1,6 +1,7 @@
 """The backward pass: an iterative walk of the graph in reverse topological order."""
 
 import threading
+import time
 
 from distdl.backend import xp_of
 
@@ -114,6 +115,7 @@ def _shape_error(node, tensor, grad):
 
 class _Pass(threading.local):
     queue = None  # the callbacks queued during the backward pass this thread runs (None outside one)
+    started = None  # when it began (time.time())
 
 
 _pass = _Pass()
@@ -133,16 +135,25 @@ def queue_callback(callback):
     queue.append(callback)
 
 
+def pass_started():
+    """When the backward pass now running began (time.time()), for its queued callbacks; None outside one.
+
+    The step recorder's start of backward (``timing``): it costs the pass one clock read, not a node in the graph.
+    """
+    return _pass.started
+
+
 def backward(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) * grad into every leaf's ``.grad`` that requires it, then run queued callbacks."""
-    outer, _pass.queue = _pass.queue, []
+    outer = _pass.queue, _pass.started
+    _pass.queue, _pass.started = [], time.time()
     try:
         _walk(root, grad, retain_graph)
         queue = _pass.queue
         for callback in queue:  # in order; one may queue another, which runs after it
             callback()
     finally:
-        _pass.queue = outer
+        _pass.queue, _pass.started = outer
 
 
 def _walk(root, grad, retain_graph):

@@ -17,7 +17,7 @@ optimizer reads averaged gradients.
 
 On the host path each gradient is divided by the world size on its way into its bucket,
 and the buckets are summed: the op that computes a parameter's whole gradient is offered
-its bucket view (``_target``; Linear writes there, scaled on its smaller operand), others'
+its bucket view (``_callbacks``; Linear writes there, scaled on its smaller operand), others'
 gradients are scaled as they are copied in (a pass that happens anyway). No division
 pass after the allreduce, and a sum of finite gradients overflows only where their squared norm
 did on some rank (``_overflowed`` looks only there).
@@ -40,7 +40,7 @@ from functools import partial
 import numpy as np
 
 from distdl import device
-from distdl.autograd.engine import queue_callback
+from distdl.autograd.engine import pass_started, queue_callback
 from distdl.backend import to_device, xp_of
 from distdl.comm import CollectiveMismatchError, DistError, get_comm
 from distdl.comm.threads import cores_per_rank
@@ -97,8 +97,9 @@ class DistributedDataParallel:
         self._buffer_list = [b for b in module.buffers() if b is not None]  # as torch, the buffers of construction
         # buckets on a device (CuPy parameters, or the simulated device bound) go through the device allreduce
         self.device = device.of(self._params[0].data) if self._params else device.HOST
-        self._overlap = _overlap(self.comm)  # else every bucket is reduced at the end of backward, in this thread
         self._alone = self.comm.size == 1 and self.device.kind == "cpu"  # nothing to average: no allreduce
+        # else every bucket is reduced at the end of backward, in this thread (alone: none is)
+        self._overlap = _overlap(self.comm) and not self._alone
         self._reducer = self._local_flags = None
         if self.device.kind != "cpu":
             self._reducer = DeviceAllreduce(self.comm, self.device)
@@ -123,10 +124,11 @@ class DistributedDataParallel:
         self._next_bucket = 0
         self._local_nonfinite = None  # the first parameter whose gradient was not finite here, this step
         self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
+        ready, offer = _callbacks(self)
         for p in self._params:
-            p.register_post_accumulate_grad_hook(_weak(self, "_on_grad_ready"))
+            p.register_post_accumulate_grad_hook(ready)
             if self._reducer is None:
-                p._grad_into = _weak(self, "_target")
+                p._grad_into = offer
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _check_same_model(self):
@@ -190,7 +192,7 @@ class DistributedDataParallel:
         self.phases.forward_begins()
         self._sync_buffers()
         self._prepare_for_backward()
-        return self.phases.forward_ends(self.module(*args, **kwargs))
+        return self.module(*args, **kwargs)
 
     def _sync_buffers(self):
         """Rank 0's buffers (BatchNorm's running statistics) to every rank before a training forward, as torch."""
@@ -207,7 +209,7 @@ class DistributedDataParallel:
         self.step_skipped = False
         self._local_nonfinite = None
         self._homed = set()  # the parameters whose gradient was final in this pass, in their bucket (and scaled)
-        self._offered = set()  # those whose op was offered the bucket view to write into (_target)
+        self._offered = set()  # those whose op was offered the bucket view to write into (_callbacks)
         self.last_allreduces = []
         step = self.steps + 1
         if step >> 8 != self._templates_high:
@@ -219,31 +221,24 @@ class DistributedDataParallel:
         if self._reducer is not None:
             self._device_control = self._device_templates[step & 0xFF]
 
-    def _target(self, param):
-        """(bucket view, 1/world size or None) for the op that computes ``param``'s whole gradient in this pass to
-        write it into, scaled (``engine._targets``): the copy into the bucket is saved. None when not armed."""
-        if not self._armed or len(param._hooks) > 1:  # other hooks see (and may replace) the unscaled gradient
-            return None
-        self._offered.add(param)
-        return self._places[param]
-
     def _on_grad_ready(self, param):
-        if not self._armed:
-            return
-        if not self._end_queued:  # the first of this pass: finish at the end of this pass, not of any other
-            self._end_queued = True
-            queue_callback(self._on_backward_end)
-        bucket = self._bucket_of[param]
-        view, scale = self._places[param]
-        if param not in self._offered or param.grad is not view:  # else the op wrote it there, scaled
-            _home(param, view, scale)
+        """``param``'s gradient is final (overlapping only): home it, and launch the buckets now complete."""
+        self._adopt(param)
         self._homed.add(param)
+        bucket = self._bucket_of[param]
         bucket.pending -= 1
-        if bucket.pending == 0 and self._overlap:
+        if bucket.pending == 0:
             try:
                 self._launch(ready_only=True)
             except DistError as exc:
                 self._raise_named(exc)
+
+    def _adopt(self, param):
+        """Make ``param``'s final gradient of this pass its bucket view, divided by the world size on the host
+        path, unless its op already wrote it there, scaled (it was offered the view: ``_callbacks``)."""
+        view, scale = self._places[param]
+        if param not in self._offered or param.grad is not view:
+            _home(param, view, scale)
 
     def _launch(self, ready_only):
         """Start the allreduce of the next buckets in index order (only complete ones if ``ready_only``)."""
@@ -301,16 +296,18 @@ class DistributedDataParallel:
             bucket.request = self.comm.iallreduce(bucket.flat, "sum", check=check)
 
     def _on_backward_end(self):
-        if not self._armed:
+        self._end_queued = False
+        if not self._armed:  # a pass under no_sync(), or one after the synced pass of this forward: no sync
+            self.phases.backward_ended(pass_started())
             return
-        self._armed = self._end_queued = False
+        self._armed = False
         for bucket in self.buckets[self._next_bucket:]:
             for p in bucket.params:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
-                elif p not in self._homed:  # e.g. accumulated under no_sync, unused in this pass
-                    _home(p, *self._places[p])
+                elif p not in self._homed:  # not overlapping; or accumulated under no_sync, unused in this pass
+                    self._adopt(p)
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
@@ -318,7 +315,7 @@ class DistributedDataParallel:
         except DistError as exc:
             self._raise_named(exc)
         self.last_sync_wait = time.perf_counter() - start
-        self.phases.synced(self.last_sync_wait, self.last_allreduces)
+        self.phases.backward_ended(pass_started(), self.last_sync_wait, self.last_allreduces)
         self._settle(had_batch=True)
 
     def _raise_named(self, exc):
@@ -619,15 +616,37 @@ def _home(param, view, scale):
         view *= scale
 
 
-def _weak(obj, method):
-    """A callback to ``obj.method`` that does not keep ``obj`` alive (None once it is gone)."""
-    ref = weakref.ref(obj)
+def _callbacks(ddp):
+    """The two callbacks every parameter of ``ddp`` gets, neither keeping ``ddp`` alive: (ready, offer).
 
-    def call(*args):
-        target = ref()
-        return None if target is None else getattr(target, method)(*args)
+    ``ready``, its post-accumulate-grad hook: the first of a pass queues the end of the sync (at
+    the end of this pass, not of any other; under no_sync only the step recorder's end of
+    backward); overlapping, each one of a synced pass homes its gradient
+    and may launch its bucket. Otherwise the end of backward homes them all: a hook then costs
+    a check. ``offer``, its ``_grad_into``: the (bucket view, 1/world size or None) that the op
+    computing its whole gradient may write it into, scaled (``engine._targets``), saving the copy
+    into the bucket; None when not armed, or when other hooks must see the unscaled gradient.
+    """
+    ref = weakref.ref(ddp)
 
-    return call
+    def ready(param):
+        ddp = ref()
+        if ddp is None:
+            return
+        if not ddp._end_queued:
+            ddp._end_queued = True
+            queue_callback(ddp._on_backward_end)
+        if ddp._overlap and ddp._armed:
+            ddp._on_grad_ready(param)
+
+    def offer(param):
+        ddp = ref()
+        if ddp is None or not ddp._armed or len(param._hooks) > 1:
+            return None
+        ddp._offered.add(param)
+        return ddp._places[param]
+
+    return ready, offer
 
 
 def _first_difference(ours, theirs, rank):
