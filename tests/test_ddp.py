@@ -163,18 +163,18 @@ def test_buckets_follow_reverse_parameter_order_and_their_size():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_control_elements_tell_ranks_at_different_steps_where_a_plain_sum_would_not(dtype):
-    def averaged(*rows):  # what an allreduce "mean" of the ranks' control elements gives
-        return (np.sum(rows, axis=0, dtype=np.float64) / len(rows)).astype(dtype)
+    def summed(*rows):  # what an allreduce "sum" of the ranks' control elements gives
+        return np.sum(rows, axis=0, dtype=np.float64).astype(dtype)
 
     three, four, five = (control.template(s, dtype) for s in (3, 4, 5))
     nothing = np.zeros(control.CONTROL_SIZE, dtype)
     assert 3 + 5 == 4 + 4  # the sum of the step numbers would agree
-    assert not control.steps_agree(control.counts(averaged(three, five), 2))
-    assert control.steps_agree(control.counts(averaged(four, four), 2))
-    assert control.agree_fully(averaged(four, four), four) and not control.agree_fully(averaged(three, five), five)
-    joined = control.counts(averaged(four, nothing, four), 3)  # one rank out of data, in join()
+    assert not control.steps_agree(control.counts(summed(three, five)))
+    assert control.steps_agree(control.counts(summed(four, four)))
+    assert control.agree_fully(summed(four, four), 2 * four) and not control.agree_fully(summed(three, five), 2 * five)
+    joined = control.counts(summed(four, nothing, four))  # one rank out of data, in join()
     assert control.steps_agree(joined) and joined[control.ACTIVE] == 2
-    assert not control.agree_fully(averaged(four, nothing), four)
+    assert not control.agree_fully(summed(four, nothing), 2 * four)
     assert [int(b) for b in control.template(0xBEEF, dtype)[control.STEP_BITS]] == [(0xBEEF >> i) & 1
                                                                                    for i in range(16)]
 

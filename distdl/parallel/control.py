@@ -3,10 +3,11 @@
 Each rank writes, after its gradients: whether its gradients were finite, whether their
 squared norm overflowed (only then can the sum of finite gradients overflow), whether it
 had a batch this step (``join()``: a rank out of data sends zeros), and the 16 low
-bits of its step number, each bit as one element worth 0 or 1. The bucket is averaged
-like the gradients, so each element comes back as (number of ranks that sent 1) /
-size: the counts are exact small integers, and the ranks that had a batch agree on a
-bit exactly when its count is 0 or the number of those ranks. No message of its own,
+bits of its step number, each bit as one element worth 0 or 1. The bucket is reduced
+with the gradients, so each element's sum comes back as the number of ranks that sent 1
+(DDP sums on the host path and multiplies a hook's or a device's mean back): the counts
+are exact small integers, and the ranks that had a batch agree on a bit exactly when its
+count is 0 or the number of those ranks. No message of its own,
 no extra round trip: the check of a step costs a few elements in a reduction that
 happens anyway. A plain sum of step numbers could not tell {3, 5} from {4, 4}; bit by
 bit it can. Only the first bucket carries the batch and step elements (the others'
@@ -36,17 +37,17 @@ def templates(high, dtype):
     return out
 
 
-def agree_fully(reduced, mine):
+def agree_fully(sums, agreed):
     """The common case, in one comparison: every rank had a batch and is at this rank's step.
 
-    Then each averaged element is exactly this rank's 0 or 1 (n/n is exactly 1).
+    Then each summed element is exactly ``agreed``'s: this rank's template times the number of ranks.
     """
-    return reduced[ACTIVE:].tobytes() == mine[ACTIVE:].tobytes()
+    return sums[ACTIVE:].tobytes() == agreed[ACTIVE:].tobytes()
 
 
-def counts(control, size):
-    """The averaged control elements back as counts of ranks."""
-    return np.rint(np.asarray(control, np.float64) * size).astype(np.int64)
+def counts(sums):
+    """The summed control elements as integer counts of ranks."""
+    return np.rint(np.asarray(sums, np.float64)).astype(np.int64)
 
 
 def steps_agree(reduced):

@@ -178,7 +178,7 @@ class DistributedDataParallel:
         Only on the host path without a hook (a hook averages as it likes, the device allreduce
         in its own kernel): one scale per bucket, in its dtype; None elsewhere. As torch's default
         hook, the gradients are divided before they are summed; the control elements are summed
-        as they are and divided after (``_controls``), so that their counts stay exact.
+        as they are: what comes back is their counts (``_controls``).
         """
         host_sum = self._reducer is None and self._hook is None and not self._alone
         self._pre_scaled = host_sum
@@ -215,9 +215,10 @@ class DistributedDataParallel:
         if step >> 8 != self._templates_high:
             self._templates_high = step >> 8
             self._templates = control.templates(self._templates_high, self.buckets[0].flat.dtype)
+            self._agreed_sums = self._templates * self.comm.size  # what every rank at this step with a batch sums to
             if self._reducer is not None:  # a device copy: writing a bucket's control then costs no host sync
                 self._device_templates = self.device.xp.asarray(self._templates)
-        self._control = self._templates[step & 0xFF]
+        self._control, self._agreed = self._templates[step & 0xFF], self._agreed_sums[step & 0xFF]
         if self._reducer is not None:
             self._device_control = self._device_templates[step & 0xFF]
 
@@ -343,19 +344,23 @@ class DistributedDataParallel:
         self.device.compute_stream().wait_event(bucket.reduced_event)
 
     def _controls(self):
-        """Every bucket's reduced control elements, on the host: one copy on a device, the step's only sync.
+        """Every bucket's reduced control elements as sums over the ranks (counts), on the host: one copy on a
+        device, the step's only sync.
 
-        On a device the reduced buckets' finiteness comes in the same copy (``_overflowed`` reads it).
+        Summed on the host path as they are; a hook and the device allreduce average them, so their means are
+        multiplied back (exact where it matters: n/n = 1, times n). On a device the reduced buckets' finiteness
+        comes in the same copy (``_overflowed`` reads it).
         """
+        size = self.comm.size
         if self._reducer is None:
-            if not self._pre_scaled:
+            if self._pre_scaled:
                 return [bucket.control for bucket in self.buckets]
-            return [bucket.control / self.comm.size for bucket in self.buckets]  # summed: now their mean, as elsewhere
+            return [bucket.control * size for bucket in self.buckets]
         xp, count = self.device.xp, len(self.buckets)
         finite = [xp.isfinite(bucket.grads).all().reshape(1) for bucket in self.buckets]
         fetched = to_device(xp.concatenate([b.control for b in self.buckets] + finite + [self._local_flags]), "cpu")
         controls = fetched[:count * control.CONTROL_SIZE].reshape(count, control.CONTROL_SIZE)
-        controls = controls.astype(self._control.dtype, copy=False)  # mixed dtypes were concatenated upwards
+        controls = controls.astype(self._control.dtype, copy=False) * size  # mixed dtypes were concatenated upwards
         self._reduced_finite = fetched[count * control.CONTROL_SIZE:-count]
         self._local_bad = fetched[-count:]
         return list(controls)
@@ -369,8 +374,12 @@ class DistributedDataParallel:
         (``_bounded``: 4 W^2 < max, true up to 2^62 ranks in float32, 2^7 in float16).
         """
         if self._reducer is None:
-            suspects = [b for b, c in zip(self.buckets, controls) if c[control.LARGE] or not self._bounded]
-            return next((bad for bucket in suspects if (bad := _first_nonfinite(bucket)) is not None), None)
+            for bucket, sums in zip(self.buckets, controls):
+                if sums[control.LARGE] or not self._bounded:
+                    bad = _first_nonfinite(bucket)
+                    if bad is not None:
+                        return bad
+            return None
         bucket = next((b for b, finite in zip(self.buckets, self._reduced_finite) if not finite), None)
         return None if bucket is None else _nonfinite_or_first(bucket)
 
@@ -398,8 +407,8 @@ class DistributedDataParallel:
         else:
             size = self.comm.size
             controls = self._controls()
-            if not (had_batch and control.agree_fully(controls[0], self._control)):
-                first = control.counts(controls[0], size)
+            if not (had_batch and control.agree_fully(controls[0], self._agreed)):
+                first = control.counts(controls[0])
                 if not control.steps_agree(first):
                     self._raise_step_mismatch(had_batch)
                 active = int(first[control.ACTIVE])
@@ -507,7 +516,7 @@ class DistributedDataParallel:
         self.last_allreduces = []
         self._start(self.buckets[0])
         self._wait_all()
-        if control.counts(self._controls()[0], self.comm.size)[control.ACTIVE] == 0:
+        if control.counts(self._controls()[0])[control.ACTIVE] == 0:
             return False
         for bucket in self.buckets[1:]:
             self._start(bucket)
