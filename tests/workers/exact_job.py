@@ -31,8 +31,9 @@ def main(directory, max_mib=None):
     comm = dl.init()
     rank, size = comm.rank, comm.size
     sizes = SIZES if max_mib is None else [0, 1, 1000, 100_000, 1 << 20, max_mib << 17]  # int64: 2**17 a MiB
-    Path(directory, f"rank-{rank}.json").write_text(json.dumps({"tcp": comm.address["tcp"], "ipc": comm.address["ipc"],
-                                                                 "pid": os.getpid()}))
+    written = Path(directory, f"rank-{rank}.json.partial")  # renamed when whole: a reader never sees half of it
+    written.write_text(json.dumps({"tcp": comm.address["tcp"], "ipc": comm.address["ipc"], "pid": os.getpid()}))
+    written.rename(written.with_suffix(""))
     stop, step, baseline, peak = Path(directory, "stop"), 0, None, 0.0
     while True:
         n = sizes[step % len(sizes)]

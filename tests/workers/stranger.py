@@ -28,6 +28,13 @@ from distdl.comm import rendezvous
 from distdl.comm.signature import pack_header, signature
 
 GIB = 1 << 30
+STARTED = time.monotonic()
+
+
+def log(what):
+    """Each attack's start, with the seconds since the stranger began: a slow step shows in a failing test's output."""
+    sys.stdout.write(f"stranger +{time.monotonic() - STARTED:.1f} s: {what}\n")  # one write: the threads' lines stay whole
+    sys.stdout.flush()
 
 
 def tcp(port, host="127.0.0.1"):
@@ -36,12 +43,14 @@ def tcp(port, host="127.0.0.1"):
     return connection
 
 
-def send_raw(port, data):
-    """Send ``data`` on a fresh TCP connection, then read what comes back until the peer closes or is silent."""
+def send_raw(port, data, seconds=5):
+    """Send ``data`` on a fresh TCP connection, then read what comes back until the peer closes or is silent
+    (or ``seconds`` passed: a peer that kept talking would be no refusal either, but the stranger moves on)."""
+    deadline = time.monotonic() + seconds
     try:
         with tcp(port) as connection:
             connection.sendall(data)
-            while connection.recv(65536):
+            while connection.recv(65536) and time.monotonic() < deadline:
                 pass
     except OSError:
         pass  # reset, or timed out: both are refusals
@@ -67,15 +76,23 @@ def huge_frame(port):
 
 
 def zmq_messages(endpoint, kind, messages, **options):
-    """Send ``messages`` (lists of frames) over a ZeroMQ socket of ``kind`` with socket ``options``."""
+    """Send ``messages`` (lists of frames) over a ZeroMQ socket of ``kind`` with socket ``options``.
+
+    A refused handshake can leave the socket with no pipe to send on, and a send then blocks forever
+    (libzmq, seen here: PLAIN with a wrong password, about one time in two): each send waits a second at most.
+    """
     context = zmq.Context.instance()
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 500)
+    sock.setsockopt(zmq.SNDTIMEO, 1000)
     for name, value in options.items():
         setattr(sock, name, value)
     sock.connect(endpoint)
-    for frames in messages:
-        sock.send_multipart(frames)
+    try:
+        for frames in messages:
+            sock.send_multipart(frames)
+    except zmq.Again:
+        log(f"{endpoint} takes no more messages (refused)")
     if kind == zmq.DEALER and sock.poll(1000):
         sock.recv_multipart()
     sock.close()
@@ -93,13 +110,17 @@ def recorded_messages(data):
     return frames
 
 
-def hold_connections(ports, count):
-    held = []
+def hold_connections(ports, count, seconds=20):
+    """Up to ``count`` idle connections spread over ``ports``, as many as open within ``seconds``."""
+    held, deadline = [], time.monotonic() + seconds
     for i in range(count):
+        if time.monotonic() > deadline:
+            break
         try:
             held.append(tcp(ports[i % len(ports)]))
         except OSError:
             pass
+    log(f"holding {len(held)} idle connections to ports {ports}")
     return held
 
 
@@ -111,11 +132,14 @@ def wait_for(path, seconds=120):
 
 def common_attacks(port, capture):
     rng = np.random.default_rng(0)
+    log(f"garbage to port {port}")
     send_raw(port, rng.bytes(4096))
     send_raw(port, b"abc")
     send_raw(port, zmtp_greeting() + b"\x00\x03abc")
+    log(f"a huge frame to port {port}")
     huge_frame(port)
     if capture.exists():
+        log(f"a recorded run to port {port}")
         send_raw(port, capture.read_bytes())  # a run of this same job, recorded on the wire
         zmq_messages(f"tcp://127.0.0.1:{port}", zmq.DEALER, [[m] for m in recorded_messages(capture.read_bytes())])
 
@@ -148,12 +172,21 @@ def attack_inboxes(directory, capture):
         call = signature(seq, "allreduce", "sum", np.zeros(1000, np.int64))
         forged.append([pack_header(call, 1, 0), np.ones(1, np.int64).tobytes()])
     public, secret = zmq.curve_keypair()
-    for endpoint, port in zip(endpoints, ports):
+
+    def attack(endpoint, port):
         common_attacks(port, capture)
+        log(f"forged frames to {endpoint}")
         zmq_messages(endpoint, zmq.PUSH, forged)
         zmq_messages(endpoint, zmq.PUSH, forged, plain_username=b"1", plain_password=b"guess")
         zmq_messages(endpoint, zmq.PUSH, forged, curve_serverkey=public, curve_publickey=public,
                      curve_secretkey=secret)
+
+    attackers = [threading.Thread(target=attack, args=pair) for pair in zip(endpoints, ports)]  # all ranks at once
+    for thread in attackers:
+        thread.start()
+    for thread in attackers:
+        thread.join()
+    log("inboxes attacked")
     (directory / "inboxes-attacked").touch()
     wait_for(directory / "stop")
     for connection in held:
