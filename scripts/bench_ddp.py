@@ -11,6 +11,11 @@ thread per worker, N workers under mpiexec (distdl's MPI backend):
   allreduces take alone, for each bucket size;
 - the same N processes training without any communication: the ceiling of this machine;
 - DDP's fixed cost per step: DDP in a world of one against the plain model, interleaved;
+  and with N workers (on the CPU), in interleaved rounds: the plain model training with no
+  communication, the plain model with one raw mpi4py Allreduce of all its gradients after
+  backward (copied into one flat buffer, divided by N, and back: the least any
+  data-parallel step does), and DDP, against the bound no-communication step + that
+  allreduce alone + 0.05 ms;
 - PyTorch DistributedDataParallel over gloo on the same model, worker count and
   batch, in the same job (when torch is installed; never a dependency).
 
@@ -143,6 +148,51 @@ def ddp_alone_figures(key, comm, rounds=6):
             **{name: float(np.percentile(t, 20)) for name, t in times.items()}}
 
 
+def mpi4py_step(key, comm):
+    """The plain model whose gradients are averaged by one raw mpi4py Allreduce after backward: the reference
+    for what DDP adds beyond the communication itself (and that allreduce alone, timed on its own)."""
+    from mpi4py import MPI
+
+    title, build, x, y, loss_name, (opt_name, lr) = workload(key, np.random.default_rng(comm.rank))
+    dl.seed(0)
+    model = build(dl.nn)
+    params = list(model.parameters())
+    optimizer, loss_fn = getattr(dl.optim, opt_name)(params, lr=lr), getattr(dl.nn, loss_name)()
+    inputs = dl.tensor(x.astype(np.float32))
+    flat = np.zeros(sum(p.data.size for p in params), np.float32)
+    views = np.split(flat, np.cumsum([p.data.size for p in params])[:-1])
+    scale = np.float32(1 / comm.size)
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(inputs), y).backward()
+        for p, view in zip(params, views):
+            np.multiply(p.grad.reshape(-1), scale, out=view)
+        MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+        for p, view in zip(params, views):
+            p.grad[...] = view.reshape(p.grad.shape)
+        optimizer.step()
+
+    return title, step, lambda: MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+
+
+def fixed_cost_figures(key, comm, rounds=6):
+    """No communication, the raw mpi4py step and DDP (one bucket) in interleaved rounds, the 20th percentile of
+    each (a passing load only ever adds time); the allreduce alone timed in each round, its median kept."""
+    title, mpi4py, allreduce = mpi4py_step(key, comm)
+    steps = {"no_comm": distdl_step(key, comm, 0)[1], "mpi4py": mpi4py, "ddp": distdl_step(key, comm, 25)[1]}
+    count = agreed_steps(mpi4py, comm, ARGS.seconds / rounds)
+    times, alone = {name: [] for name in steps}, []
+    for _ in range(rounds):
+        for name, step in steps.items():
+            comm.barrier()
+            times[name] += timed(step, count)[0]
+        comm.barrier()
+        alone += timed(allreduce, 50)[0]
+    return {"model": key, "title": title, "framework": "fixed", "comm": statistics.median(alone),
+            **{name: float(np.percentile(t, 20)) for name, t in times.items()}}
+
+
 def worker():
     comm = dl.init(device=ARGS.device)
     if torch is not None:
@@ -153,6 +203,8 @@ def worker():
     for key in ARGS.models.split(","):
         if comm.size == 1:
             results.append(ddp_alone_figures(key, comm))
+        elif ARGS.device == "cpu":
+            results.append(_slowest(comm, fixed_cost_figures(key, comm)))
         for bucket_mb in [0] + ([float(b) for b in ARGS.buckets.split(",")] if comm.size > 1 else []):
             results.append({"model": key, "framework": "distdl", "bucket_mb": bucket_mb,
                             **_slowest(comm, distdl_figures(key, comm, bucket_mb))})
@@ -198,6 +250,8 @@ def main():
     single = {(r["model"], r["framework"]): r for r in alone}
     print_alone([r for r in alone if r["framework"] == "alone"])
     rows = launch(n)
+    print_fixed([r for r in rows if r["framework"] == "fixed"], n)
+    rows = [r for r in rows if r["framework"] != "fixed"]
     on = "one BLAS thread each" if ARGS.device == "cpu" else f"on GPU local_rank % {backend.cupy().cuda.runtime.getDeviceCount()}"
     print(f"weak scaling, 1 -> {n} workers on this machine, {on}, distdl over MPI"
           + (f"; PyTorch DDP over {torch_backend(n)}" if torch is not None else " (torch not installed or without CUDA)"))
@@ -231,6 +285,23 @@ def print_alone(rows):
     for row in rows:
         theirs = cost(row["torch_plain"], row["torch_ddp"]) if "torch_plain" in row else ["-"] * 3
         print("| " + " | ".join([row["title"], *cost(row["plain"], row["ddp"]), *theirs]) + " |")
+    print()
+
+
+def print_fixed(rows, n):
+    if not rows:
+        return
+    print(f"DDP's fixed cost with {n} workers, interleaved rounds, 20th percentile of the steps (slowest rank): "
+          "the plain model with no communication, with one raw mpi4py Allreduce of its gradients, and DDP")
+    print("| model | no comm ms | allreduce alone ms | mpi4py step ms | DDP ms | DDP - mpi4py step ms | "
+          "bound ms (no comm + allreduce + 0.05) | DDP - bound ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ms = {name: 1e3 * row[name] for name in ("no_comm", "comm", "mpi4py", "ddp")}
+        bound = ms["no_comm"] + ms["comm"] + 0.05
+        cells = [f"{ms['no_comm']:.3f}", f"{ms['comm']:.3f}", f"{ms['mpi4py']:.3f}", f"{ms['ddp']:.3f}",
+                 f"{ms['ddp'] - ms['mpi4py']:+.3f}", f"{bound:.3f}", f"{ms['ddp'] - bound:+.3f}"]
+        print("| " + " | ".join([row["title"], *cells]) + " |")
     print()
 
 
