@@ -16,7 +16,9 @@ thread per worker, N workers under mpiexec (distdl's MPI backend):
   communication, the plain model with one raw mpi4py Allreduce of all its gradients after
   backward (copied into one flat buffer, divided by N, and back: the least any
   data-parallel step does), and DDP, against the bound no-communication step + that
-  allreduce alone + 0.05 ms;
+  allreduce alone + 0.05 ms; their efficiencies against the plain model on one worker, timed
+  in the same rounds (rank 0 alone, the others asleep), so a noisy spell on the machine
+  weighs on both sides of the ratio;
 - PyTorch DistributedDataParallel over gloo on the same model, worker count and
   batch, in the same job (when torch is installed; never a dependency).
 
@@ -32,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -180,19 +183,35 @@ def mpi4py_step(key, comm):
 
 def fixed_cost_figures(key, comm, rounds=6):
     """No communication, the raw mpi4py step and DDP (one bucket) in interleaved rounds, the 20th percentile of
-    each (a passing load only ever adds time); the allreduce alone timed in each round, its median kept."""
+    each (a passing load only ever adds time); the allreduce alone timed in each round, its median kept; and in
+    each round the plain model on rank 0 alone while the others sleep: the 1-worker step of the efficiencies."""
     title, mpi4py, allreduce = mpi4py_step(key, comm)
     steps = {"no_comm": distdl_step(key, comm, 0)[1], "mpi4py": mpi4py, "ddp": distdl_step(key, comm, 25)[1]}
     count = agreed_steps(mpi4py, comm, ARGS.seconds / rounds)
-    times, alone = {name: [] for name in steps}, []
+    times, alone, one_worker = {name: [] for name in steps}, [], []
     for _ in range(rounds):
         for name, step in steps.items():
             comm.barrier()
             times[name] += timed(step, count)[0]
         comm.barrier()
         alone += timed(allreduce, 50)[0]
+        one_worker += _on_rank_zero_alone(comm, lambda: timed(steps["no_comm"], count)[0])
     return {"model": key, "title": title, "framework": "fixed", "comm": statistics.median(alone),
+            "one_worker": float(np.percentile(one_worker, STEP_PERCENTILE)) if comm.rank == 0 else 0.0,
             **{name: float(np.percentile(t, STEP_PERCENTILE)) for name, t in times.items()}}
+
+
+def _on_rank_zero_alone(comm, run):
+    """``run()``'s result on rank 0 while every other rank sleeps (it polls a barrier every millisecond, so it
+    leaves the machine to rank 0); [] elsewhere."""
+    from mpi4py import MPI
+
+    result = run() if comm.rank == 0 else []
+    request = MPI.COMM_WORLD.Ibarrier()
+    while not request.Test():
+        if comm.rank:
+            time.sleep(1e-3)
+    return result
 
 
 def worker():
@@ -294,15 +313,17 @@ def print_fixed(rows, n):
     if not rows:
         return
     print(f"DDP's fixed cost with {n} workers, interleaved rounds, 20th percentile of the steps (slowest rank): "
-          "the plain model with no communication, with one raw mpi4py Allreduce of its gradients, and DDP")
-    print("| model | no comm ms | allreduce alone ms | mpi4py step ms | DDP ms | DDP - mpi4py step ms | "
-          "bound ms (no comm + allreduce + 0.05) | DDP - bound ms |")
-    print("|---|---|---|---|---|---|---|---|")
+          "the plain model with no communication, with one raw mpi4py Allreduce of its gradients, and DDP; and the "
+          "plain model on rank 0 while the others sleep (1 worker: the efficiencies' reference, in the same rounds)")
+    print("| model | 1 worker ms | no comm ms | allreduce alone ms | mpi4py step ms | DDP ms | DDP - mpi4py step ms | "
+          "bound ms (no comm + allreduce + 0.05) | DDP - bound ms | efficiency: no comm | mpi4py | DDP |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        ms = {name: 1e3 * row[name] for name in ("no_comm", "comm", "mpi4py", "ddp")}
+        ms = {name: 1e3 * row[name] for name in ("one_worker", "no_comm", "comm", "mpi4py", "ddp")}
         bound = ms["no_comm"] + ms["comm"] + 0.05
-        cells = [f"{ms['no_comm']:.3f}", f"{ms['comm']:.3f}", f"{ms['mpi4py']:.3f}", f"{ms['ddp']:.3f}",
-                 f"{ms['ddp'] - ms['mpi4py']:+.3f}", f"{bound:.3f}", f"{ms['ddp'] - bound:+.3f}"]
+        cells = [f"{ms['one_worker']:.3f}", f"{ms['no_comm']:.3f}", f"{ms['comm']:.3f}", f"{ms['mpi4py']:.3f}",
+                 f"{ms['ddp']:.3f}", f"{ms['ddp'] - ms['mpi4py']:+.3f}", f"{bound:.3f}", f"{ms['ddp'] - bound:+.3f}",
+                 *(f"{ms['one_worker'] / ms[name]:.2f}" for name in ("no_comm", "mpi4py", "ddp"))]
         print("| " + " | ".join([row["title"], *cells]) + " |")
     print()
 
