@@ -217,7 +217,7 @@ class PhaseRecorder:
 
     def _clear(self):
         self._forward_start = self._backward_start = self._backward_end = self._sync_end = None
-        self._allreduces = ()
+        self._wait, self._allreduces = 0.0, ()
 
     def forward_begins(self):
         now = time.time()
@@ -229,11 +229,16 @@ class PhaseRecorder:
     def backward_ended(self, start, wait=0.0, allreduces=()):
         """The step's backward pass, begun at ``start``, is over: its thread then waited ``wait`` s for the
         allreduces in all; ``allreduces``: (bucket, start, end, bytes) of each bucket, a list the caller no longer
-        changes. A step of two passes runs from the first's start to the second's end."""
+        changes. A step of two passes (``retain_graph``) runs from the first's start to the second's end, its
+        waits and allreduces those of both."""
         now = time.time()
         if self._backward_start is None:
-            self._backward_start = start
-        self._backward_end, self._sync_end, self._allreduces = now - wait, now, allreduces
+            self._backward_start, self._wait, self._allreduces = start, wait, allreduces
+        else:
+            self._wait += wait
+            if allreduces:
+                self._allreduces = [*self._allreduces, *allreduces]
+        self._backward_end, self._sync_end = now - self._wait, now
 
     def _close(self, end):
         timer = self.timer

@@ -2,12 +2,14 @@
 no hang and no silent wrong result: timeouts, uneven inputs and join(), a rank in another collective, non-finite
 gradients."""
 
+import copy
 import os
 import re
 import secrets
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ def test_n_workers_reach_the_parameters_of_one_worker_with_the_whole_batch(backe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("scenario", ["nosync", "syncbn", "unused", "fp16"])
+@pytest.mark.parametrize("scenario", ["nosync", "syncbn", "unused", "laterhook", "fp16"])
 def test_ddp_scenarios_on_real_workers(backend, scenario):
     result = run(backend, 3 if scenario == "syncbn" else 2, "ddp.py", scenario, timeout=120)
     ran_everywhere(result, 2, scenario)
@@ -206,6 +208,25 @@ def test_a_world_of_one_trains_exactly_like_the_plain_model():
             opt.step()
     for p, q in zip(plain.parameters(), wrapped.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_a_new_gradient_array_is_copied_into_its_bucket_and_freed_at_its_hook_not_at_the_end():
+    """Where nothing overlaps (a world of one): a Conv2d returns a new array (no op writes into its bucket view);
+    held until the end of backward, every such gradient would add to the peak memory of the pass."""
+    dl.seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Conv2d(3, 2, 3))
+    plain = copy.deepcopy(model)
+    ddp = dl.DistributedDataParallel(model)
+    new_array, alive_later = [], []
+    model[2].weight.register_post_accumulate_grad_hook(lambda p: new_array.append(weakref.ref(p.grad)))
+    model[0].weight.register_post_accumulate_grad_hook(lambda p: alive_later.append(new_array[0]() is not None))
+    x = dl.tensor(np.random.default_rng(0).standard_normal((2, 2, 7, 7)).astype(np.float32))
+    ddp.zero_grad()  # the gradients are None: backward makes new arrays
+    ddp(x).sum().backward()
+    plain(x).sum().backward()
+    assert alive_later == [False]  # conv2's weight gradient was gone by the time conv1's was final
+    for p, q in zip(plain.parameters(), model.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
 
 
 def test_only_a_backward_that_reaches_the_model_finishes_its_gradient_averaging():

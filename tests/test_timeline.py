@@ -7,13 +7,14 @@ sleeps before each batch, so rank 0 waits for it at the end of each backward."""
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
 
 import distdl as dl
 from distdl import nn, optim
-from distdl.timing import LANES, PHASES, uneven
+from distdl.timing import LANES, PHASES, PhaseRecorder, uneven
 from multiproc import WORKERS
 from test_launch_conventions import distdl_run
 
@@ -107,6 +108,27 @@ def test_accumulation_steps_end_at_their_backward_and_forwards_without_backward_
     assert len(steps) == ddp.timings()["steps"] == 3
     assert [s["optimizer"] for s in steps[:2]] == [0.0, 0.0] and steps[2]["optimizer"] > 0
     assert all(s["forward"] > 0 and s["backward"] > 0 for s in steps)
+
+
+def test_a_step_of_two_backward_passes_keeps_the_first_pass_wait_and_allreduces(tmp_path, monkeypatch):
+    """retain_graph: a synced pass that waited, then a local one; the step's communication is the first's wait."""
+    monkeypatch.setenv("DISTDL_TIMELINE", str(tmp_path / "trace.json"))
+    recorder = PhaseRecorder(dl.get_comm())
+    recorder.forward_begins()
+    first = time.time()
+    time.sleep(0.03)
+    recorder.backward_ended(first, wait=0.02, allreduces=[(0, first + 0.01, first + 0.03, 8)])
+    second = time.time()
+    time.sleep(0.01)
+    recorder.backward_ended(second)
+    optim.SGD([dl.tensor(np.ones(2, np.float32), requires_grad=True)], lr=0.1).step()  # any optimizer's step ends it
+    step = dict(zip(PHASES, recorder.timer.recent[-1]))
+    assert step["communication"] == pytest.approx(0.02, abs=1e-6)
+    assert step["backward"] >= 0.02  # the first pass's 0.01 s of compute and the second's 0.01 s
+    recorder.timer.write_timeline(dl.get_comm())  # (at exit it then finds nothing new to write)
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    assert [e["name"] for e in events if e.get("tid") == LANES.index("allreduce") and e["ph"] == "X"] == \
+        ["allreduce bucket 0 (0.00 MiB)"]
 
 
 def test_the_trainer_alone_records_one_step_per_batch():

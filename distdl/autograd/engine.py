@@ -94,7 +94,8 @@ def _written_into(grad, into):
 
 
 def _accumulate_leaf(tensor, grad, owned):
-    """Add ``grad`` into ``tensor.grad`` in place (it may be a view into a bucket), then fire hooks."""
+    """Add ``grad`` into ``tensor.grad`` in place (it may be a view into a bucket), then fire hooks, and last
+    ``_grad_final`` (DistributedDataParallel's: it averages what the hooks left)."""
     if grad.dtype != tensor.data.dtype:
         grad, owned = grad.astype(tensor.data.dtype), True
     if tensor.grad is None:
@@ -104,6 +105,8 @@ def _accumulate_leaf(tensor, grad, owned):
     if tensor._hooks:
         for hook in list(tensor._hooks.values()):
             hook(tensor)
+    if tensor._grad_final is not None:
+        tensor._grad_final(tensor)
 
 
 def _shape_error(node, tensor, grad):

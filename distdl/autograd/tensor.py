@@ -55,7 +55,8 @@ class Tensor:
         dtype, device: optional conversion ("cpu", "cuda", "cuda:N").
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_idx", "_hooks", "_grad_into", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_idx", "_hooks", "_grad_into", "_grad_final",
+                 "__weakref__")
     __array_priority__ = 1000  # numpy_array + tensor dispatches to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
@@ -73,6 +74,7 @@ class Tensor:
         self._idx = 0
         self._hooks = None
         self._grad_into = None  # a leaf's provider of where its gradient may be written (see engine._targets)
+        self._grad_final = None  # called after its hooks: DistributedDataParallel's (engine._accumulate_leaf)
 
     @classmethod
     def _from_op(cls, data, ctx, idx):
@@ -85,6 +87,7 @@ class Tensor:
         t._idx = idx
         t._hooks = None
         t._grad_into = None
+        t._grad_final = None
         return t
 
     # ---- properties -------------------------------------------------------
@@ -162,8 +165,9 @@ class Tensor:
     def register_post_accumulate_grad_hook(self, hook):
         """Call ``hook(tensor)`` once this leaf's gradient for a backward pass is final.
 
-        It fires while backward still runs through earlier ops, which is what
-        lets DistributedDataParallel start communicating a bucket early.
+        It fires while backward still runs through earlier ops. DistributedDataParallel's
+        own hook runs after every hook registered here, whenever it was registered: these see
+        the local gradient and may change or replace it before it is averaged.
         """
         if self._ctx is not None:
             raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")

@@ -126,7 +126,7 @@ class DistributedDataParallel:
         self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
         ready, offer = _callbacks(self)
         for p in self._params:
-            p.register_post_accumulate_grad_hook(ready)
+            p._grad_final = ready
             if self._reducer is None:
                 p._grad_into = offer
 
@@ -208,7 +208,7 @@ class DistributedDataParallel:
         self._end_queued = False
         self.step_skipped = False
         self._local_nonfinite = None
-        self._homed = set()  # the parameters whose gradient was final in this pass, in their bucket (and scaled)
+        self._homed = set()  # the parameters whose final gradient of this pass was put in its bucket (scaled)
         self._offered = set()  # those whose op was offered the bucket view to write into (_callbacks)
         self.last_allreduces = []
         step = self.steps + 1
@@ -224,8 +224,7 @@ class DistributedDataParallel:
 
     def _on_grad_ready(self, param):
         """``param``'s gradient is final (overlapping only): home it, and launch the buckets now complete."""
-        self._adopt(param)
-        self._homed.add(param)
+        self._home_final(param)
         bucket = self._bucket_of[param]
         bucket.pending -= 1
         if bucket.pending == 0:
@@ -233,6 +232,11 @@ class DistributedDataParallel:
                 self._launch(ready_only=True)
             except DistError as exc:
                 self._raise_named(exc)
+
+    def _home_final(self, param):
+        """``param``'s gradient of this pass is final: into its bucket now (a new array is then freed at once)."""
+        self._adopt(param)
+        self._homed.add(param)
 
     def _adopt(self, param):
         """Make ``param``'s final gradient of this pass its bucket view, divided by the world size on the host
@@ -307,8 +311,8 @@ class DistributedDataParallel:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
-                elif p not in self._homed:  # not overlapping; or accumulated under no_sync, unused in this pass
-                    self._adopt(p)
+                elif p not in self._homed or p.grad is not bucket.views[p]:  # written in place by its op, or
+                    self._adopt(p)  # accumulated under no_sync and unused in this pass, or replaced by a later hook
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
@@ -628,32 +632,40 @@ def _home(param, view, scale):
 def _callbacks(ddp):
     """The two callbacks every parameter of ``ddp`` gets, neither keeping ``ddp`` alive: (ready, offer).
 
-    ``ready``, its post-accumulate-grad hook: the first of a pass queues the end of the sync (at
-    the end of this pass, not of any other; under no_sync only the step recorder's end of
-    backward); overlapping, each one of a synced pass homes its gradient
-    and may launch its bucket. Otherwise the end of backward homes them all: a hook then costs
-    a check. ``offer``, its ``_grad_into``: the (bucket view, 1/world size or None) that the op
-    computing its whole gradient may write it into, scaled (``engine._targets``), saving the copy
-    into the bucket; None when not armed, or when other hooks must see the unscaled gradient.
+    ``ready``, its ``_grad_final`` (a post-accumulate-grad hook that runs after the user's, so that
+    theirs see and may change the local gradient): the first of a pass queues the end of the sync
+    (at the end of this pass, not of any other; under no_sync only the step recorder's end of
+    backward); overlapping, each one of a synced pass homes its gradient and may launch its bucket.
+    Otherwise it homes only a gradient its op did not write into the view (a copy it needs anyway,
+    the new array then freed at once): for the others it costs a check, and the end of backward
+    scales those accumulated in place. ``offer``, its ``_grad_into``: the (bucket view, 1/world size
+    or None) that the op computing its whole gradient may write it into, scaled (``engine._targets``),
+    saving the copy into the bucket; None when not armed, or when user hooks must see the unscaled
+    gradient. A copy of a parameter (``copy.deepcopy`` copies both) is not ``ddp``'s: both ignore it.
     """
     ref = weakref.ref(ddp)
 
     def ready(param):
         ddp = ref()
-        if ddp is None:
+        if ddp is None or param not in ddp._places:  # or a copy of its parameter (copy.deepcopy copies the slot)
             return
         if not ddp._end_queued:
             ddp._end_queued = True
             queue_callback(ddp._on_backward_end)
-        if ddp._overlap and ddp._armed:
-            ddp._on_grad_ready(param)
+        if ddp._armed:
+            if ddp._overlap:
+                ddp._on_grad_ready(param)
+            elif param.grad is not ddp._places[param][0]:  # a new array (its op was offered no view): copied now,
+                ddp._home_final(param)  # it is freed at once, not held to the end of backward
 
     def offer(param):
         ddp = ref()
-        if ddp is None or not ddp._armed or len(param._hooks) > 1:
+        if ddp is None or not ddp._armed or param._hooks:
             return None
-        ddp._offered.add(param)
-        return ddp._places[param]
+        place = ddp._places.get(param)  # None for a copy of its parameter
+        if place is not None:
+            ddp._offered.add(param)
+        return place
 
     return ready, offer
 

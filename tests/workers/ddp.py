@@ -4,6 +4,8 @@ equivalence MODEL OPT DTYPE  N ranks with batch B reach, after 20 steps, what on
 nosync                       k micro-batches under no_sync, then synced, equal one step on the k-times batch
 syncbn                       SyncBatchNorm on N ranks equals BatchNorm on one worker with the whole batch
 unused                       each rank uses a different branch: DDP's gradient is the mean of plain local ones
+laterhook                    a hook registered after DDP replaces the gradient: DDP averages what it left (inline
+                             and on the communication thread); a copy of the wrapped model trains on its own
 mismatch                     rank 1 builds a different model: a clear error at construction
 buckets                      rank 1 passes another bucket_cap_mb: a clear error at construction
 skipstep                     rank 1's step count is one ahead (as after restoring another checkpoint): every rank
@@ -204,6 +206,40 @@ def unused(comm):
         assert np.abs(model.left.weight.grad).max() > 0 and np.abs(model.right.weight.grad).max() > 0  # one each
         optimizer.step()
         assert_replicas_identical(comm, model, f"after step {s}")
+
+
+def laterhook(comm):
+    """A hook registered after DDP's construction replaces each gradient by twice it: DDP averages what the hook
+    left, on the communication thread as inline. A copy of the model made after wrapping (its parameters carry the
+    hooks too) trains on its own, even while DDP waits for its backward."""
+    def double(param):
+        param.grad = param.grad * 2
+
+    for overlap in ("inline", "thread"):
+        os.environ["DISTDL_DDP_OVERLAP"] = overlap
+        dl.seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        ddp = dl.DistributedDataParallel(model, bucket_cap_mb=0.0001)
+        for param in model.parameters():
+            param.register_post_accumulate_grad_hook(double)
+        plain = copy.deepcopy(model)
+        optimizer = optim.SGD(ddp.parameters(), lr=0.1)
+        rng = np.random.default_rng(comm.rank)
+        for s in range(3):
+            x = dl.tensor(rng.standard_normal((3, 4)).astype(np.float32))
+            optimizer.zero_grad()
+            plain.load_state_dict(model.state_dict())
+            plain.zero_grad()
+            loss = ddp(x).sum()  # DDP now waits for this backward
+            plain(x).sum().backward()
+            want = comm.allgather(np.concatenate([p.grad.reshape(-1) for p in plain.parameters()])).mean(axis=0)
+            loss.backward()
+            got = np.concatenate([p.grad.reshape(-1) for p in model.parameters()])
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=f"{overlap}, step {s}")
+            optimizer.step()
+            assert_replicas_identical(comm, model, f"{overlap}, after step {s}")
+        assert ddp.steps == ddp.timings()["steps"] == 3, (ddp.steps, ddp.timings())
+    del os.environ["DISTDL_DDP_OVERLAP"]
 
 
 def mismatch(comm):
@@ -444,7 +480,7 @@ def main():
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "nosync": nosync, "syncbn": syncbn, "unused": unused, "mismatch": mismatch,
      "fp16": fp16, "stall": stall, "uneven": uneven, "evaluate": evaluate, "nonfinite": nonfinite, "buckets": buckets, "mixeddtypes": mixeddtypes,
-     "skipstep": skipstep}[scenario](comm, *args)
+     "skipstep": skipstep, "laterhook": laterhook}[scenario](comm, *args)
     dl.shutdown()
     print(f"rank {comm.rank}: {scenario} {' '.join(args)} ok")
 
