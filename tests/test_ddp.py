@@ -17,7 +17,7 @@ import pytest
 
 import distdl as dl
 from distdl import nn, optim
-from distdl.parallel import control, fp16_compress_hook
+from distdl.parallel import comm_hooks, control, fp16_compress_hook
 from distdl.parallel.buckets import plan_buckets
 from gradcheck import module_gradcheck
 from multiproc import WORKERS, run
@@ -131,7 +131,8 @@ def test_rank_0_evaluating_alone_while_rank_1_shuts_down_is_named_within_2_secon
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_gradients_stop_every_rank_naming_rank_and_step_or_are_skipped_alike(backend):
-    """3e38 on every rank averages to 3e38 (divided before summed); summed first (allreduce_hook), it overflows:
+    """3e38 on every rank averages to 3e38 (divided before summed, with or without allreduce_hook); summed first
+    (a hook that does so), it overflows:
     skipped alike, or named; fp16 with an Inf and a NaN: bit-identical;
     "skip": both ranks skip step 3, replicas bit-identical, the
     parameters those of one process that left step 3 out; "error": every rank names rank 1 and step 3."""
@@ -273,6 +274,14 @@ def test_sync_batchnorm_alone_is_batchnorm_and_its_gradients_check(float64):
     bn.load_state_dict(sync.state_dict())  # the gradient check ran many training passes
     sync.eval()
     np.testing.assert_allclose(sync(dl.tensor(x)).data, bn.eval()(dl.tensor(x)).data, rtol=1e-12)
+
+
+@pytest.mark.parametrize("largest,size", [(1.0, 2), (3e38, 2), (1.7e308, 4), (1.7e308, 1 << 20)])
+def test_the_fp16_hooks_scale_brings_the_largest_sum_just_under_float16s_maximum(largest, size):
+    """Also where largest x size is past float64's maximum (a scale of 0 divided by zero there)."""
+    scale = comm_hooks._scale(largest, size, np.float64)
+    assert comm_hooks.FLOAT16_MAX / 2 < largest * scale * size <= comm_hooks.FLOAT16_MAX
+    assert np.log2(scale) == int(np.log2(scale))  # a power of two: scaling loses no digits
 
 
 def test_bad_arguments_are_refused_with_what_to_do():

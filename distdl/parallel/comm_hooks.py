@@ -26,9 +26,13 @@ def run_hook(hook, state, bucket):
 
 
 def allreduce_hook(state, bucket):
-    """The default: one allreduce of the whole bucket (what DDP does without a hook, minus its shortcuts)."""
+    """The default, as torch's: the gradients divided by the world size, then one allreduce of the whole bucket
+    (what DDP does without a hook, minus its shortcuts: a sum overflows only where some gradient is near the
+    dtype's maximum over the world size); the control elements, counts, are divided after the sum (exact)."""
     comm = state if state is not None else get_comm()
-    comm.allreduce(bucket.buffer(), "mean", check=bucket.index() == 0)
+    bucket.grads *= bucket.grads.dtype.type(1 / comm.size)
+    comm.allreduce(bucket.buffer(), "sum", check=bucket.index() == 0)
+    bucket.control /= comm.size
 
 
 def fp16_compress_hook(state, bucket):
@@ -59,5 +63,5 @@ def _scale(largest, size, dtype):
     """The power of two that brings ``largest`` x ``size`` just under float16's maximum, within ``dtype``'s range."""
     if largest <= 0:
         return 1.0
-    exponent = np.floor(np.log2(FLOAT16_MAX / (largest * size)))
+    exponent = np.floor(np.log2(FLOAT16_MAX / largest) - np.log2(size))  # no overflow near float64's maximum
     return float(2.0 ** min(exponent, np.finfo(dtype).maxexp // 2))

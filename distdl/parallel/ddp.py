@@ -123,7 +123,7 @@ class DistributedDataParallel:
         self._end_queued = False  # this backward pass will call _on_backward_end at its end
         self._next_bucket = 0
         self._local_nonfinite = None  # the first parameter whose gradient was not finite here, this step
-        self._templates_high, self._templates = None, None  # the control templates of 256 steps (control.templates)
+        self._templates_high = self._templates = self._agreed_sums = None  # of 256 steps (control.templates)
         ready, offer = _callbacks(self)
         for p in self._params:
             p._grad_final = ready

@@ -415,22 +415,30 @@ def train_with_a_nan(comm, policy, hook, bad_step=3, steps=5):
         np.testing.assert_allclose(p.data, q.data, rtol=0, atol=tolerance * np.abs(q.data).max())
 
 
+def sum_then_divide_hook(state, bucket):
+    comm = state if state is not None else dl.get_comm()
+    comm.allreduce(bucket.buffer(), "mean", check=bucket.index() == 0)
+
+
 def overflow(comm):
-    """Gradients are divided by the world size before they are summed (as torch's default hook): every rank's 3e38
-    averages to 3e38, finite, and nothing is skipped. Through allreduce_hook, or on a device (both sum, then divide),
-    the sum overflows: every rank skips the step alike, or names the overflow."""
+    """Gradients are divided by the world size before they are summed (as torch's default hook, and allreduce_hook):
+    every rank's 3e38 averages to 3e38, finite, and nothing is skipped. Through a hook that sums, then divides, or on
+    a device (which does so too), the sum overflows: every rank skips the step alike, or names the overflow."""
     for policy in ("skip", "error"):
-        model = nn.Linear(2, 1)
-        ddp = dl.DistributedDataParallel(model, nonfinite=policy)
-        if ddp.device.kind != "cpu":  # the device allreduce averages in its own kernel: sum, then divide
-            break
-        (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
-        assert not ddp.step_skipped and model.bias.grad[0] == np.float32(3e38), (policy, model.bias.grad)
+        for hook in (None, allreduce_hook):
+            model = nn.Linear(2, 1)
+            ddp = dl.DistributedDataParallel(model, nonfinite=policy)
+            if ddp.device.kind != "cpu":  # the device allreduce averages in its own kernel: sum, then divide
+                break
+            if hook is not None:
+                ddp.register_comm_hook(None, hook)
+            (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
+            assert not ddp.step_skipped and model.bias.grad[0] == np.float32(3e38), (policy, hook, model.bias.grad)
     for policy in ("skip", "error"):
         model = nn.Linear(2, 1)
         ddp = dl.DistributedDataParallel(model, nonfinite=policy)
         if ddp.device.kind == "cpu":
-            ddp.register_comm_hook(None, allreduce_hook)
+            ddp.register_comm_hook(None, sum_then_divide_hook)
         try:
             (ddp(np.ones((1, 2), np.float32)) * np.float32(3e38)).sum().backward()
         except NonFiniteGradientError as exc:
