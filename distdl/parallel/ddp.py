@@ -311,8 +311,10 @@ class DistributedDataParallel:
                 if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
                     bucket.views[p][...] = 0
                     p.grad = bucket.views[p]
-                elif p not in self._homed or p.grad is not bucket.views[p]:  # written in place by its op, or
-                    self._adopt(p)  # accumulated under no_sync and unused in this pass, or replaced by a later hook
+                # not homed yet (its op wrote into the view, it accumulated there in place, or it accumulated
+                # under no_sync and is unused in this pass), or a hook has replaced it since
+                elif p not in self._homed or p.grad is not bucket.views[p]:
+                    self._adopt(p)
         start = time.perf_counter()
         try:
             self._launch(ready_only=False)  # the last bucket, and those whose unused parameters count as zeros
