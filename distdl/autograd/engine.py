@@ -95,7 +95,7 @@ def _written_into(grad, into):
 
 def _accumulate_leaf(tensor, grad, owned):
     """Add ``grad`` into ``tensor.grad`` in place (it may be a view into a bucket), then fire hooks, and last
-    ``_grad_final`` (DistributedDataParallel's: it averages what the hooks left)."""
+    the ``_grad_final`` callbacks (DistributedDataParallel's: they take what the hooks left into its bucket)."""
     if grad.dtype != tensor.data.dtype:
         grad, owned = grad.astype(tensor.data.dtype), True
     if tensor.grad is None:
@@ -105,8 +105,9 @@ def _accumulate_leaf(tensor, grad, owned):
     if tensor._hooks:
         for hook in list(tensor._hooks.values()):
             hook(tensor)
-    if tensor._grad_final is not None:
-        tensor._grad_final(tensor)
+    if tensor._grad_final:
+        for final in tensor._grad_final:
+            final(tensor)
 
 
 def _shape_error(node, tensor, grad):
@@ -130,7 +131,9 @@ def queue_callback(callback):
     As torch's ``queue_callback``: a leaf's post-accumulate-grad hook queues it, so it runs at
     the end of the passes that reach that leaf and of no other. DistributedDataParallel finishes
     its gradient averaging there: it launches the buckets whose parameters got no gradient and
-    waits for all of them.
+    waits for all of them. Its callback is queued after the hooks of the first parameter whose
+    gradient is final, so one queued by such a hook runs first (as in torch) and sees gradients
+    not yet averaged (it must not change them): read the averaged ones after ``backward()``.
     """
     queue = _pass.queue
     if queue is None:

@@ -74,7 +74,7 @@ class Tensor:
         self._idx = 0
         self._hooks = None
         self._grad_into = None  # a leaf's provider of where its gradient may be written (see engine._targets)
-        self._grad_final = None  # called after its hooks: DistributedDataParallel's (engine._accumulate_leaf)
+        self._grad_final = None  # callbacks run after its hooks: DistributedDataParallel's (engine._accumulate_leaf)
 
     @classmethod
     def _from_op(cls, data, ctx, idx):

@@ -27,8 +27,8 @@ def run_hook(hook, state, bucket):
 
 def allreduce_hook(state, bucket):
     """The default, as torch's: the gradients divided by the world size, then one allreduce of the whole bucket
-    (what DDP does without a hook, minus its shortcuts: a sum overflows only where some gradient is near the
-    dtype's maximum over the world size); the control elements, counts, are divided after the sum (exact)."""
+    (what DDP does without a hook, minus its shortcuts: a sum of finite gradients then overflows only near the
+    dtype's maximum itself); the control elements, counts, are divided after the sum (exact)."""
     comm = state if state is not None else get_comm()
     bucket.grads *= bucket.grads.dtype.type(1 / comm.size)
     comm.allreduce(bucket.buffer(), "sum", check=bucket.index() == 0)

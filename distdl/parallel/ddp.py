@@ -126,7 +126,8 @@ class DistributedDataParallel:
         self._templates_high = self._templates = self._agreed_sums = None  # of 256 steps (control.templates)
         ready, offer = _callbacks(self)
         for p in self._params:
-            p._grad_final = ready
+            # after those of any other DDP over this parameter that is still alive, as hooks would be
+            p._grad_final = tuple(f for f in p._grad_final or () if f.owner() is not None) + (ready,)
             if self._reducer is None:
                 p._grad_into = offer
 
@@ -621,7 +622,10 @@ def _home(param, view, scale):
     bucket before backward and adding into it. With ``set_to_none=False`` the engine adds
     into the view in place, and only the scaling passes over it.
     """
-    if param.grad is not view:
+    if param.grad is None:  # a hook set it to None: it counts as zero, as an unused parameter's
+        view[...] = 0
+        param.grad = view
+    elif param.grad is not view:
         if scale is None:
             view[...] = param.grad
         else:
@@ -669,6 +673,7 @@ def _callbacks(ddp):
             ddp._offered.add(param)
         return place
 
+    ready.owner = ref
     return ready, offer
 
 

@@ -5,7 +5,8 @@ nosync                       k micro-batches under no_sync, then synced, equal o
 syncbn                       SyncBatchNorm on N ranks equals BatchNorm on one worker with the whole batch
 unused                       each rank uses a different branch: DDP's gradient is the mean of plain local ones
 laterhook                    a hook registered after DDP replaces the gradient: DDP averages what it left (inline
-                             and on the communication thread); a copy of the wrapped model trains on its own
+                             and on the communication thread), None as zeros; a copy of the wrapped model trains on
+                             its own; a second DDP over the model leaves the first one averaging
 mismatch                     rank 1 builds a different model: a clear error at construction
 buckets                      rank 1 passes another bucket_cap_mb: a clear error at construction
 skipstep                     rank 1's step count is one ahead (as after restoring another checkpoint): every rank
@@ -239,7 +240,28 @@ def laterhook(comm):
             optimizer.step()
             assert_replicas_identical(comm, model, f"{overlap}, after step {s}")
         assert ddp.steps == ddp.timings()["steps"] == 3, (ddp.steps, ddp.timings())
+        dropped_bias_and_rewrapped(comm)
     del os.environ["DISTDL_DDP_OVERLAP"]
+
+
+def dropped_bias_and_rewrapped(comm):
+    """A hook that sets a gradient to None makes it count as zero; a second DDP over the same model leaves the
+    first one averaging."""
+    dl.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    plain = copy.deepcopy(model)
+    first = dl.DistributedDataParallel(model, bucket_cap_mb=0.0001)
+    second = dl.DistributedDataParallel(model)
+    model[2].bias.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    x = dl.tensor(np.random.default_rng(comm.rank).standard_normal((3, 4)).astype(np.float32))
+    model.zero_grad()
+    first(x).sum().backward()
+    plain(x).sum().backward()
+    plain[2].bias.grad[...] = 0
+    want = comm.allgather(np.concatenate([p.grad.reshape(-1) for p in plain.parameters()])).mean(axis=0)
+    got = np.concatenate([p.grad.reshape(-1) for p in model.parameters()])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert (first.steps, second.steps) == (1, 0)
 
 
 def mismatch(comm):
