@@ -309,12 +309,9 @@ class DistributedDataParallel:
         self._armed = False
         for bucket in self.buckets[self._next_bucket:]:
             for p in bucket.params:
-                if p.grad is None:  # no gradient this step, after zero_grad(set_to_none=True): it counts as zero
-                    bucket.views[p][...] = 0
-                    p.grad = bucket.views[p]
-                # not homed yet (its op wrote into the view, it accumulated there in place, or it accumulated
-                # under no_sync and is unused in this pass), or a hook has replaced it since
-                elif p not in self._homed or p.grad is not bucket.views[p]:
+                # not homed yet (no gradient this step, which counts as zero; its op wrote into the view; it
+                # accumulated there in place, or under no_sync and is unused in this pass), or a hook replaced it
+                if p not in self._homed or p.grad is not bucket.views[p]:
                     self._adopt(p)
         start = time.perf_counter()
         try:
@@ -622,7 +619,7 @@ def _home(param, view, scale):
     bucket before backward and adding into it. With ``set_to_none=False`` the engine adds
     into the view in place, and only the scaling passes over it.
     """
-    if param.grad is None:  # a hook set it to None: it counts as zero, as an unused parameter's
+    if param.grad is None:  # no gradient this step (unused, or a hook set it to None): it counts as zero
         view[...] = 0
         param.grad = view
     elif param.grad is not view:
@@ -653,7 +650,8 @@ def _callbacks(ddp):
 
     def ready(param):
         ddp = ref()
-        if ddp is None or param not in ddp._places:  # or a copy of its parameter (copy.deepcopy copies the slot)
+        place = None if ddp is None else ddp._places.get(param)  # None too for a copy of its parameter
+        if place is None:
             return
         if not ddp._end_queued:
             ddp._end_queued = True
@@ -661,7 +659,7 @@ def _callbacks(ddp):
         if ddp._armed:
             if ddp._overlap:
                 ddp._on_grad_ready(param)
-            elif param.grad is not ddp._places[param][0]:  # a new array (its op was offered no view): copied now,
+            elif param.grad is not place[0]:  # a new array (its op was offered no view): copied now,
                 ddp._home_final(param)  # it is freed at once, not held to the end of backward
 
     def offer(param):
